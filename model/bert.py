@@ -1,0 +1,284 @@
+"""The BERT encoder in Flax NNX: embeddings, self-attention, feed-forward, pooler.
+
+Modules here own parameters only. Dropout takes an explicit PRNG key (None means
+deterministic), so a merged module is a pure function of (params, inputs, key)
+and the train step can be jitted, scanned and rematerialised freely.
+
+Every parameter carries logical axis names ('vocab', 'embed', 'heads', 'kv',
+'mlp', 'layers'); activations are constrained with 'batch', 'length' and the
+'act_*' names. `train/mesh.py` maps both onto mesh axes; the model never
+sees a mesh.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import flax.linen as nn
+
+from model.config import BertConfig
+
+Array = jax.Array
+
+
+def param(rngs: nnx.Rngs, shape, names, init: str = "normal", std: float = 0.02):
+  """A float32 parameter tagged with logical axis names, created unsharded.
+
+  Sharding happens once, when `train/state.py` jits the constructor with
+  `out_shardings`; eager per-variable sharding is off so building the model
+  needs no mesh.
+  """
+  if init == "normal":
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "zeros":
+    value = jnp.zeros(shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    raise ValueError(f"unknown init {init!r}")
+  return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def constrain(x: Array, names) -> Array:
+  """Shards an activation by logical names; a no-op outside a mesh + rules context."""
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def activation(name: str):
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "silu": jax.nn.silu,
+      "tanh": jnp.tanh,
+  }[name]
+
+
+def compute_dtype(config: BertConfig):
+  return jnp.dtype(config.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with float32 statistics whatever the compute dtype."""
+
+  def __init__(self, size: int, eps: float, rngs: nnx.Rngs, axis_name: str = "embed"):
+    self.scale = param(rngs, (size,), (axis_name,), "ones")
+    self.bias = param(rngs, (size,), (axis_name,), "zeros")
+    self.eps = eps
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class Dense(nnx.Module):
+  """An affine map written as an einsum, so kernels can keep head axes apart.
+
+  `spec` is an einsum such as 'btd,dhk->bthk'; the kernel's logical names
+  follow its letters. Kernels are cast to the compute dtype at use.
+  """
+
+  def __init__(self, spec: str, kernel_shape, kernel_names, bias_names, rngs, std):
+    self.spec = spec
+    self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
+    bias_shape = kernel_shape[len(kernel_shape) - len(bias_names):]
+    self.bias = param(rngs, bias_shape, bias_names, "zeros")
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+    return y + self.bias[...].astype(x.dtype)
+
+
+class Embeddings(nnx.Module):
+  """word + position + token type, then LayerNorm and dropout."""
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    c, std = config, config.initializer_range
+    self.config = c
+    word = std * jax.random.normal(rngs.params(), (c.vocab_size, c.hidden_size))
+    word = word.at[c.pad_token_id].set(0.0)  # as transformers' padding_idx init
+    self.word = nnx.Param(word, out_sharding=("vocab", "embed"), eager_sharding=False)
+    self.position = param(rngs, (c.max_position_embeddings, c.hidden_size),
+                          (None, "embed"), std=std)
+    self.token_type = param(rngs, (c.type_vocab_size, c.hidden_size),
+                            (None, "embed"), std=std)
+    self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
+
+  def __call__(self, input_ids, token_type_ids, position_ids=None, rng=None):
+    c = self.config
+    if position_ids is None:
+      position_ids = jnp.arange(input_ids.shape[1])[None, :]
+    x = (jnp.take(self.word[...], input_ids, axis=0)
+         + jnp.take(self.position[...], position_ids, axis=0)
+         + jnp.take(self.token_type[...], token_type_ids, axis=0))
+    x = self.norm(x).astype(compute_dtype(c))
+    x = constrain(x, ("batch", "length", "act_embed"))
+    return dropout(x, c.hidden_dropout_prob, rng)
+
+
+def attention_weights_einsum(q, k, mask, dropout_rate, rng):
+  """Softmax(QK^T / sqrt(d)) in float32, masked keys set to the dtype minimum."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits * scale
+  logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  return dropout(weights, dropout_rate, rng)
+
+
+class SelfAttention(nnx.Module):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    c, std = config, config.initializer_range
+    self.config = c
+    shape = (c.hidden_size, c.num_attention_heads, c.head_dim)
+    names = ("embed", "heads", "kv")
+    self.query = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
+    self.key = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
+    self.value = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
+    self.output = Dense("bthk,hkd->btd", (c.num_attention_heads, c.head_dim, c.hidden_size),
+                        ("heads", "kv", "embed"), ("embed",), rngs, std)
+    self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
+
+  def __call__(self, x, mask, rng=None):
+    c = self.config
+    rng_probs, rng_out = (None, None) if rng is None else jax.random.split(rng)
+    heads = ("batch", "length", "act_heads", None)
+    q = constrain(self.query(x), heads)
+    k = constrain(self.key(x), heads)
+    v = constrain(self.value(x), heads)
+    train_dropout = rng_probs is not None and c.attention_probs_dropout_prob > 0
+    if c.attention_impl == "einsum" or train_dropout:
+      # The fused kernels have no attention-probability dropout: fall back.
+      w = attention_weights_einsum(q, k, mask, c.attention_probs_dropout_prob, rng_probs)
+      ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    else:
+      ctx = jax.nn.dot_product_attention(
+          q, k, v, mask=mask[:, None, None, :], implementation=c.attention_impl)
+    ctx = constrain(ctx, heads)
+    out = dropout(self.output(ctx), c.hidden_dropout_prob, rng_out)
+    return self.norm(out + x)
+
+
+class FeedForward(nnx.Module):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    c, std = config, config.initializer_range
+    self.config = c
+    self.intermediate = Dense("btd,df->btf", (c.hidden_size, c.intermediate_size),
+                              ("embed", "mlp"), ("mlp",), rngs, std)
+    self.output = Dense("btf,fd->btd", (c.intermediate_size, c.hidden_size),
+                        ("mlp", "embed"), ("embed",), rngs, std)
+    self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
+
+  def __call__(self, x, rng=None):
+    c = self.config
+    h = activation(c.hidden_act)(self.intermediate(x))
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    out = dropout(self.output(h), c.hidden_dropout_prob, rng)
+    return self.norm(out + x)
+
+
+class Layer(nnx.Module):
+  """One post-LayerNorm transformer block, as in the BERT paper."""
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.attention = SelfAttention(config, rngs)
+    self.ffn = FeedForward(config, rngs)
+
+  def __call__(self, x, mask, rng=None):
+    rng_attn, rng_ffn = (None, None) if rng is None else jax.random.split(rng)
+    x = self.attention(x, mask, rng_attn)
+    x = self.ffn(x, rng_ffn)
+    return constrain(x, ("batch", "length", "act_embed"))
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Encoder(nnx.Module):
+  """The layer stack. Parameters are always stacked on a leading 'layers' axis.
+
+  One parameter layout serves both ways of running it: `scan_layers` compiles
+  one layer body and loops with `lax.scan` (compile time flat in depth), the
+  plain way unrolls a Python loop over slices. Checkpoints move between them.
+  """
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.config = config
+
+    @nnx.split_rngs(splits=config.num_hidden_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_layers(rngs):
+      return Layer(config, rngs)
+
+    self.layers = make_layers(rngs)
+
+  def __call__(self, x, mask, rng=None):
+    c = self.config
+    graphdef, stacked = nnx.split(self.layers)
+    n = c.num_hidden_layers
+    rngs = None if rng is None else jax.random.split(rng, n)
+
+    def body(h, layer_state, layer_rng):
+      return nnx.merge(graphdef, layer_state)(h, mask, layer_rng)
+
+    if c.remat_policy != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy],
+                            prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      def step(h, xs):
+        layer_state, layer_rng = xs
+        return body(h, layer_state, layer_rng), None
+      x, _ = jax.lax.scan(step, x, (stacked, rngs))
+    else:
+      for i in range(n):
+        layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
+        x = body(x, layer_state, None if rngs is None else rngs[i])
+    return x
+
+
+class Pooler(nnx.Module):
+  """tanh(W h_[CLS] + b): the sentence vector NSP and classifiers read."""
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.dense = Dense("bd,de->be", (config.hidden_size, config.hidden_size),
+                       ("embed", None), (None,), rngs, config.initializer_range)
+
+  def __call__(self, sequence_output):
+    return jnp.tanh(self.dense(sequence_output[:, 0]))
+
+
+class BertModel(nnx.Module):
+  """Embeddings, encoder and pooler; returns (sequence_output, pooled_output)."""
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.embeddings = Embeddings(config, rngs)
+    self.encoder = Encoder(config, rngs)
+    self.pooler = Pooler(config, rngs)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+               position_ids=None, dropout_rng=None):
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    rng_embed, rng_layers = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    x = self.embeddings(input_ids, token_type_ids, position_ids, rng_embed)
+    x = self.encoder(x, attention_mask.astype(bool), rng_layers)
+    return x, self.pooler(x)

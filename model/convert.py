@@ -1,0 +1,185 @@
+"""The one mapping between transformers' BERT tensors and our parameter tree.
+
+HF side: a flat dict of numpy arrays named as in `BertForPreTraining.state_dict()`
+(torch `Linear` weights are [out, in]). Our side: the nested pure dict of
+`nnx.state(BertForPreTraining).to_pure_dict()`, layers stacked on axis 0 and
+attention kernels split into heads. Pure numpy, no I/O: `train/hf.py` reads
+and writes the files.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from model.config import BertConfig
+
+Tree = dict[str, Any]
+
+
+def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Accepts BertModel and BertForPreTraining names, old gamma/beta LayerNorms.
+
+  Returns names as in `BertForPreTraining` ("bert." prefix on the encoder);
+  buffers such as `position_ids` are dropped.
+  """
+  out = {}
+  for name, value in tensors.items():
+    if name.endswith("position_ids"):
+      continue
+    name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+    name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+    if not (name.startswith("bert.") or name.startswith("cls.")):
+      name = "bert." + name
+    out[name] = np.asarray(value)
+  return out
+
+
+def _layer_map(i: int, c: BertConfig) -> list[tuple[str, tuple[str, ...], Any, Any]]:
+  """(hf name, our path inside one layer, hf->ours, ours->hf) for layer i."""
+  h, nh, hd = c.hidden_size, c.num_attention_heads, c.head_dim
+  p = f"bert.encoder.layer.{i}."
+  qkv_in = lambda w: w.T.reshape(h, nh, hd)
+  qkv_out = lambda k: k.reshape(h, nh * hd).T
+  head_bias_in = lambda b: b.reshape(nh, hd)
+  head_bias_out = lambda b: b.reshape(nh * hd)
+  o_in = lambda w: w.T.reshape(nh, hd, h)
+  o_out = lambda k: k.reshape(nh * hd, h).T
+  t, same = (lambda w: w.T), (lambda x: x)
+  rows = []
+  for name in ("query", "key", "value"):
+    rows += [(p + f"attention.self.{name}.weight", ("attention", name, "kernel"), qkv_in, qkv_out),
+             (p + f"attention.self.{name}.bias", ("attention", name, "bias"), head_bias_in, head_bias_out)]
+  rows += [
+      (p + "attention.output.dense.weight", ("attention", "output", "kernel"), o_in, o_out),
+      (p + "attention.output.dense.bias", ("attention", "output", "bias"), same, same),
+      (p + "attention.output.LayerNorm.weight", ("attention", "norm", "scale"), same, same),
+      (p + "attention.output.LayerNorm.bias", ("attention", "norm", "bias"), same, same),
+      (p + "intermediate.dense.weight", ("ffn", "intermediate", "kernel"), t, t),
+      (p + "intermediate.dense.bias", ("ffn", "intermediate", "bias"), same, same),
+      (p + "output.dense.weight", ("ffn", "output", "kernel"), t, t),
+      (p + "output.dense.bias", ("ffn", "output", "bias"), same, same),
+      (p + "output.LayerNorm.weight", ("ffn", "norm", "scale"), same, same),
+      (p + "output.LayerNorm.bias", ("ffn", "norm", "bias"), same, same),
+  ]
+  return rows
+
+
+def _top_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
+  t, same = (lambda w: w.T), (lambda x: x)
+  e = "bert.embeddings."
+  return [
+      (e + "word_embeddings.weight", ("bert", "embeddings", "word"), same, same),
+      (e + "position_embeddings.weight", ("bert", "embeddings", "position"), same, same),
+      (e + "token_type_embeddings.weight", ("bert", "embeddings", "token_type"), same, same),
+      (e + "LayerNorm.weight", ("bert", "embeddings", "norm", "scale"), same, same),
+      (e + "LayerNorm.bias", ("bert", "embeddings", "norm", "bias"), same, same),
+      ("bert.pooler.dense.weight", ("bert", "pooler", "dense", "kernel"), t, t),
+      ("bert.pooler.dense.bias", ("bert", "pooler", "dense", "bias"), same, same),
+      ("cls.predictions.transform.dense.weight", ("mlm", "transform", "kernel"), t, t),
+      ("cls.predictions.transform.dense.bias", ("mlm", "transform", "bias"), same, same),
+      ("cls.predictions.transform.LayerNorm.weight", ("mlm", "norm", "scale"), same, same),
+      ("cls.predictions.transform.LayerNorm.bias", ("mlm", "norm", "bias"), same, same),
+      ("cls.predictions.bias", ("mlm", "bias"), same, same),
+      ("cls.seq_relationship.weight", ("nsp", "kernel"), t, t),
+      ("cls.seq_relationship.bias", ("nsp", "bias"), same, same),
+  ]
+
+
+def _set(tree: Tree, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: Tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+LAYERS_PATH = ("bert", "encoder", "layers")
+
+
+def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple[Tree, list[str]]:
+  """HF tensors -> our nested tree (float32), and the HF names that were absent.
+
+  A `BertModel` checkpoint has no `cls.*` heads: their names come back in the
+  missing list and the caller keeps freshly initialised heads for them.
+  """
+  hf = normalise_hf_names(tensors)
+  tree: Tree = {}
+  missing = []
+  for name, path, to_ours, _ in _top_map():
+    if name in hf:
+      _set(tree, path, to_ours(hf[name]).astype(np.float32))
+    else:
+      missing.append(name)
+  per_layer: list[dict] = []
+  for i in range(config.num_hidden_layers):
+    layer: Tree = {}
+    for name, path, to_ours, _ in _layer_map(i, config):
+      if name not in hf:
+        missing.append(name)
+        continue
+      _set(layer, path, to_ours(hf[name]).astype(np.float32))
+    per_layer.append(layer)
+  flat_paths = [path for _, path, _, _ in _layer_map(0, config)]
+  stacked: Tree = {}
+  for path in flat_paths:
+    try:
+      _set(stacked, path, np.stack([_get(layer, path) for layer in per_layer]))
+    except KeyError:
+      pass
+  _set(tree, LAYERS_PATH, stacked)
+  extra = sorted(set(hf) - _all_hf_names(config) - {"cls.predictions.decoder.weight",
+                                                    "cls.predictions.decoder.bias"})
+  if extra:
+    raise ValueError(f"checkpoint has tensors this BERT does not: {extra[:5]}"
+                     f"{' ...' if len(extra) > 5 else ''} (num_hidden_layers="
+                     f"{config.num_hidden_layers}; is it a BERT checkpoint of this size?)")
+  return tree, missing
+
+
+def _all_hf_names(config: BertConfig) -> set[str]:
+  names = {name for name, *_ in _top_map()}
+  for i in range(config.num_hidden_layers):
+    names |= {name for name, *_ in _layer_map(i, config)}
+  return names
+
+
+def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
+  """Our tree -> HF `BertForPreTraining` tensors; the tied decoder is written out too."""
+  out = {}
+  for name, path, _, to_hf in _top_map():
+    out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(params, path), np.float32)))
+  stacked = _get(params, LAYERS_PATH)
+  for i in range(config.num_hidden_layers):
+    for name, path, _, to_hf in _layer_map(i, config):
+      out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(stacked, path)[i], np.float32)))
+  out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+  return out
+
+
+def check_shapes(reference: Tree, loaded: Tree, prefix: str = "") -> None:
+  """Raises naming the first key whose shape differs from the model's."""
+  for key, value in loaded.items():
+    where = f"{prefix}/{key}" if prefix else key
+    if key not in reference:
+      raise ValueError(f"checkpoint key {where!r} is not in the model")
+    if isinstance(value, dict):
+      check_shapes(reference[key], value, where)
+    elif tuple(np.shape(reference[key])) != tuple(np.shape(value)):
+      raise ValueError(f"shape mismatch at {where!r}: checkpoint {tuple(np.shape(value))}, "
+                       f"model {tuple(np.shape(reference[key]))}")
+
+
+def merge_trees(base: Tree, update: Tree) -> Tree:
+  """`base` with every leaf present in `update` replaced (shapes checked first)."""
+  check_shapes(base, update)
+  out = dict(base)
+  for key, value in update.items():
+    out[key] = merge_trees(base[key], value) if isinstance(value, dict) else value
+  return out

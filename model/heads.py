@@ -1,0 +1,67 @@
+"""Task heads on top of `BertModel`.
+
+`BertForPreTraining` is BERT's pretraining model: the masked-LM head (a dense +
+LayerNorm transform, then a decoder tied to the word embeddings with its own
+bias) and the next-sentence head on the pooled output.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.bert import BertModel, Dense, LayerNorm, activation, constrain, param
+from model.config import BertConfig
+
+
+class MaskedLMHead(nnx.Module):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.transform = Dense("...d,de->...e", (c.hidden_size, c.hidden_size),
+                           ("embed", None), (None,), rngs, c.initializer_range)
+    self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs, axis_name=None)
+    self.bias = param(rngs, (c.vocab_size,), ("vocab",), "zeros")
+
+  def __call__(self, hidden, word_embeddings):
+    """Logits over the vocabulary (float32) for each hidden vector given.
+
+    Callers pass only the masked positions during pretraining: projecting every
+    token onto a 30k vocabulary would dominate the step.
+    """
+    h = activation(self.config.hidden_act)(self.transform(hidden))
+    h = self.norm(h)
+    logits = jnp.einsum("...d,vd->...v", h, word_embeddings.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.bias[...]
+
+
+class BertForPreTraining(nnx.Module):
+  """BERT with masked-LM and next-sentence-prediction heads."""
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.bert = BertModel(config, rngs)
+    self.mlm = MaskedLMHead(config, rngs)
+    self.nsp = Dense("bd,dc->bc", (config.hidden_size, 2), ("embed", None), (None,),
+                     rngs, config.initializer_range)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+               masked_positions=None, dropout_rng=None):
+    """Returns a dict with sequence/pooled outputs, MLM logits and NSP logits.
+
+    With `masked_positions` [batch, predictions] the MLM logits are computed at
+    those positions only, shape [batch, predictions, vocab]; without, at every
+    position, [batch, length, vocab].
+    """
+    sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask,
+                                 dropout_rng=dropout_rng)
+    hidden = sequence
+    if masked_positions is not None:
+      hidden = jnp.take_along_axis(sequence, masked_positions[..., None], axis=1)
+    mlm_logits = self.mlm(hidden, self.bert.embeddings.word[...])
+    mlm_logits = constrain(mlm_logits, ("batch", "length", "act_vocab"))
+    nsp_logits = self.nsp(pooled).astype(jnp.float32)
+    return {"sequence_output": sequence, "pooled_output": pooled,
+            "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}

@@ -1,0 +1,87 @@
+"""The pure train and eval steps every task shares.
+
+`train_step(state, batch) -> (state, metrics)` closes over the model's graphdef,
+the optimizer and the objective, so jit sees only arrays with shardings. The
+step's dropout key is the run key folded with the step number: a resumed run
+draws exactly the keys the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from train.state import TrainState
+
+
+def _split_micro_batches(batch, num_micro: int):
+  """[B, ...] -> [m, B/m, ...] taking rows i, i+m, ... as micro-batch i.
+
+  Strided rather than contiguous, so each device's rows stay on that device
+  when the batch axis is sharded.
+  """
+  def split(x):
+    if x.shape[0] % num_micro:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+                       f"optimizer.grad_accum_steps={num_micro}")
+    x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
+                    schedule: Callable | None = None, grad_accum_steps: int = 1,
+                    param_shardings=None):
+  """`param_shardings` pins gradients to their parameters' layout (a reduce-scatter
+  under FSDP instead of a full all-reduce)."""
+
+  def loss_fn(params, batch, rng, norm):
+    model = nnx.merge(graphdef, params)
+    return objective(model, batch, rng, norm)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    norm = objective.normalizers(batch)
+    if grad_accum_steps == 1:
+      (loss, sums), grads = grad_fn(state.params, batch, rng, norm)
+    else:
+      micro = _split_micro_batches(batch, grad_accum_steps)
+
+      def accumulate(carry, xs):
+        index, micro_batch = xs
+        (loss, sums), grads = grad_fn(state.params, micro_batch,
+                                      jax.random.fold_in(rng, index), norm)
+        return jax.tree.map(jnp.add, carry, (loss, sums, grads)), None
+
+      zeros = jax.tree.map(jnp.zeros_like,
+                           jax.eval_shape(grad_fn, state.params,
+                                          jax.tree.map(lambda x: x[0], micro), rng, norm))
+      (loss, sums), grads = zeros
+      (loss, sums, grads), _ = jax.lax.scan(
+          accumulate, (loss, sums, grads), (jnp.arange(grad_accum_steps), micro))
+    if param_shardings is not None:
+      grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(sums, total_loss=loss, grad_norm=optax.global_norm(grads))
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state.step)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, objective):
+  """Metric sums for one batch, dropout off."""
+  def eval_step(params, batch):
+    model = nnx.merge(graphdef, params)
+    _, sums = objective(model, batch, None, objective.normalizers(batch))
+    return sums
+  return eval_step
