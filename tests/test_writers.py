@@ -1,0 +1,109 @@
+"""Metrics reach TensorBoard, metrics.jsonl and the loss-curve PNG; disabled writers write nothing."""
+import glob
+import io
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+from train import writers
+
+
+def read_tensorboard_scalars(logdir) -> dict:
+  """{(tag, step): value} from every event file, checking each record's CRCs.
+
+  tensorboard itself is not installed, so this reads the TFRecord framing
+  (length, crc, payload, crc) and decodes tensorboardX's Event protobuf.
+  """
+  scalars = {}
+  for path in glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")):
+    data = io.BytesIO(open(path, "rb").read())
+    while header := data.read(8):
+      assert struct.unpack("I", data.read(4))[0] == masked_crc32c(header)
+      payload = data.read(struct.unpack("Q", header)[0])
+      assert struct.unpack("I", data.read(4))[0] == masked_crc32c(payload)
+      event = event_pb2.Event.FromString(payload)
+      for value in event.summary.value:
+        scalars[(value.tag, event.step)] = value.simple_value
+  return scalars
+
+
+def write_a_short_run(workdir):
+  with writers.MetricWriter(workdir) as writer:
+    for step in range(0, 100, 10):
+      writer.write(step, {"loss": np.float32(5.0 - 0.04 * step), "lr": 1e-4})
+      if step % 50 == 40:
+        writer.write(step, {"loss": 4.5 - 0.03 * step, "accuracy": 0.5 + step / 400},
+                     split="eval")
+
+
+def test_metrics_jsonl_reads_back_what_was_written(tmp_path):
+  write_a_short_run(tmp_path)
+  records = writers.read_metrics(tmp_path)
+  assert len(records) == 12
+  assert records[0] == {"step": 0, "split": "train", "loss": 5.0, "lr": 1e-4}
+  assert records[-2] == {"step": 90, "split": "train", "loss": pytest.approx(1.4), "lr": 1e-4}
+  evals = [r for r in records if r["split"] == "eval"]
+  assert evals == [{"step": 40, "split": "eval", "loss": pytest.approx(3.3), "accuracy": 0.6},
+                   {"step": 90, "split": "eval", "loss": pytest.approx(1.8), "accuracy": 0.725}]
+
+
+def test_nan_loss_survives_the_round_trip(tmp_path):
+  with writers.MetricWriter(tmp_path) as writer:
+    writer.write(1, {"loss": float("nan")})
+  assert math.isnan(writers.read_metrics(tmp_path)[0]["loss"])
+
+
+def test_tensorboard_event_file_holds_the_scalars(tmp_path):
+  write_a_short_run(tmp_path)
+  scalars = read_tensorboard_scalars(tmp_path / "tensorboard")
+  assert scalars[("train/loss", 50)] == pytest.approx(3.0)
+  assert scalars[("eval/accuracy", 90)] == pytest.approx(0.725)
+  assert len([tag for tag, _ in scalars if tag == "train/lr"]) == 10
+
+
+def test_flush_puts_metrics_jsonl_on_disk_while_the_writer_is_open(tmp_path):
+  writer = writers.MetricWriter(tmp_path)
+  writer.write(7, {"loss": 2.5})
+  writer.flush()
+  assert writers.read_metrics(tmp_path) == [{"step": 7, "split": "train", "loss": 2.5}]
+  writer.close()
+  assert read_tensorboard_scalars(tmp_path / "tensorboard")[("train/loss", 7)] == 2.5
+
+
+def test_plot_writes_a_png_with_train_and_eval_curves(tmp_path):
+  write_a_short_run(tmp_path)
+  path = writers.plot_loss_curves(tmp_path, keys=("loss", "accuracy", "absent"))
+  assert path == str(tmp_path / "loss_curves.png")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(path) > 5_000
+
+
+def test_plot_without_any_requested_key_says_which(tmp_path):
+  write_a_short_run(tmp_path)
+  with pytest.raises(ValueError, match="none of the keys \\['f1'\\]"):
+    writers.plot_loss_curves(tmp_path, keys=("f1",))
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  with writers.MetricWriter(workdir, enabled=False) as writer:
+    writer.write(1, {"loss": 1.0})
+    writer.flush()
+  assert not workdir.exists()
+
+
+def test_progress_bar_counts_from_the_resumed_step(capsys):
+  bar = writers.progress(total=100, initial=40, desc="train")
+  bar.update(10)
+  assert bar.n == 50 and bar.total == 100
+  bar.close()
+  assert "train" in capsys.readouterr().err
+  silent = writers.progress(total=10, enabled=False)
+  silent.update(5)
+  silent.close()

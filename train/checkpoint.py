@@ -1,0 +1,164 @@
+"""Orbax checkpoints that resume a run exactly and never destroy good ones.
+
+A checkpoint is one Orbax step directory, <workdir>/checkpoints/<step>/, holding
+two items: `state`, the whole train state as a pytree (params, optimizer state,
+step, PRNG key, data position), and `meta`, a JSON dict the caller fills with a
+config fingerprint. The caller reads `meta` first and runs `check_compatible`,
+so a run with the wrong config stops before it can write anything.
+
+Rules that keep good checkpoints safe:
+  - a step that already exists, or lies behind the newest one, is never written
+    (Orbax itself raises for an existing step under force=True and silently
+    skips otherwise; we skip with a warning in both cases). To roll back and
+    retrain from an older step, use a fresh workdir.
+  - Orbax writes into a temporary directory and renames it on commit, so a run
+    that dies mid-save leaves the committed steps as they were.
+  - `with Checkpointer(...)` waits for an in-flight async save on the way out,
+    exceptions included, so the last save started is the last one committed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+
+class Checkpointer:
+  """A `CheckpointManager` over <workdir>/checkpoints with (state, meta) items."""
+
+  def __init__(self, workdir, max_to_keep: int = 3, async_save: bool = True):
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
+    self.workdir = str(workdir)
+    self.directory = epath.Path(workdir) / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        save_interval_steps=1,  # the loop decides the cadence; every call saves
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+    """Starts writing `state` and `meta` as `step`; False when it was not written.
+
+    With async_save the arrays are copied off the devices before this returns,
+    so the caller may donate or overwrite `state` right away.
+    """
+    step = int(step)
+    latest = self.latest_step()
+    if latest is not None and step <= latest:
+      why = "already exists" if step in self.all_steps() else f"is behind step {latest}"
+      logging.warning("Not saving checkpoint %d in %s: step %d %s, and checkpoints "
+                      "are never overwritten.", step, self.directory, step, why)
+      return False
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(meta))
+    saved = self._manager.save(step, args=args, force=force)
+    if saved:
+      logging.info("Saving checkpoint %d in %s", step, self.directory)
+    return saved
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def read_meta(self, step: int | None = None) -> dict:
+    """The JSON `meta` of a checkpoint alone: cheap, for `check_compatible`."""
+    step = self._existing_step(step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored.meta
+
+  def restore(self, step: int | None, abstract_state) -> tuple[Any, dict]:
+    """(state, meta) of `step` (None: the latest), laid out like `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct with `.sharding` (from
+    `jax.eval_shape` + the state's shardings, or `abstract_like`); each array
+    comes back with that sharding, whatever mesh it was saved from.
+    """
+    step = self._existing_step(step)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    logging.info("Restored checkpoint %d from %s", step, self.directory)
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    """Blocks until an async save has committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves, then releases the manager's threads."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _existing_step(self, step: int | None) -> int:
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f"no checkpoints in {self.directory}")
+      return steps[-1]
+    if int(step) not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                              f"steps there: {steps}")
+    return int(step)
+
+
+def abstract_like(state):
+  """ShapeDtypeStructs with the shapes, dtypes and shardings of a live state."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+_MISSING = "<missing>"
+
+
+def _lookup(tree: dict, dotted: str):
+  node = tree
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def _differences(key: str, saved, current) -> list[str]:
+  if isinstance(saved, dict) and isinstance(current, dict):
+    out = []
+    for k in sorted(set(saved) | set(current), key=str):
+      out += _differences(f"{key}.{k}", saved.get(k, _MISSING), current.get(k, _MISSING))
+    return out
+  if saved == current:
+    return []
+  return [f"{key}: checkpoint {saved!r}, config {current!r}"]
+
+
+def check_compatible(saved_meta: dict, current_meta: dict, keys: Iterable[str],
+                     workdir: str = "") -> None:
+  """Raises ValueError naming every key (dotted, to the leaf) whose values differ.
+
+  `current_meta` goes through a JSON round trip first, as `saved_meta` did on
+  save, so a tuple in the config equals the list it was stored as.
+  """
+  current_meta = json.loads(json.dumps(current_meta))
+  problems = []
+  for key in keys:
+    problems += _differences(key, _lookup(saved_meta, key), _lookup(current_meta, key))
+  if problems:
+    where = f"workdir {workdir}" if workdir else "the workdir"
+    raise ValueError(f"{where} holds a checkpoint from a different config: "
+                     + "; ".join(problems)
+                     + ". Use a fresh --workdir, or the config the checkpoint was made with.")
