@@ -92,7 +92,3 @@ def load_params(state: TrainState, tree: dict, tx: optax.GradientTransformation)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   return state.replace(params=params, opt_state=opt_state)
 
-
-def abstract_like(tree):
-  """ShapeDtypeStructs with the shardings of a live tree: a restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -1,0 +1,47 @@
+"""BERT sizes by name, as the papers give them.
+
+tiny/mini/small/medium: Turc et al. 2019, "Well-Read Students Learn Better"
+(the 24 compact BERTs). base/large: Devlin et al. 2019, Table/section 3.
+Heads are hidden/64 and the feed-forward width 4 x hidden throughout.
+"""
+
+import ml_collections
+
+#          layers  hidden
+SIZES = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+def bert(size: str, **overrides) -> ml_collections.ConfigDict:
+  """The `model` section: every transformers.BertConfig field, plus compute options."""
+  if size not in SIZES:
+    raise ValueError(f"unknown BERT size {size!r}; known: {sorted(SIZES)}")
+  layers, hidden = SIZES[size]
+  model = ml_collections.ConfigDict(dict(
+      vocab_size=30522,
+      hidden_size=hidden,
+      num_hidden_layers=layers,
+      num_attention_heads=hidden // 64,
+      intermediate_size=4 * hidden,
+      hidden_act="gelu",
+      hidden_dropout_prob=0.1,
+      attention_probs_dropout_prob=0.1,
+      max_position_embeddings=512,
+      type_vocab_size=2,
+      initializer_range=0.02,
+      layer_norm_eps=1e-12,
+      pad_token_id=0,
+      # How to compute: float32 on CPU, bfloat16 on TPU/GPU; params stay float32.
+      dtype="float32",
+      scan_layers=False,
+      remat_policy="none",       # 'full' | 'dots' | 'dots_no_batch'
+      attention_impl="einsum",   # 'xla' / 'cudnn': jax.nn.dot_product_attention
+  ))
+  model.update(overrides)
+  return model
