@@ -131,6 +131,8 @@ def split_heldout(
     the corpus order.
     """
     n = len(documents)
+    if isinstance(heldout, float) and heldout >= 1.0 and heldout.is_integer():
+        heldout = int(heldout)  # a count that came through a float config field
     if isinstance(heldout, float):
         if not 0.0 < heldout < 1.0:
             raise ValueError(f"heldout fraction must be in (0, 1), got {heldout}")

@@ -69,7 +69,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
       grads = jax.lax.with_sharding_constraint(grads, param_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums, total_loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(sums, total_loss=loss, grad_norm=optax.tree.norm(grads))
     if schedule is not None:
       metrics["learning_rate"] = schedule(state.step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -21,7 +21,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       source="text",          # 'text' (google-research/bert format files) | 'tfds' | 'embedded'
-      paths=[],               # globs, for source='text'
+      paths="",               # comma-separated globs, for source='text'
       tfds_name="",           # e.g. 'wikipedia/20230601.en', 'c4/en', 'lm1b'
       tfds_split="train",
       tfds_text_key="text",
@@ -52,6 +52,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
   ))
   c.init = ml_collections.ConfigDict(dict(hf_dir=""))  # continue from HF weights
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
+  c.stop_at_step = 0            # >0: end this invocation there (time-boxed jobs); resume later
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.eval_batches = 20

@@ -1,0 +1,133 @@
+"""The pretraining job end to end: learns, resumes bit for bit, refuses foreign checkpoints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from pretraining_fixture import tiny_config
+from train import loop, mesh as mesh_lib, step as step_lib
+from train.losses import PretrainingObjective
+from train.state import create_train_state
+from train.tasks import build_task
+from train.writers import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def saved_state(workdir, step=None):
+  """The raw saved state tree of a workdir's checkpoint, as numpy."""
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree.map(np.asarray, restored.state)
+
+
+def assert_bitwise_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_loss_falls_and_logs_are_written(tmp_path):
+  config = tiny_config(tmp_path, **{"optimizer.total_steps": 30, "log_every_steps": 5,
+                                    "eval_every_steps": 15})
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
+  train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+  assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.5
+  assert {"loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "grad_norm",
+          "tokens_per_second", "step_time"} <= set(train[0])
+  assert os.path.getsize(tmp_path / "run" / "loss_curves.png") > 5000
+  assert os.listdir(tmp_path / "run" / "tensorboard")
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+  config = tiny_config(tmp_path)
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_at_step=3), str(tmp_path / "resumed"))
+  assert saved_state(str(tmp_path / "resumed"))[0] == 3
+  loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  step_a, a = saved_state(str(tmp_path / "straight"))
+  step_b, b = saved_state(str(tmp_path / "resumed"))
+  assert step_a == step_b == 8
+  assert_bitwise_equal(a, b)
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+  """A process killed mid-run (no chance to save) resumes from its last checkpoint."""
+  config = tiny_config(tmp_path, **{"optimizer.total_steps": 60, "checkpoint.every_steps": 5})
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  workdir = str(tmp_path / "killed")
+  args = [sys.executable, "-m", "train.main", f"--config={REPO}/tests/pretraining_fixture_config.py",
+          f"--workdir={workdir}", f"--config.data.paths={config.data.paths}",
+          f"--config.data.vocab={config.data.vocab}"]
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
+             JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    steps = [d for d in os.listdir(checkpoints)] if os.path.isdir(checkpoints) else []
+    if any(d.isdigit() and int(d) >= 10 for d in steps):
+      break
+    time.sleep(0.2)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at, _ = saved_state(workdir)
+  assert 10 <= killed_at < 60
+  loop.train_and_evaluate(config, workdir)
+  _, a = saved_state(str(tmp_path / "straight"))
+  _, b = saved_state(workdir)
+  assert_bitwise_equal(a, b)
+
+
+def test_checkpoint_from_another_config_is_refused_and_kept(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(tmp_path, stop_at_step=2), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  _, saved = saved_state(workdir)
+  other = tiny_config(tmp_path, **{"model.hidden_size": 64})
+  with pytest.raises(ValueError, match=r"config.model.hidden_size: checkpoint 32, config 64"):
+    loop.train_and_evaluate(other, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert_bitwise_equal(saved, saved_state(workdir)[1])
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+  """SGD's update is the gradient itself (times lr), so params compare the gradients.
+
+  (Adam's first step, g / (|g| + eps), turns float rounding of near-zero
+  gradients into O(lr) differences, so it would test Adam, not accumulation.)
+  """
+  config = tiny_config(tmp_path, **{"model.hidden_dropout_prob": 0.0,
+                                    "model.attention_probs_dropout_prob": 0.0})
+  task = build_task(config, str(tmp_path))
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  rules = mesh_lib.DEFAULT_RULES
+  tx = optax.sgd(0.5)
+  batch = mesh_lib.shard_batch(task.train_data.batch(0), mesh, rules)
+  results = []
+  for accum in (1, 4):
+    graphdef, state, shardings = create_train_state(task.model_factory, tx, mesh, rules, seed=0)
+    step = jax.jit(step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
+                                            grad_accum_steps=accum))
+    with mesh_lib.activate(mesh, rules):
+      state, metrics = step(state, batch)
+    results.append((jax.device_get(nnx.to_pure_dict(state.params)), jax.device_get(metrics)))
+  (big, big_metrics), (accumulated, acc_metrics) = results
+  np.testing.assert_allclose(acc_metrics["total_loss"], big_metrics["total_loss"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(big), jax.tree.leaves(accumulated)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+  for key in ("mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct"):
+    np.testing.assert_allclose(acc_metrics[key], big_metrics[key], rtol=1e-5)
