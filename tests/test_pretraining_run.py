@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from pretraining_fixture import tiny_config
-from train import loop, mesh as mesh_lib, step as step_lib
+from train import hf, loop, mesh as mesh_lib, step as step_lib
 from train.losses import PretrainingObjective
 from train.state import create_train_state
 from train.tasks import build_task
@@ -47,6 +47,19 @@ def test_loss_falls_and_logs_are_written(tmp_path):
           "tokens_per_second", "step_time"} <= set(train[0])
   assert os.path.getsize(tmp_path / "run" / "loss_curves.png") > 5000
   assert os.listdir(tmp_path / "run" / "tensorboard")
+
+
+def test_exported_workdir_loads_in_transformers(tmp_path):
+  from transformers import BertForPreTraining
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"optimizer.total_steps": 4}), workdir)
+  config, params, step = hf.read_workdir_params(workdir)
+  assert step == 4 and config.hidden_size == 32
+  hf.save_hf_checkpoint(str(tmp_path / "hf"), params, config)
+  torch_model = BertForPreTraining.from_pretrained(str(tmp_path / "hf"))
+  np.testing.assert_array_equal(
+      torch_model.bert.encoder.layer[1].intermediate.dense.weight.detach().numpy(),
+      params["bert"]["encoder"]["layers"]["ffn"]["intermediate"]["kernel"][1].T)
 
 
 def test_resume_is_bitwise_exact(tmp_path):

@@ -7,7 +7,10 @@ BertForPreTraining.from_pretrained` loads. The tensor mapping lives in
 `model/convert.py`; this file only reads and writes.
 
   python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N]
-  python -m train.hf check  --hf_dir=HF_DIR      # load, convert, print a summary
+  python -m train.hf check --hf_dir=HF_DIR_OR_NAME   # load, convert, print a summary
+
+Import needs no command: set `init.hf_dir` in a config and the job converts on
+load (train/loop.py).
 """
 
 from __future__ import annotations
@@ -97,3 +100,69 @@ def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
   if vocab_file:
     shutil.copy(vocab_file, os.path.join(out_dir, "vocab.txt"))
   return out_dir
+
+
+def _unwrap_values(tree):
+  """A raw Orbax restore of nnx.State wraps each leaf as {'value': array}."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"}:
+      return np.asarray(tree["value"])
+    return {k: _unwrap_values(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def read_workdir_params(workdir: str, step: int | None = None):
+  """(BertConfig, params, step) of a pretraining workdir's checkpoint, on the host."""
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  config = BertConfig.from_dict(restored.meta["config"]["model"])
+  return config, _unwrap_values(restored.state["params"]), step
+
+
+def _workdir_vocab(workdir: str) -> str | None:
+  path = os.path.join(workdir, "vocab", "vocab.txt")
+  return path if os.path.isfile(path) else None
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from _leaves(value)
+  else:
+    yield tree
+
+
+def main(argv):
+  from absl import flags
+  flags_ = flags.FLAGS
+  command = argv[1] if len(argv) > 1 else ""
+  if command == "export":
+    config, params, step = read_workdir_params(flags_.workdir, flags_.step)
+    vocab = flags_.vocab or _workdir_vocab(flags_.workdir)
+    save_hf_checkpoint(flags_.out, params, config, vocab)
+    print(f"wrote step {step} of {flags_.workdir} to {flags_.out} "
+          f"(BertForPreTraining{', vocab.txt' if vocab else ''})")
+  elif command == "check":
+    config, tree, missing = load_hf_checkpoint(resolve_hf_source(flags_.hf_dir))
+    count = sum(int(np.prod(np.shape(x))) for x in _leaves(tree))
+    print(f"{flags_.hf_dir}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"vocab {config.vocab_size}; {count:,} parameters converted; "
+          f"absent (freshly initialised when used): {missing or 'none'}")
+  else:
+    raise SystemExit("usage: python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N] "
+                     "| check --hf_dir=DIR_OR_NAME")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "pretraining workdir to export")
+  flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+  flags.DEFINE_string("out", None, "output HF directory (must not hold a model yet)")
+  flags.DEFINE_string("vocab", None, "vocab.txt to ship with the export (default: the workdir's)")
+  flags.DEFINE_string("hf_dir", None, "HF checkpoint directory or hub name, for `check`")
+  app.run(main)

