@@ -1,8 +1,8 @@
 """Input pipeline: everything between raw text and a per-host numpy batch.
 
-  tokenizer.py       load / train a WordPiece vocab, check it fits the model
-  corpus.py          documents from BERT text files, TFDS, or the stdlib docs
-  sentence_pairs.py  NSP pairs: chunking, random next, truncation, packing
-  masking.py         dynamic 80/10/10 masking, token or whole word
-  pretraining.py     build packed pairs; PretrainingData.batch(step), resumable
+tokenizer.py       load / train a WordPiece vocab, check it fits the model
+corpus.py          documents from BERT text files, TFDS, or the stdlib docs
+sentence_pairs.py  NSP pairs: chunking, random next, truncation, packing
+masking.py         dynamic 80/10/10 masking, token or whole word
+pretraining.py     build packed pairs; PretrainingData.batch(step), resumable
 """

@@ -8,6 +8,7 @@ Pairs are made once (sentence_pairs.py); masks are drawn per batch
 (masking.py). `batch(step)` is a pure function of (seed, step), so resuming
 needs only the step number: no iterator state goes into checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,17 +21,17 @@ from data.masking import mask_tokens, word_start_mask
 from data.sentence_pairs import Instance, make_nsp_pairs, pack_instance, truncate_seq_pair
 
 __all__ = [
-    "Instance",
-    "MaskingConfig",
-    "PretrainingData",
-    "PretrainingStats",
-    "build_pretraining_data",
-    "make_nsp_pairs",
-    "mask_tokens",
-    "pack_instance",
-    "split_heldout",
-    "truncate_seq_pair",
-    "word_start_mask",
+  "Instance",
+  "MaskingConfig",
+  "PretrainingData",
+  "PretrainingStats",
+  "build_pretraining_data",
+  "make_nsp_pairs",
+  "mask_tokens",
+  "pack_instance",
+  "split_heldout",
+  "truncate_seq_pair",
+  "word_start_mask",
 ]
 
 _MASKING_STREAM = 0x6D61736B  # "mask": keeps masking draws apart from other seeds
@@ -39,221 +40,216 @@ PACKED_KEYS = ("input_ids", "token_type_ids", "attention_mask", "next_sentence_l
 
 @dataclasses.dataclass(frozen=True)
 class PretrainingStats:
-    """What the corpus gave; log it so a bad corpus shows up before training."""
+  """What the corpus gave; log it so a bad corpus shows up before training."""
 
-    num_documents: int
-    num_sentences: int
-    num_tokens: int
-    num_instances: int
-    random_next_fraction: float
+  num_documents: int
+  num_sentences: int
+  num_tokens: int
+  num_instances: int
+  random_next_fraction: float
 
 
 def build_pretraining_data(
-    documents: list[list[str]],
-    tokenizer,
-    max_seq_length: int,
-    short_seq_prob: float = 0.1,
-    dupe_factor: int = 1,
-    seed: int = 0,
-    whole_word: bool = False,
+  documents: list[list[str]],
+  tokenizer,
+  max_seq_length: int,
+  short_seq_prob: float = 0.1,
+  dupe_factor: int = 1,
+  seed: int = 0,
+  whole_word: bool = False,
 ) -> tuple[dict[str, np.ndarray], PretrainingStats]:
-    """Tokenize documents and pack them into NSP pairs, unmasked.
+  """Tokenize documents and pack them into NSP pairs, unmasked.
 
-    Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
-    next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`,
-    and the corpus statistics. A single document is allowed (see
-    make_nsp_pairs for what that does to random-next pairs); an empty corpus
-    is not.
-    """
-    sentences = [sentence for document in documents for sentence in document]
-    if not sentences:
-        raise ValueError(
-            f"empty corpus: {len(documents)} documents and no sentences to make "
-            "pretraining pairs from"
-        )
-    token_ids = tokenizer(
-        sentences,
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        verbose=False,
-    )["input_ids"]
-    tokenized, start = [], 0
-    for document in documents:
-        tokenized.append(token_ids[start : start + len(document)])
-        start += len(document)
-    num_documents = sum(1 for document in tokenized if any(document))
-    if num_documents == 1:
-        logging.warning(
-            "pretraining corpus has one document: random-next B segments come "
-            "from the same document, so the NSP task is weak"
-        )
+  Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
+  next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`,
+  and the corpus statistics. A single document is allowed (see
+  make_nsp_pairs for what that does to random-next pairs); an empty corpus
+  is not.
+  """
+  sentences = [sentence for document in documents for sentence in document]
+  if not sentences:
+    raise ValueError(
+      f"empty corpus: {len(documents)} documents and no sentences to make pretraining pairs from"
+    )
+  token_ids = tokenizer(
+    sentences,
+    add_special_tokens=False,
+    return_attention_mask=False,
+    return_token_type_ids=False,
+    verbose=False,
+  )["input_ids"]
+  tokenized, start = [], 0
+  for document in documents:
+    tokenized.append(token_ids[start : start + len(document)])
+    start += len(document)
+  num_documents = sum(1 for document in tokenized if any(document))
+  if num_documents == 1:
+    logging.warning(
+      "pretraining corpus has one document: random-next B segments come "
+      "from the same document, so the NSP task is weak"
+    )
 
-    instances = make_nsp_pairs(
-        tokenized, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
-    )
-    arrays = _stack(
-        [
-            pack_instance(
-                instance,
-                max_seq_length,
-                tokenizer.cls_token_id,
-                tokenizer.sep_token_id,
-                tokenizer.pad_token_id,
-            )
-            for instance in instances
-        ]
-    )
-    if whole_word:
-        arrays["word_start"] = word_start_mask(arrays["input_ids"], tokenizer)
-    stats = PretrainingStats(
-        num_documents=num_documents,
-        num_sentences=sum(1 for ids in token_ids if ids),
-        num_tokens=sum(len(ids) for ids in token_ids),
-        num_instances=len(instances),
-        random_next_fraction=float(arrays["next_sentence_label"].mean()),
-    )
-    return arrays, stats
+  instances = make_nsp_pairs(
+    tokenized, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
+  )
+  arrays = _stack(
+    [
+      pack_instance(
+        instance,
+        max_seq_length,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.pad_token_id,
+      )
+      for instance in instances
+    ]
+  )
+  if whole_word:
+    arrays["word_start"] = word_start_mask(arrays["input_ids"], tokenizer)
+  stats = PretrainingStats(
+    num_documents=num_documents,
+    num_sentences=sum(1 for ids in token_ids if ids),
+    num_tokens=sum(len(ids) for ids in token_ids),
+    num_instances=len(instances),
+    random_next_fraction=float(arrays["next_sentence_label"].mean()),
+  )
+  return arrays, stats
 
 
 def _stack(packed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {key: np.stack([example[key] for example in packed]) for key in PACKED_KEYS}
+  return {key: np.stack([example[key] for example in packed]) for key in PACKED_KEYS}
 
 
-def split_heldout(
-    documents: Sequence, heldout: float | int, seed: int
-) -> tuple[list, list]:
-    """(train, heldout) documents, split by whole documents.
+def split_heldout(documents: Sequence, heldout: float | int, seed: int) -> tuple[list, list]:
+  """(train, heldout) documents, split by whole documents.
 
-    Splitting before pairs are made keeps every held-out sentence, and every
-    random-next B drawn for evaluation, out of training. `heldout` is a
-    fraction in (0, 1) (at least one document) or a count. Both parts keep
-    the corpus order.
-    """
-    n = len(documents)
-    if isinstance(heldout, float) and heldout >= 1.0 and heldout.is_integer():
-        heldout = int(heldout)  # a count that came through a float config field
-    if isinstance(heldout, float):
-        if not 0.0 < heldout < 1.0:
-            raise ValueError(f"heldout fraction must be in (0, 1), got {heldout}")
-        count = max(1, round(n * heldout))
-    else:
-        count = int(heldout)
-    if not 0 <= count < n:
-        raise ValueError(
-            f"cannot hold out {count} of {n} documents and keep at least one for training"
-        )
-    is_heldout = np.zeros(n, bool)
-    is_heldout[np.random.default_rng(seed).choice(n, count, replace=False)] = True
-    train = [d for d, h in zip(documents, is_heldout) if not h]
-    held = [d for d, h in zip(documents, is_heldout) if h]
-    return train, held
+  Splitting before pairs are made keeps every held-out sentence, and every
+  random-next B drawn for evaluation, out of training. `heldout` is a
+  fraction in (0, 1) (at least one document) or a count. Both parts keep
+  the corpus order.
+  """
+  n = len(documents)
+  if isinstance(heldout, float) and heldout >= 1.0 and heldout.is_integer():
+    heldout = int(heldout)  # a count that came through a float config field
+  if isinstance(heldout, float):
+    if not 0.0 < heldout < 1.0:
+      raise ValueError(f"heldout fraction must be in (0, 1), got {heldout}")
+    count = max(1, round(n * heldout))
+  else:
+    count = int(heldout)
+  if not 0 <= count < n:
+    raise ValueError(f"cannot hold out {count} of {n} documents and keep at least one for training")
+  is_heldout = np.zeros(n, bool)
+  is_heldout[np.random.default_rng(seed).choice(n, count, replace=False)] = True
+  train = [d for d, h in zip(documents, is_heldout) if not h]
+  held = [d for d, h in zip(documents, is_heldout) if h]
+  return train, held
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
-    """The MLM settings `mask_tokens` needs; from_tokenizer fills the ids."""
+  """The MLM settings `mask_tokens` needs; from_tokenizer fills the ids."""
 
-    vocab_size: int
-    mask_id: int
-    special_ids: tuple[int, ...]
-    mask_prob: float = 0.15
-    max_predictions: int = 20
-    whole_word: bool = False
+  vocab_size: int
+  mask_id: int
+  special_ids: tuple[int, ...]
+  mask_prob: float = 0.15
+  max_predictions: int = 20
+  whole_word: bool = False
 
-    @classmethod
-    def from_tokenizer(cls, tokenizer, **settings) -> "MaskingConfig":
-        """Ids from the tokenizer itself, not from a padded embedding table.
+  @classmethod
+  def from_tokenizer(cls, tokenizer, **settings) -> "MaskingConfig":
+    """Ids from the tokenizer itself, not from a padded embedding table.
 
-        All special tokens, [UNK] included, are neither targets nor random
-        replacements: predicting [UNK] teaches nothing.
-        """
-        return cls(
-            vocab_size=len(tokenizer),
-            mask_id=tokenizer.mask_token_id,
-            special_ids=tuple(sorted(tokenizer.all_special_ids)),
-            **settings,
-        )
+    All special tokens, [UNK] included, are neither targets nor random
+    replacements: predicting [UNK] teaches nothing.
+    """
+    return cls(
+      vocab_size=len(tokenizer),
+      mask_id=tokenizer.mask_token_id,
+      special_ids=tuple(sorted(tokenizer.all_special_ids)),
+      **settings,
+    )
 
 
 class PretrainingData:
-    """Masked batches as a pure function of (seed, step).
+  """Masked batches as a pure function of (seed, step).
 
-    Epoch e visits the examples in the order permutation(default_rng((seed,
-    e))); step s masks with default_rng((seed, s, MASK)). Each epoch drops the
-    last N % batch_size examples of its order (a different few each epoch).
-    Masks are drawn for the whole global batch on every host and then sliced,
-    so a batch does not depend on how many hosts share it (so a run can resume
-    on a different topology); that costs each host ~50 ms per 1024 x 512
-    tokens on one CPU core.
-    """
+  Epoch e visits the examples in the order permutation(default_rng((seed,
+  e))); step s masks with default_rng((seed, s, MASK)). Each epoch drops the
+  last N % batch_size examples of its order (a different few each epoch).
+  Masks are drawn for the whole global batch on every host and then sliced,
+  so a batch does not depend on how many hosts share it (so a run can resume
+  on a different topology); that costs each host ~50 ms per 1024 x 512
+  tokens on one CPU core.
+  """
 
-    def __init__(
-        self,
-        arrays: dict[str, np.ndarray],
-        batch_size: int,
-        seed: int,
-        masking: MaskingConfig,
-    ):
-        missing = [key for key in PACKED_KEYS if key not in arrays]
-        if masking.whole_word and "word_start" not in arrays:
-            missing.append("word_start (needed for whole-word masking)")
-        if missing:
-            raise ValueError(f"pretraining arrays lack {missing}")
-        self.num_examples = len(arrays["input_ids"])
-        if self.num_examples < batch_size:
-            raise ValueError(
-                f"{self.num_examples} pretraining examples cannot fill one batch of "
-                f"{batch_size}; use a bigger corpus, a higher dupe_factor or a smaller batch"
-            )
-        self.arrays = arrays
-        self.batch_size = batch_size
-        self.seed = seed
-        self.masking = masking
-        self.steps_per_epoch = self.num_examples // batch_size
-        self._cached_order: tuple[int, np.ndarray] | None = None  # speed only
+  def __init__(
+    self,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    masking: MaskingConfig,
+  ):
+    missing = [key for key in PACKED_KEYS if key not in arrays]
+    if masking.whole_word and "word_start" not in arrays:
+      missing.append("word_start (needed for whole-word masking)")
+    if missing:
+      raise ValueError(f"pretraining arrays lack {missing}")
+    self.num_examples = len(arrays["input_ids"])
+    if self.num_examples < batch_size:
+      raise ValueError(
+        f"{self.num_examples} pretraining examples cannot fill one batch of "
+        f"{batch_size}; use a bigger corpus, a higher dupe_factor or a smaller batch"
+      )
+    self.arrays = arrays
+    self.batch_size = batch_size
+    self.seed = seed
+    self.masking = masking
+    self.steps_per_epoch = self.num_examples // batch_size
+    self._cached_order: tuple[int, np.ndarray] | None = None  # speed only
 
-    def example_indices(self, step: int) -> np.ndarray:
-        """Rows of the packed arrays that make up global batch `step`."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
-        if self._cached_order is None or self._cached_order[0] != epoch:
-            order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
-            self._cached_order = (epoch, order)
-        start = step_in_epoch * self.batch_size
-        return self._cached_order[1][start : start + self.batch_size]
+  def example_indices(self, step: int) -> np.ndarray:
+    """Rows of the packed arrays that make up global batch `step`."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    if self._cached_order is None or self._cached_order[0] != epoch:
+      order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
+      self._cached_order = (epoch, order)
+    start = step_in_epoch * self.batch_size
+    return self._cached_order[1][start : start + self.batch_size]
 
-    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
-        """This process's contiguous share of global batch `step`, masked."""
-        if self.batch_size % process_count:
-            raise ValueError(
-                f"global batch_size {self.batch_size} does not split evenly over "
-                f"process_count={process_count} processes"
-            )
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        rows = self.example_indices(step)
-        config = self.masking
-        masked = mask_tokens(
-            self.arrays["input_ids"][rows],
-            np.random.default_rng((self.seed, step, _MASKING_STREAM)),
-            vocab_size=config.vocab_size,
-            mask_id=config.mask_id,
-            special_ids=config.special_ids,
-            mask_prob=config.mask_prob,
-            max_predictions=config.max_predictions,
-            word_start=self.arrays["word_start"][rows] if config.whole_word else None,
-        )
-        batch = {
-            "input_ids": masked["input_ids"],
-            "token_type_ids": self.arrays["token_type_ids"][rows].astype(np.int32),
-            "attention_mask": self.arrays["attention_mask"][rows].astype(np.int32),
-            "masked_positions": masked["masked_positions"],
-            "masked_ids": masked["masked_ids"],
-            "masked_weights": masked["masked_weights"],
-            "next_sentence_label": self.arrays["next_sentence_label"][rows].astype(np.int32),
-        }
-        share = self.batch_size // process_count
-        mine = slice(process_index * share, (process_index + 1) * share)
-        return {key: value[mine] for key, value in batch.items()}
+  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
+    """This process's contiguous share of global batch `step`, masked."""
+    if self.batch_size % process_count:
+      raise ValueError(
+        f"global batch_size {self.batch_size} does not split evenly over "
+        f"process_count={process_count} processes"
+      )
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    rows = self.example_indices(step)
+    config = self.masking
+    masked = mask_tokens(
+      self.arrays["input_ids"][rows],
+      np.random.default_rng((self.seed, step, _MASKING_STREAM)),
+      vocab_size=config.vocab_size,
+      mask_id=config.mask_id,
+      special_ids=config.special_ids,
+      mask_prob=config.mask_prob,
+      max_predictions=config.max_predictions,
+      word_start=self.arrays["word_start"][rows] if config.whole_word else None,
+    )
+    batch = {
+      "input_ids": masked["input_ids"],
+      "token_type_ids": self.arrays["token_type_ids"][rows].astype(np.int32),
+      "attention_mask": self.arrays["attention_mask"][rows].astype(np.int32),
+      "masked_positions": masked["masked_positions"],
+      "masked_ids": masked["masked_ids"],
+      "masked_weights": masked["masked_weights"],
+      "next_sentence_label": self.arrays["next_sentence_label"][rows].astype(np.int32),
+    }
+    share = self.batch_size // process_count
+    mine = slice(process_index * share, (process_index + 1) * share)
+    return {key: value[mine] for key, value in batch.items()}

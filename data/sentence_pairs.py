@@ -6,6 +6,7 @@ length; a chunk is split into A and B, and half the time B is replaced by a
 run of sentences from another document. Sentences the replaced B would have
 used are put back, so no text is wasted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,147 +16,145 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Instance:
-    """One NSP pair of token ids, before [CLS]/[SEP] and padding."""
+  """One NSP pair of token ids, before [CLS]/[SEP] and padding."""
 
-    tokens_a: list[int]
-    tokens_b: list[int]
-    is_random_next: bool
-    document_index: int  # the document A came from; lets tests check B's origin
+  tokens_a: list[int]
+  tokens_b: list[int]
+  is_random_next: bool
+  document_index: int  # the document A came from; lets tests check B's origin
 
 
 def make_nsp_pairs(
-    documents: list[list[list[int]]],
-    max_seq_length: int,
-    short_seq_prob: float,
-    rng: np.random.Generator,
-    dupe_factor: int = 1,
+  documents: list[list[list[int]]],
+  max_seq_length: int,
+  short_seq_prob: float,
+  rng: np.random.Generator,
+  dupe_factor: int = 1,
 ) -> list[Instance]:
-    """NSP instances from tokenized documents (document -> sentence -> ids).
+  """NSP instances from tokenized documents (document -> sentence -> ids).
 
-    `dupe_factor` passes over the corpus give different chunkings of the same
-    text. With `short_seq_prob` a document's target length is drawn from
-    [2, max_seq_length - 3], so the model also sees short inputs, as in
-    fine-tuning. A random-next B always comes from a different document when
-    there are two or more. With exactly one document it comes from a random
-    place in that same document (the reference falls back to this too): the
-    label stays "random next", but B may be near A, so the NSP signal is
-    weaker; use more than one document for real runs. Output is shuffled.
-    """
-    if max_seq_length < 5:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for A and B")
-    documents = [
-        [sentence for sentence in document if sentence] for document in documents
-    ]
-    documents = [document for document in documents if document]
-    if not documents:
-        raise ValueError("no documents with tokens to make sentence pairs from")
-    instances = []
-    for _ in range(dupe_factor):
-        for document_index in range(len(documents)):
-            instances.extend(
-                _pairs_from_document(documents, document_index, max_seq_length, short_seq_prob, rng)
-            )
-    order = rng.permutation(len(instances))
-    return [instances[i] for i in order]
+  `dupe_factor` passes over the corpus give different chunkings of the same
+  text. With `short_seq_prob` a document's target length is drawn from
+  [2, max_seq_length - 3], so the model also sees short inputs, as in
+  fine-tuning. A random-next B always comes from a different document when
+  there are two or more. With exactly one document it comes from a random
+  place in that same document (the reference falls back to this too): the
+  label stays "random next", but B may be near A, so the NSP signal is
+  weaker; use more than one document for real runs. Output is shuffled.
+  """
+  if max_seq_length < 5:
+    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for A and B")
+  documents = [[sentence for sentence in document if sentence] for document in documents]
+  documents = [document for document in documents if document]
+  if not documents:
+    raise ValueError("no documents with tokens to make sentence pairs from")
+  instances = []
+  for _ in range(dupe_factor):
+    for document_index in range(len(documents)):
+      instances.extend(
+        _pairs_from_document(documents, document_index, max_seq_length, short_seq_prob, rng)
+      )
+  order = rng.permutation(len(instances))
+  return [instances[i] for i in order]
 
 
 def _pairs_from_document(
-    documents: list[list[list[int]]],
-    document_index: int,
-    max_seq_length: int,
-    short_seq_prob: float,
-    rng: np.random.Generator,
+  documents: list[list[list[int]]],
+  document_index: int,
+  max_seq_length: int,
+  short_seq_prob: float,
+  rng: np.random.Generator,
 ) -> list[Instance]:
-    document = documents[document_index]
-    max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
-    target_length = max_num_tokens
-    if rng.random() < short_seq_prob:
-        target_length = int(rng.integers(2, max_num_tokens + 1))
+  document = documents[document_index]
+  max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
+  target_length = max_num_tokens
+  if rng.random() < short_seq_prob:
+    target_length = int(rng.integers(2, max_num_tokens + 1))
 
-    instances = []
-    chunk: list[list[int]] = []
-    chunk_length = 0
-    i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += len(document[i])
-        if i == len(document) - 1 or chunk_length >= target_length:
-            a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
-            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-            is_random_next = len(chunk) == 1 or rng.random() < 0.5
-            if is_random_next:
-                other = _other_document(documents, document_index, rng)
-                tokens_b = _random_run(other, target_length - len(tokens_a), rng)
-                i -= len(chunk) - a_end  # put back the sentences B did not use
-            else:
-                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
-            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
-            instances.append(Instance(tokens_a, tokens_b, is_random_next, document_index))
-            chunk, chunk_length = [], 0
-        i += 1
-    return instances
+  instances = []
+  chunk: list[list[int]] = []
+  chunk_length = 0
+  i = 0
+  while i < len(document):
+    chunk.append(document[i])
+    chunk_length += len(document[i])
+    if i == len(document) - 1 or chunk_length >= target_length:
+      a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+      tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+      is_random_next = len(chunk) == 1 or rng.random() < 0.5
+      if is_random_next:
+        other = _other_document(documents, document_index, rng)
+        tokens_b = _random_run(other, target_length - len(tokens_a), rng)
+        i -= len(chunk) - a_end  # put back the sentences B did not use
+      else:
+        tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+      truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+      instances.append(Instance(tokens_a, tokens_b, is_random_next, document_index))
+      chunk, chunk_length = [], 0
+    i += 1
+  return instances
 
 
 def _other_document(
-    documents: list[list[list[int]]], document_index: int, rng: np.random.Generator
+  documents: list[list[list[int]]], document_index: int, rng: np.random.Generator
 ) -> list[list[int]]:
-    """Uniform over the other documents; the same one only if it is alone."""
-    if len(documents) == 1:
-        return documents[0]
-    index = int(rng.integers(len(documents) - 1))
-    return documents[index + (index >= document_index)]
+  """Uniform over the other documents; the same one only if it is alone."""
+  if len(documents) == 1:
+    return documents[0]
+  index = int(rng.integers(len(documents) - 1))
+  return documents[index + (index >= document_index)]
 
 
 def _random_run(
-    document: list[list[int]], target_length: int, rng: np.random.Generator
+  document: list[list[int]], target_length: int, rng: np.random.Generator
 ) -> list[int]:
-    """Sentences from a random start until target_length tokens (at least one)."""
-    tokens: list[int] = []
-    for sentence in document[int(rng.integers(len(document))):]:
-        tokens.extend(sentence)
-        if len(tokens) >= target_length:
-            break
-    return tokens
+  """Sentences from a random start until target_length tokens (at least one)."""
+  tokens: list[int] = []
+  for sentence in document[int(rng.integers(len(document))) :]:
+    tokens.extend(sentence)
+    if len(tokens) >= target_length:
+      break
+  return tokens
 
 
 def truncate_seq_pair(
-    tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: np.random.Generator
+  tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: np.random.Generator
 ) -> None:
-    """Trim in place to max_num_tokens, one token at a time from the longer side.
+  """Trim in place to max_num_tokens, one token at a time from the longer side.
 
-    Trimming the longer side keeps both segments informative; taking from the
-    front or the back at random avoids teaching the model that segments
-    always end (or start) at a sentence boundary.
-    """
-    while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        if rng.random() < 0.5:
-            del longer[0]
-        else:
-            longer.pop()
+  Trimming the longer side keeps both segments informative; taking from the
+  front or the back at random avoids teaching the model that segments
+  always end (or start) at a sentence boundary.
+  """
+  while len(tokens_a) + len(tokens_b) > max_num_tokens:
+    longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+    if rng.random() < 0.5:
+      del longer[0]
+    else:
+      longer.pop()
 
 
 def pack_instance(
-    instance: Instance, max_seq_length: int, cls_id: int, sep_id: int, pad_id: int
+  instance: Instance, max_seq_length: int, cls_id: int, sep_id: int, pad_id: int
 ) -> dict[str, np.ndarray]:
-    """`[CLS] A [SEP] B [SEP]` padded to max_seq_length, with segment ids and mask.
+  """`[CLS] A [SEP] B [SEP]` padded to max_seq_length, with segment ids and mask.
 
-    next_sentence_label follows transformers' BertForPreTraining: 0 = B is
-    the true continuation, 1 = B is random.
-    """
-    ids = [cls_id, *instance.tokens_a, sep_id, *instance.tokens_b, sep_id]
-    if len(ids) > max_seq_length:
-        raise ValueError(f"pair of {len(ids)} tokens exceeds max_seq_length={max_seq_length}")
-    length_a = len(instance.tokens_a) + 2
-    input_ids = np.full(max_seq_length, pad_id, np.int32)
-    input_ids[: len(ids)] = ids
-    token_type_ids = np.zeros(max_seq_length, np.int32)
-    token_type_ids[length_a : len(ids)] = 1
-    attention_mask = np.zeros(max_seq_length, np.int32)
-    attention_mask[: len(ids)] = 1
-    return {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "next_sentence_label": np.int32(instance.is_random_next),
-    }
+  next_sentence_label follows transformers' BertForPreTraining: 0 = B is
+  the true continuation, 1 = B is random.
+  """
+  ids = [cls_id, *instance.tokens_a, sep_id, *instance.tokens_b, sep_id]
+  if len(ids) > max_seq_length:
+    raise ValueError(f"pair of {len(ids)} tokens exceeds max_seq_length={max_seq_length}")
+  length_a = len(instance.tokens_a) + 2
+  input_ids = np.full(max_seq_length, pad_id, np.int32)
+  input_ids[: len(ids)] = ids
+  token_type_ids = np.zeros(max_seq_length, np.int32)
+  token_type_ids[length_a : len(ids)] = 1
+  attention_mask = np.zeros(max_seq_length, np.int32)
+  attention_mask[: len(ids)] = 1
+  return {
+    "input_ids": input_ids,
+    "token_type_ids": token_type_ids,
+    "attention_mask": attention_mask,
+    "next_sentence_label": np.int32(instance.is_random_next),
+  }

@@ -5,6 +5,7 @@ that is missing, empty or too large for the embedding table stops the run
 here, with the path in the message, instead of as an index error in a jitted
 step.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,81 +17,81 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def load_tokenizer(vocab: str, lowercase: bool = True) -> BertTokenizerFast:
-    """A BERT WordPiece tokenizer from a vocab.txt, a directory, or a hub name.
+  """A BERT WordPiece tokenizer from a vocab.txt, a directory, or a hub name.
 
-    A directory with tokenizer.json is loaded as saved (its normalizer, added
-    tokens); a directory with only vocab.txt and a bare vocab.txt path build
-    the standard BERT pipeline around the word list. Anything else that does
-    not exist on disk is taken as a Hugging Face hub name (needs network).
-    """
-    if os.path.isdir(vocab):
-        if os.path.isfile(os.path.join(vocab, "tokenizer.json")):
-            tokenizer = BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
-            tokenizer.name_or_path = vocab
-            return tokenizer
-        vocab_file = os.path.join(vocab, "vocab.txt")
-        if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(
-                f"tokenizer directory {vocab} has neither vocab.txt nor tokenizer.json"
-            )
-        return _from_vocab_file(vocab_file, lowercase)
-    if os.path.isfile(vocab):
-        return _from_vocab_file(vocab, lowercase)
-    if _looks_like_local_path(vocab):
-        raise FileNotFoundError(f"vocab file {vocab} does not exist")
-    return BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
+  A directory with tokenizer.json is loaded as saved (its normalizer, added
+  tokens); a directory with only vocab.txt and a bare vocab.txt path build
+  the standard BERT pipeline around the word list. Anything else that does
+  not exist on disk is taken as a Hugging Face hub name (needs network).
+  """
+  if os.path.isdir(vocab):
+    if os.path.isfile(os.path.join(vocab, "tokenizer.json")):
+      tokenizer = BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
+      tokenizer.name_or_path = vocab
+      return tokenizer
+    vocab_file = os.path.join(vocab, "vocab.txt")
+    if not os.path.isfile(vocab_file):
+      raise FileNotFoundError(
+        f"tokenizer directory {vocab} has neither vocab.txt nor tokenizer.json"
+      )
+    return _from_vocab_file(vocab_file, lowercase)
+  if os.path.isfile(vocab):
+    return _from_vocab_file(vocab, lowercase)
+  if _looks_like_local_path(vocab):
+    raise FileNotFoundError(f"vocab file {vocab} does not exist")
+  return BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
 
 
 def _looks_like_local_path(name: str) -> bool:
-    """Hub names are 'model' or 'org/model'; anything else is a missing file."""
-    return (
-        name.endswith(".txt")
-        or name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
+  """Hub names are 'model' or 'org/model'; anything else is a missing file."""
+  return (
+    name.endswith(".txt")
+    or name.startswith((".", "/", "~"))
+    or name.count("/") > 1
+    or (os.sep != "/" and os.sep in name)
+  )
 
 
 def _from_vocab_file(vocab_file: str, lowercase: bool) -> BertTokenizerFast:
-    """tokenizers accepts an empty vocab.txt silently (5 specials): refuse it."""
-    with open(vocab_file, encoding="utf-8") as f:
-        if not any(line.strip() for line in f):
-            raise ValueError(f"vocab file {vocab_file} is empty")
-    tokenizer = BertTokenizerFast(vocab=vocab_file, do_lower_case=lowercase)
-    tokenizer.name_or_path = vocab_file
-    return tokenizer
+  """tokenizers accepts an empty vocab.txt silently (5 specials): refuse it."""
+  with open(vocab_file, encoding="utf-8") as f:
+    if not any(line.strip() for line in f):
+      raise ValueError(f"vocab file {vocab_file} is empty")
+  tokenizer = BertTokenizerFast(vocab=vocab_file, do_lower_case=lowercase)
+  tokenizer.name_or_path = vocab_file
+  return tokenizer
 
 
 def train_wordpiece(
-    texts: Iterable[str], vocab_size: int, out_dir: str, lowercase: bool = True
+  texts: Iterable[str], vocab_size: int, out_dir: str, lowercase: bool = True
 ) -> str:
-    """Train a WordPiece vocab on `texts`; return the path of vocab.txt.
+  """Train a WordPiece vocab on `texts`; return the path of vocab.txt.
 
-    For corpora without a published vocab (the embedded stdlib corpus, a new
-    domain). Special tokens come first, so [PAD] is id 0 as the model and the
-    batch padding assume.
-    """
-    from tokenizers import BertWordPieceTokenizer
+  For corpora without a published vocab (the embedded stdlib corpus, a new
+  domain). Special tokens come first, so [PAD] is id 0 as the model and the
+  batch padding assume.
+  """
+  from tokenizers import BertWordPieceTokenizer
 
-    trainer = BertWordPieceTokenizer(lowercase=lowercase)
-    trainer.train_from_iterator(
-        iter(texts),
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
-    )
-    os.makedirs(out_dir, exist_ok=True)
-    (path,) = trainer.save_model(out_dir)
-    return path
+  trainer = BertWordPieceTokenizer(lowercase=lowercase)
+  trainer.train_from_iterator(
+    iter(texts),
+    vocab_size=vocab_size,
+    min_frequency=2,
+    special_tokens=list(SPECIAL_TOKENS),
+    show_progress=False,
+  )
+  os.makedirs(out_dir, exist_ok=True)
+  (path,) = trainer.save_model(out_dir)
+  return path
 
 
 def check_vocab_fits(tokenizer: BertTokenizerFast, vocab_size: int) -> None:
-    """Fail early when a token id could index past the model's embedding table."""
-    n_tokens = len(tokenizer)
-    if n_tokens > vocab_size:
-        raise ValueError(
-            f"vocab at {tokenizer.name_or_path or '<unnamed tokenizer>'} has "
-            f"{n_tokens} tokens but model.vocab_size is {vocab_size}: "
-            "use a smaller vocab or raise model.vocab_size"
-        )
+  """Fail early when a token id could index past the model's embedding table."""
+  n_tokens = len(tokenizer)
+  if n_tokens > vocab_size:
+    raise ValueError(
+      f"vocab at {tokenizer.name_or_path or '<unnamed tokenizer>'} has "
+      f"{n_tokens} tokens but model.vocab_size is {vocab_size}: "
+      "use a smaller vocab or raise model.vocab_size"
+    )

@@ -1,4 +1,5 @@
 """Sentence pairs for next-sentence prediction (data/sentence_pairs.py)."""
+
 import numpy as np
 import pytest
 
@@ -8,105 +9,103 @@ PAD, CLS, SEP = 0, 2, 3
 
 
 def synthetic_documents(num_documents=200, seed=0):
-    """Token id = 1000 * document + position in document: origin and order are readable."""
-    rng = np.random.default_rng(seed)
-    documents = []
-    for d in range(num_documents):
-        lengths = rng.integers(5, 16, size=rng.integers(10, 31))
-        ids = iter(range(1000 * d, 1000 * (d + 1)))
-        documents.append([[next(ids) for _ in range(n)] for n in lengths])
-    return documents
+  """Token id = 1000 * document + position in document: origin and order are readable."""
+  rng = np.random.default_rng(seed)
+  documents = []
+  for d in range(num_documents):
+    lengths = rng.integers(5, 16, size=rng.integers(10, 31))
+    ids = iter(range(1000 * d, 1000 * (d + 1)))
+    documents.append([[next(ids) for _ in range(n)] for n in lengths])
+  return documents
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    return make_nsp_pairs(synthetic_documents(), 128, 0.1, np.random.default_rng(0))
+  return make_nsp_pairs(synthetic_documents(), 128, 0.1, np.random.default_rng(0))
 
 
 def test_about_half_of_pairs_are_random_next(pairs):
-    fraction = np.mean([p.is_random_next for p in pairs])
-    assert 0.4 <= fraction <= 0.6
-    assert len(pairs) > 400
+  fraction = np.mean([p.is_random_next for p in pairs])
+  assert 0.4 <= fraction <= 0.6
+  assert len(pairs) > 400
 
 
 def test_random_next_b_never_comes_from_the_same_document(pairs):
-    for pair in pairs:
-        b_documents = {token // 1000 for token in pair.tokens_b}
-        assert len(b_documents) == 1
-        assert {token // 1000 for token in pair.tokens_a} == {pair.document_index}
-        assert (b_documents == {pair.document_index}) == (not pair.is_random_next)
+  for pair in pairs:
+    b_documents = {token // 1000 for token in pair.tokens_b}
+    assert len(b_documents) == 1
+    assert {token // 1000 for token in pair.tokens_a} == {pair.document_index}
+    assert (b_documents == {pair.document_index}) == (not pair.is_random_next)
 
 
 def test_is_next_b_continues_a_in_order(pairs):
-    for pair in pairs:
-        if not pair.is_random_next:
-            assert max(pair.tokens_a) < min(pair.tokens_b)
+  for pair in pairs:
+    if not pair.is_random_next:
+      assert max(pair.tokens_a) < min(pair.tokens_b)
 
 
 def test_pairs_fit_max_seq_length_with_both_segments_non_empty(pairs):
-    lengths = [len(p.tokens_a) + len(p.tokens_b) for p in pairs]
-    assert max(lengths) <= 128 - 3
-    assert min(min(len(p.tokens_a), len(p.tokens_b)) for p in pairs) >= 1
-    assert np.mean(lengths) > 80  # chunks fill the target; document ends give short ones
+  lengths = [len(p.tokens_a) + len(p.tokens_b) for p in pairs]
+  assert max(lengths) <= 128 - 3
+  assert min(min(len(p.tokens_a), len(p.tokens_b)) for p in pairs) >= 1
+  assert np.mean(lengths) > 80  # chunks fill the target; document ends give short ones
 
 
 def test_short_seq_prob_shortens_pairs():
-    documents = synthetic_documents(50)
-    full = make_nsp_pairs(documents, 128, 0.0, np.random.default_rng(0))
-    short = make_nsp_pairs(documents, 128, 1.0, np.random.default_rng(0))
-    mean = lambda ps: np.mean([len(p.tokens_a) + len(p.tokens_b) for p in ps])  # noqa: E731
-    assert mean(short) < 0.75 * mean(full)
+  documents = synthetic_documents(50)
+  full = make_nsp_pairs(documents, 128, 0.0, np.random.default_rng(0))
+  short = make_nsp_pairs(documents, 128, 1.0, np.random.default_rng(0))
+  mean = lambda ps: np.mean([len(p.tokens_a) + len(p.tokens_b) for p in ps])  # noqa: E731
+  assert mean(short) < 0.75 * mean(full)
 
 
 def test_unused_sentences_are_put_back_after_a_random_next():
-    documents = synthetic_documents(50)
-    pairs = make_nsp_pairs(documents, 128, 0.0, np.random.default_rng(0))
-    total = sum(len(s) for d in documents for s in d)
-    used_a = sum(len(p.tokens_a) for p in pairs) + sum(
-        len(p.tokens_b) for p in pairs if not p.is_random_next
-    )
-    # Almost every token appears once on its own document's side (truncation loses a few).
-    assert used_a >= 0.9 * total
+  documents = synthetic_documents(50)
+  pairs = make_nsp_pairs(documents, 128, 0.0, np.random.default_rng(0))
+  total = sum(len(s) for d in documents for s in d)
+  used_a = sum(len(p.tokens_a) for p in pairs) + sum(
+    len(p.tokens_b) for p in pairs if not p.is_random_next
+  )
+  # Almost every token appears once on its own document's side (truncation loses a few).
+  assert used_a >= 0.9 * total
 
 
 def test_truncation_removes_from_the_longer_side():
-    a, b = list(range(10)), list(range(100, 103))
-    truncate_seq_pair(a, b, 8, np.random.default_rng(0))
-    assert b == [100, 101, 102]
-    assert len(a) == 5 and a == list(range(a[0], a[0] + 5))  # a contiguous slice
-    a, b = list(range(20)), list(range(100, 120))
-    truncate_seq_pair(a, b, 10, np.random.default_rng(0))
-    assert (len(a), len(b)) == (5, 5)
+  a, b = list(range(10)), list(range(100, 103))
+  truncate_seq_pair(a, b, 8, np.random.default_rng(0))
+  assert b == [100, 101, 102]
+  assert len(a) == 5 and a == list(range(a[0], a[0] + 5))  # a contiguous slice
+  a, b = list(range(20)), list(range(100, 120))
+  truncate_seq_pair(a, b, 10, np.random.default_rng(0))
+  assert (len(a), len(b)) == (5, 5)
 
 
 def test_truncation_takes_from_both_front_and_back():
-    a = list(range(30))
-    truncate_seq_pair(a, [100], 11, np.random.default_rng(0))
-    assert a == list(range(a[0], a[0] + 10))
-    assert 0 < a[0] and a[-1] < 29  # 20 coin flips: both ends lost tokens
+  a = list(range(30))
+  truncate_seq_pair(a, [100], 11, np.random.default_rng(0))
+  assert a == list(range(a[0], a[0] + 10))
+  assert 0 < a[0] and a[-1] < 29  # 20 coin flips: both ends lost tokens
 
 
 def test_single_document_corpus_draws_random_next_from_itself():
-    documents = synthetic_documents(1)
-    pairs = make_nsp_pairs(documents, 64, 0.0, np.random.default_rng(0))
-    assert any(p.is_random_next for p in pairs) and not all(p.is_random_next for p in pairs)
-    assert all(t // 1000 == 0 for p in pairs for t in p.tokens_a + p.tokens_b)
+  documents = synthetic_documents(1)
+  pairs = make_nsp_pairs(documents, 64, 0.0, np.random.default_rng(0))
+  assert any(p.is_random_next for p in pairs) and not all(p.is_random_next for p in pairs)
+  assert all(t // 1000 == 0 for p in pairs for t in p.tokens_a + p.tokens_b)
 
 
 def test_single_sentence_documents_pair_with_other_documents():
-    documents = [[[1000 * d + i for i in range(6)]] for d in range(10)]
-    pairs = make_nsp_pairs(documents, 32, 0.0, np.random.default_rng(0))
-    assert len(pairs) == 10
-    assert all(p.is_random_next for p in pairs)
-    assert all(p.tokens_b[0] // 1000 != p.document_index for p in pairs)
+  documents = [[[1000 * d + i for i in range(6)]] for d in range(10)]
+  pairs = make_nsp_pairs(documents, 32, 0.0, np.random.default_rng(0))
+  assert len(pairs) == 10
+  assert all(p.is_random_next for p in pairs)
+  assert all(p.tokens_b[0] // 1000 != p.document_index for p in pairs)
 
 
 def test_pack_instance_lays_out_cls_a_sep_b_sep_and_pads():
-    packed = pack_instance(Instance([10, 11], [20, 21, 22], True, 0), 10, CLS, SEP, PAD)
-    np.testing.assert_array_equal(
-        packed["input_ids"], [CLS, 10, 11, SEP, 20, 21, 22, SEP, PAD, PAD]
-    )
-    np.testing.assert_array_equal(packed["token_type_ids"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(packed["attention_mask"], [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
-    assert packed["next_sentence_label"] == 1
-    assert packed["input_ids"].dtype == np.int32
+  packed = pack_instance(Instance([10, 11], [20, 21, 22], True, 0), 10, CLS, SEP, PAD)
+  np.testing.assert_array_equal(packed["input_ids"], [CLS, 10, 11, SEP, 20, 21, 22, SEP, PAD, PAD])
+  np.testing.assert_array_equal(packed["token_type_ids"], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(packed["attention_mask"], [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+  assert packed["next_sentence_label"] == 1
+  assert packed["input_ids"].dtype == np.int32
