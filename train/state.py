@@ -54,9 +54,22 @@ def _opt_state_shardings(tx, abstract_params, shardings, mesh):
       is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def create_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
-                       mesh: Mesh, rules, seed: int):
-  """Returns (graphdef, sharded TrainState, its shardings)."""
+def _initializer(factory: ModelFactory, tx: optax.GradientTransformation, seed: int):
+  def init():
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    params = nnx.state(factory(nnx.Rngs(params=init_key)), nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=jax.random.key_data(run_key))
+  return init
+
+
+def abstract_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
+                         mesh: Mesh, rules):
+  """(graphdef, TrainState of ShapeDtypeStructs carrying shardings, the shardings).
+
+  Nothing is allocated: this is what ahead-of-time compilation for a TPU
+  topology lowers against, and what `create_train_state` fills in.
+  """
   graphdef, abstract_params = abstract_model(factory)
   p_shardings = param_shardings(abstract_params, mesh, rules)
   replicated = NamedSharding(mesh, P())
@@ -64,14 +77,17 @@ def create_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
       step=replicated, params=p_shardings,
       opt_state=_opt_state_shardings(tx, abstract_params, p_shardings, mesh),
       rng=replicated)
+  shapes = jax.eval_shape(_initializer(factory, tx, 0))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
+  return graphdef, abstract, shardings
 
-  def init():
-    init_key, run_key = jax.random.split(jax.random.key(seed))
-    params = nnx.state(factory(nnx.Rngs(params=init_key)), nnx.Param)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=jax.random.key_data(run_key))
 
-  state = jax.jit(init, out_shardings=shardings)()
+def create_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
+                       mesh: Mesh, rules, seed: int):
+  """Returns (graphdef, sharded TrainState, its shardings)."""
+  graphdef, _, shardings = abstract_train_state(factory, tx, mesh, rules)
+  state = jax.jit(_initializer(factory, tx, seed), out_shardings=shardings)()
   return graphdef, state, shardings
 
 

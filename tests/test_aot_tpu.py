@@ -1,0 +1,42 @@
+"""Configs compile for real TPU slices on this CPU machine, and fit their HBM."""
+import pytest
+
+pytest.importorskip("libtpu", reason="pip install -e '.[tpu]' for ahead-of-time TPU compiles")
+
+from configs.pretrain import bert_base, bert_large
+from model.config import BertConfig
+from train import aot
+
+
+def test_flop_count_matches_the_6nd_rule_for_bert_base():
+  model = BertConfig()
+  flops = aot.pretraining_flops_per_step(model, batch=256, length=128, predictions=20)
+  params_in_matmuls = 12 * (4 * 768 ** 2 + 2 * 768 * 3072)
+  six_n_d = 6 * params_in_matmuls * 256 * 128
+  assert 1.0 < flops / six_n_d < 1.2  # attention and the MLM head add the rest
+
+
+def test_bert_base_compiles_for_v5e_4x4_and_fits():
+  config = bert_base.get_config("phase1")
+  config.model.scan_layers = True  # compile time flat in depth (unscanned: ~7 min on 2 cores)
+  report = aot.compile_for_topology(config, "v5e:4x4")
+  print(report.summary())
+  assert report.num_devices == 16 and report.device_kind == "TPU v5 lite"
+  assert report.fits and 0.5 * 2**30 < report.bytes_per_chip
+
+
+def test_bert_large_compiles_for_v4_and_fits():
+  config = bert_large.get_config("phase1")  # scan + remat, fsdp=4 by default
+  report = aot.compile_for_topology(config, "v4:2x2x1")
+  print(report.summary())
+  assert report.device_kind == "TPU v4"
+  assert report.fits
+
+
+def test_a_config_too_big_for_the_chip_is_reported():
+  config = bert_large.get_config("phase2")
+  config.batch_size = 4096
+  config.model.remat_policy = "none"
+  config.mesh.shape = dict(data=-1, fsdp=1, tensor=1)
+  report = aot.compile_for_topology(config, "v5e:2x2")
+  assert not report.fits and "DOES NOT FIT" in report.summary()
