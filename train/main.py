@@ -13,7 +13,25 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/...).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and plots go (local or gs://).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 for a multi-process job outside TPU/SLURM "
+                    "(e.g. several CPU or GPU processes); on a TPU pod leave it unset and "
+                    "set config.distributed=True")
+flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
+flags.DEFINE_integer("process_id", None, "with --coordinator_address")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(config) -> None:
+  """Joins the job's processes before any device is touched."""
+  import jax
+  if FLAGS.coordinator_address:
+    # Only the CPU backend reads this: its cross-process collectives need gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  elif config.get("distributed", False):
+    jax.distributed.initialize()  # coordinator and ids from the TPU / SLURM environment
 
 
 class _QuietLibraries:
@@ -29,8 +47,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   from train import loop
-  if FLAGS.config.get("distributed", False):
-    jax.distributed.initialize()  # coordinator and process ids from the TPU/SLURM environment
+  initialize_distributed(FLAGS.config)
   logging.info("JAX %s on %d %s devices, process %d of %d", jax.__version__, jax.device_count(),
                jax.devices()[0].platform, jax.process_index(), jax.process_count())
   logging.info("config:\n%s", FLAGS.config)
