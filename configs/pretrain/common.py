@@ -51,6 +51,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       rules=[list(rule) for rule in DEFAULT_RULES],
   ))
   c.init = ml_collections.ConfigDict(dict(hf_dir=""))  # continue from HF weights
+  c.distributed = False         # True on TPU pods: jax.distributed.initialize() from the environment
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
   c.stop_at_step = 0            # >0: end this invocation there (time-boxed jobs); resume later
   c.log_every_steps = 100
