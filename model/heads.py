@@ -3,6 +3,11 @@
 `BertForPreTraining` is BERT's pretraining model: the masked-LM head (a dense +
 LayerNorm transform, then a decoder tied to the word embeddings with its own
 bias) and the next-sentence head on the pooled output.
+
+The fine-tuning models (sequence / token classification, span QA) keep the
+encoder under the same name, `bert`, so an encoder tree from a pretraining
+checkpoint or from `model/convert.hf_to_params` loads into every one of them;
+their heads start fresh. Head outputs are float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.bert import BertModel, Dense, LayerNorm, activation, constrain, param
+from model.bert import BertModel, Dense, LayerNorm, activation, constrain, dropout, param
 from model.config import BertConfig
 
 
@@ -65,3 +70,65 @@ class BertForPreTraining(nnx.Module):
     nsp_logits = self.nsp(pooled).astype(jnp.float32)
     return {"sequence_output": sequence, "pooled_output": pooled,
             "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+
+
+class BertForSequenceClassification(nnx.Module):
+  """Pooled [CLS] vector -> dropout -> Dense: class logits, or a score when num_labels=1.
+
+  Dropout rate is hidden_dropout_prob, as transformers uses when
+  classifier_dropout is unset.
+  """
+
+  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs):
+    if num_labels < 1:
+      raise ValueError(f"num_labels={num_labels}: need at least 1 (1 means regression)")
+    self.config = config
+    self.bert = BertModel(config, rngs)
+    self.classifier = Dense("bd,dc->bc", (config.hidden_size, num_labels), ("embed", None),
+                            (None,), rngs, config.initializer_range)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
+    """Returns logits [batch, num_labels] (float32)."""
+    rng_bert, rng_head = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    _, pooled = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=rng_bert)
+    pooled = dropout(pooled, self.config.hidden_dropout_prob, rng_head)
+    return self.classifier(pooled).astype(jnp.float32)
+
+
+class BertForTokenClassification(nnx.Module):
+  """Every token's vector -> dropout -> Dense: per-token tag logits (NER)."""
+
+  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs):
+    if num_labels < 2:
+      raise ValueError(f"num_labels={num_labels}: token classification needs at least 2 tags")
+    self.config = config
+    self.bert = BertModel(config, rngs)
+    self.classifier = Dense("btd,dc->btc", (config.hidden_size, num_labels), ("embed", None),
+                            (None,), rngs, config.initializer_range)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
+    """Returns logits [batch, length, num_labels] (float32)."""
+    rng_bert, rng_head = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=rng_bert)
+    sequence = dropout(sequence, self.config.hidden_dropout_prob, rng_head)
+    return self.classifier(sequence).astype(jnp.float32)
+
+
+class BertForQuestionAnswering(nnx.Module):
+  """Every token's vector -> Dense to 2: where the answer span starts and ends.
+
+  No dropout before the span head, as in the BERT paper's SQuAD model and
+  transformers' BertForQuestionAnswering.
+  """
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.bert = BertModel(config, rngs)
+    self.qa_outputs = Dense("btd,dc->btc", (config.hidden_size, 2), ("embed", None), (None,),
+                            rngs, config.initializer_range)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
+    """Returns (start_logits, end_logits), each [batch, length] (float32)."""
+    sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=dropout_rng)
+    logits = self.qa_outputs(sequence).astype(jnp.float32)
+    return logits[..., 0], logits[..., 1]

@@ -2,29 +2,43 @@
 
 Top to bottom: build the task, the mesh and the sharded state; restore the
 newest checkpoint of the workdir if there is one (refusing one from another
-config); then step, logging every `log_every_steps`, evaluating every
-`eval_every_steps`, checkpointing every `checkpoint.every_steps`, at the end
-and on SIGTERM (preemption). The host syncs with the devices only at those
-moments.
+config), or else load init weights (train/warm_start.py); then step, logging
+every `log_every_steps`, evaluating every `eval_every_steps` (0: every
+epoch), checkpointing every `checkpoint.every_steps` (0: at each
+evaluation), at the end and on SIGTERM (preemption). The host syncs with the
+devices only at those moments.
+
+Fine-tuning adds, when the config has an `early_stopping` section: the best
+evaluation by `early_stopping.metric` is kept as its own checkpoint under
+<workdir>/best; training stops after `patience` evaluations without
+improvement (0: never); after training, the best parameters are evaluated
+on the test batches. <workdir>/final_metrics.json holds the last evaluation,
+the best one and the test metrics; <workdir>/config.json the config.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from train import hf, mesh as mesh_lib, optim, step as step_lib, tasks, writers
+from data.finetune import host_share
+from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
-from train.state import abstract_model, create_train_state, load_params
+from train.state import abstract_model, create_train_state
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
 RESUME_KEYS = ("task", "model", "data", "batch_size", "seed")
+BEST_DIR = "best"
+RUN_FILES = ("config.json", "labels.json", "tokenizer")
 
 
 def _fingerprint(config) -> dict:
@@ -49,60 +63,180 @@ class _Preemption:
     self.requested = True
 
 
+class EarlyStopping:
+  """Tracks the best evaluation by one metric; says when patience has run out.
+
+  Its state goes into every checkpoint's meta (`to_meta`), so a resumed run
+  knows the best so far and how many evaluations have passed without it.
+  """
+
+  def __init__(self, metric: str, mode: str = "max", patience: int = 0, saved: dict | None = None):
+    if mode not in ("max", "min"):
+      raise ValueError(f"early_stopping.mode={mode!r}: expected 'max' or 'min'")
+    if patience < 0:
+      raise ValueError(f"early_stopping.patience={patience}: must be >= 0 (0: never stop)")
+    self.metric, self.mode, self.patience = metric, mode, patience
+    saved = saved or {}
+    self.best_step: int | None = saved.get("best_step")
+    self.best_value: float | None = saved.get("best_value")
+    self.best_metrics: dict = saved.get("best_metrics", {})
+    self.evals_since_best: int = saved.get("evals_since_best", 0)
+
+  def update(self, step: int, results: dict) -> bool:
+    """Records an evaluation; True when it is the best so far."""
+    if self.metric not in results:
+      raise ValueError(f"early_stopping.metric={self.metric!r} is not among the evaluation "
+                       f"metrics {sorted(k for k, v in results.items() if _is_number(v))}")
+    value = float(results[self.metric])
+    better = self.best_value is None or (value > self.best_value if self.mode == "max"
+                                         else value < self.best_value)
+    if better and math.isfinite(value):
+      self.best_step, self.best_value, self.evals_since_best = step, value, 0
+      self.best_metrics = _scalars(results)
+      return True
+    self.evals_since_best += 1
+    return False
+
+  @property
+  def should_stop(self) -> bool:
+    return self.patience > 0 and self.evals_since_best >= self.patience
+
+  def to_meta(self) -> dict:
+    return {"best_step": self.best_step, "best_value": self.best_value,
+            "best_metrics": self.best_metrics, "evals_since_best": self.evals_since_best}
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _scalars(results: dict) -> dict:
+  return {k: float(v) for k, v in results.items() if _is_number(v)}
+
+
 def _sum_metrics(history: list[dict]) -> dict:
   fetched = jax.device_get(history)
   return {k: float(np.sum([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def evaluate(eval_step, params, batches, mesh, rules, objective) -> dict:
-  sums = [eval_step(params, mesh_lib.shard_batch(b, mesh, rules)) for b in batches]
-  return objective.finalize(_sum_metrics(sums))
+def evaluate(eval_step, params, batches, mesh, rules, objective, score=None,
+             split: str = "eval") -> dict:
+  """Objective means over `batches`; with `score`, the task's metrics too.
+
+  With `score`, `eval_step` returns (sums, outputs) (step.make_eval_step's
+  with_outputs): the outputs of every row are gathered to the host in batch
+  order and handed to `score(split, outputs)`.
+  """
+  bar = writers.progress(len(batches), desc=f"eval {split}", enabled=jax.process_index() == 0)
+  results = []
+  for batch in batches:
+    local = host_share(batch, jax.process_index(), jax.process_count())
+    results.append(eval_step(params, mesh_lib.shard_batch(local, mesh, rules)))
+    bar.update(1)
+  bar.close()
+  if score is None:
+    return objective.finalize(_sum_metrics(results))
+  metrics = objective.finalize(_sum_metrics([sums for sums, _ in results]))
+  outputs = [multihost_utils.process_allgather(out, tiled=True) for _, out in results]
+  outputs = {key: np.concatenate([np.asarray(o[key]) for o in outputs]) for key in outputs[0]}
+  metrics.update(score(split, outputs))
+  return metrics
+
+
+def _schedule_steps(config, task) -> tuple[int, int]:
+  """(total_steps, warmup_steps): given, or from epochs and warmup_ratio (fine-tuning)."""
+  total = config.optimizer.total_steps or config.get("epochs", 0) * (task.steps_per_epoch or 0)
+  if not total:
+    raise ValueError("optimizer.total_steps is 0 and no epochs are set: give one of them")
+  warmup = config.optimizer.warmup_steps or round(config.optimizer.get("warmup_ratio", 0.0) * total)
+  return int(total), int(warmup)
+
+
+def _write_json(path: str, value) -> None:
+  with open(path, "w") as f:
+    json.dump(value, f, indent=2, default=str)
+
+
+def save_run_files(config, task, workdir: str) -> None:
+  """What `train/predict.py` needs beside the checkpoint: config, labels, tokenizer."""
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  if task.labels is not None:
+    _write_json(os.path.join(workdir, "labels.json"), task.labels)
+  if task.tokenizer is not None and not os.path.isdir(os.path.join(workdir, "tokenizer")):
+    task.tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+
+
+def _log_eval(step: int, split: str, results: dict) -> None:
+  logging.info("step %d %s %s", step, split,
+               {k: round(v, 4) for k, v in _scalars(results).items()})
+  for key, value in results.items():
+    if key.endswith("_text"):
+      logging.info("%s %s:\n%s", split, key, value)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the job described by `config` in `workdir`; returns final eval metrics."""
+  """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics."""
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   task = tasks.build_task(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
-  total_steps = config.optimizer.total_steps
+  total_steps, warmup_steps = _schedule_steps(config, task)
+  opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt_config.update(total_steps=total_steps, warmup_steps=warmup_steps)
   # stop_at_step ends this invocation early (a time-boxed job); the schedule still
   # runs to total_steps and the next invocation picks up from the checkpoint.
   end_step = min(config.stop_at_step or total_steps, total_steps)
   _, abstract_params = abstract_model(task.model_factory)
-  tx = optim.make_optimizer(config.optimizer, abstract_params)
+  tx = optim.make_optimizer(opt_config, abstract_params)
   graphdef, state, shardings = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
 
   counts = optim.count_params(state.params)
-  logging.info("model: %s parameters; mesh %s; data %s", f"{counts['total']:,}",
-               dict(mesh.shape), json.dumps(task.summary))
+  logging.info("model: %s parameters; mesh %s; %d steps (%d warmup); data %s",
+               f"{counts['total']:,}", dict(mesh.shape), total_steps, warmup_steps,
+               json.dumps(task.summary, default=str))
 
   meta = {"config": _fingerprint(config), "total_steps": total_steps}
   ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
+  saved_progress = None
   if ckpt.latest_step() is not None:
-    check_compatible(ckpt.read_meta(), meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+    saved_meta = ckpt.read_meta()
+    check_compatible(saved_meta, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
     state, _ = ckpt.restore(None, abstract_like(state))
+    saved_progress = saved_meta.get("early_stopping")
     logging.info("resumed from step %d", int(state.step))
-  elif config.init.hf_dir:
-    _, tree, missing = hf.load_hf_checkpoint(hf.resolve_hf_source(config.init.hf_dir),
-                                             task.model_config)
-    state = load_params(state, tree, tx)
-    logging.info("initialised from %s (fresh: %s)", config.init.hf_dir, missing or "none")
+  else:
+    state = warm_start.initialise(state, config.init, task.model_config, tx)
+  if is_main:
+    save_run_files(config, task, workdir)
 
-  schedule = optim.make_schedule(config.optimizer)
+  stopping = None
+  if config.get("early_stopping") and config.early_stopping.metric:
+    es = config.early_stopping
+    stopping = EarlyStopping(es.metric, es.mode, es.patience, saved_progress)
+  best_ckpt = (Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save)
+               if stopping else None)
+
+  schedule = optim.make_schedule(opt_config)
   train_step = jax.jit(
       step_lib.make_train_step(graphdef, tx, task.objective, schedule,
-                               config.optimizer.grad_accum_steps, shardings.params),
+                               opt_config.grad_accum_steps, shardings.params),
       donate_argnums=0, out_shardings=(shardings, None))
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective))
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective,
+                                              with_outputs=task.score is not None))
+  eval_every = config.eval_every_steps or task.steps_per_epoch
+  checkpoint_every = config.checkpoint.every_steps or eval_every
 
   writer = writers.MetricWriter(workdir, enabled=is_main)
   start = int(state.step)
-  bar = writers.progress(total_steps, initial=start, enabled=is_main)
+  if stopping and stopping.should_stop:
+    logging.info("early stopping had already ended this run at step %d", start)
+    end_step = start
+  bar = writers.progress(end_step, initial=min(start, end_step), enabled=is_main)
   preemption = _Preemption()
   history, last_eval = [], {}
   tokens_per_step = config.batch_size * config.data.max_seq_length
+  accuracy_key = next((k for k in task.objective.metric_names if "accuracy" in k), None)
   timer = time.perf_counter()
   steps_since_log = 0
 
@@ -124,30 +258,60 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        step_time=elapsed / steps_since_log,
                        tokens_per_second=tokens_per_step * steps_since_log / elapsed)
         writer.write(done, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.3f}",
-                        mlm_acc=f"{scalars.get('mlm_accuracy', float('nan')):.3f}")
+        postfix = {"loss": f"{scalars['loss']:.3f}"}
+        if accuracy_key:
+          postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
+        bar.set_postfix(**postfix)
         history, steps_since_log, timer = [], 0, time.perf_counter()
 
-      if done % config.eval_every_steps == 0 or done == end_step:
-        last_eval = evaluate(eval_step, state.params, task.eval_batches, mesh, rules, task.objective)
-        writer.write(done, last_eval, split="eval")
-        logging.info("step %d eval %s", done, {k: round(v, 4) for k, v in last_eval.items()})
+      # Not at a stop_at_step pause: an extra evaluation there would count
+      # against early-stopping patience and the resumed run would diverge.
+      if done % eval_every == 0 or done == total_steps:
+        last_eval = evaluate(eval_step, state.params, task.eval_batches, mesh, rules,
+                             task.objective, task.score, "eval")
+        writer.write(done, _scalars(last_eval), split="eval")
+        _log_eval(done, "eval", last_eval)
+        if stopping and stopping.update(done, last_eval):
+          best_ckpt.save(done, {"params": state.params}, meta)
+          logging.info("new best %s=%.4f at step %d", stopping.metric, stopping.best_value, done)
         timer = time.perf_counter()  # eval time is not step time
 
-      if (done % config.checkpoint.every_steps == 0 or done == end_step
-          or preemption.requested):
-        ckpt.save(done, state, meta)
+      stop_early = stopping is not None and stopping.should_stop
+      if (done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early):
+        progress = {"early_stopping": stopping.to_meta()} if stopping else {}
+        ckpt.save(done, state, dict(meta, **progress))
       if preemption.requested:
         logging.warning("SIGTERM: saved step %d, stopping", done)
+        break
+      if stop_early:
+        logging.info("early stopping at step %d: %s has not improved on %.4f (step %d) for %d "
+                     "evaluations", done, stopping.metric, stopping.best_value,
+                     stopping.best_step, stopping.evals_since_best)
         break
 
   bar.close()
   ckpt.close()
+  final = {"step": int(state.step), **_scalars(last_eval)}
+  if last_eval.get("report") is not None:
+    final["report"] = last_eval["report"]
+  if stopping and stopping.best_step is not None:
+    best_ckpt.wait()
+    final["best"] = {"step": stopping.best_step, "metric": stopping.metric,
+                     "value": stopping.best_value, "eval": stopping.best_metrics}
+    if task.test_batches and not preemption.requested:
+      best_params, _ = best_ckpt.restore(stopping.best_step, {"params": abstract_like(state.params)})
+      with mesh_lib.activate(mesh, rules):
+        test = evaluate(eval_step, best_params["params"], task.test_batches, mesh, rules,
+                        task.objective, task.score, "test")
+      writer.write(stopping.best_step, _scalars(test), split="test")
+      _log_eval(stopping.best_step, "test", test)
+      final["test"] = {k: v for k, v in test.items() if not k.endswith("_text")}
+  if best_ckpt:
+    best_ckpt.close()
   writer.close()
   if is_main:
-    writers.plot_loss_curves(workdir, keys=[k for k in ("loss", "mlm_accuracy")
-                                            if k in task.objective.metric_names])
+    curve_keys = ["loss"] + ([accuracy_key] if accuracy_key else [])
+    writers.plot_loss_curves(workdir, keys=curve_keys)
     if last_eval:
-      with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump({"step": int(state.step), **last_eval}, f, indent=2)
-  return last_eval
+      _write_json(os.path.join(workdir, "final_metrics.json"), final)
+  return final

@@ -4,6 +4,12 @@ An objective returns *sums* plus the batch-wide denominators it was told,
 never per-micro-batch means, so that gradient accumulation over m micro-batches
 gives exactly the update of one batch m times larger, and eval metrics add up
 across batches.
+
+Fine-tuning objectives split the work in two, `outputs` (the forward pass)
+and `loss_and_sums` (what is scored), so the eval step can return the model
+outputs that task metrics (F1, MCC, seqeval, SQuAD) need from the same pass.
+Their batches carry a per-example `weight`: 1 for real examples, 0 for the
+rows that pad the last eval batch, so padding changes no sum.
 """
 
 from __future__ import annotations
@@ -62,6 +68,117 @@ class PretrainingObjective:
     return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss,
             "mlm_accuracy": float(sums["mlm_correct"]) / mlm_n,
             "nsp_loss": nsp_loss, "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n}
+
+
+class _FinetuneObjective:
+  """`__call__` = `loss_and_sums(outputs(...))`, the protocol the train step uses."""
+
+  def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
+    return {"examples": jnp.maximum(jnp.sum(batch["weight"]), 1.0)}
+
+  def __call__(self, model, batch: Batch, dropout_rng, norm) -> tuple[jax.Array, dict]:
+    return self.loss_and_sums(self.outputs(model, batch, dropout_rng), batch, norm)
+
+  @staticmethod
+  def _forward(model, batch, dropout_rng):
+    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                 dropout_rng=dropout_rng)
+
+
+class ClassificationObjective(_FinetuneObjective):
+  """Cross-entropy over the classes; squared error when num_labels == 1 (STS-B).
+
+  Both are means over the real examples of the whole batch, as transformers'
+  BertForSequenceClassification computes them.
+  """
+
+  def __init__(self, num_labels: int):
+    self.regression = num_labels == 1
+    self.metric_names = ("loss",) if self.regression else ("loss", "accuracy")
+
+  def outputs(self, model, batch: Batch, dropout_rng) -> dict:
+    return {"logits": self._forward(model, batch, dropout_rng)}
+
+  def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
+    logits, weight = outputs["logits"], batch["weight"].astype(jnp.float32)
+    if self.regression:
+      errors = jnp.square(logits[:, 0] - batch["label"].astype(jnp.float32))
+      loss_sum = jnp.sum(errors * weight)
+      correct = jnp.zeros((), jnp.float32)
+    else:
+      loss_sum = _token_xent_sum(logits, batch["label"], weight)
+      correct = jnp.sum((logits.argmax(-1) == batch["label"]) * weight)
+    sums = {"loss": loss_sum, "correct": correct, "count": jnp.sum(weight)}
+    return loss_sum / norm["examples"], sums
+
+  def finalize(self, sums: Mapping[str, Any]) -> dict[str, float]:
+    n = max(float(sums["count"]), 1.0)
+    out = {"loss": float(sums["loss"]) / n}
+    if not self.regression:
+      out["accuracy"] = float(sums["correct"]) / n
+    return out
+
+
+class TokenClassificationObjective(_FinetuneObjective):
+  """Cross-entropy per labelled token (a word's first sub-token), mean over the batch's.
+
+  `label_weights` [batch, length] is 1 where a token carries its word's tag
+  and 0 on later sub-tokens, special tokens and padding.
+  """
+
+  metric_names = ("loss", "token_accuracy")
+
+  def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
+    return {"tokens": jnp.maximum(jnp.sum(self._weights(batch)), 1.0)}
+
+  @staticmethod
+  def _weights(batch):
+    return batch["label_weights"].astype(jnp.float32) * batch["weight"][:, None].astype(jnp.float32)
+
+  def outputs(self, model, batch: Batch, dropout_rng) -> dict:
+    return {"logits": self._forward(model, batch, dropout_rng)}
+
+  def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
+    logits, weights = outputs["logits"], self._weights(batch)
+    loss_sum = _token_xent_sum(logits, batch["labels"], weights)
+    sums = {"loss": loss_sum,
+            "correct": jnp.sum((logits.argmax(-1) == batch["labels"]) * weights),
+            "count": jnp.sum(weights)}
+    return loss_sum / norm["tokens"], sums
+
+  @staticmethod
+  def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
+    n = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss"]) / n, "token_accuracy": float(sums["correct"]) / n}
+
+
+class SpanObjective(_FinetuneObjective):
+  """Extractive QA: (cross-entropy of the start + of the end position) / 2, per window.
+
+  A window that does not contain the answer points both at [CLS] (position 0),
+  as in the BERT paper's SQuAD code.
+  """
+
+  metric_names = ("loss", "span_accuracy")
+
+  def outputs(self, model, batch: Batch, dropout_rng) -> dict:
+    start, end = self._forward(model, batch, dropout_rng)
+    return {"start_logits": start, "end_logits": end}
+
+  def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
+    weight = batch["weight"].astype(jnp.float32)
+    start_sum = _token_xent_sum(outputs["start_logits"], batch["start_positions"], weight)
+    end_sum = _token_xent_sum(outputs["end_logits"], batch["end_positions"], weight)
+    loss_sum = (start_sum + end_sum) / 2
+    exact = ((outputs["start_logits"].argmax(-1) == batch["start_positions"])
+             & (outputs["end_logits"].argmax(-1) == batch["end_positions"]))
+    sums = {"loss": loss_sum, "correct": jnp.sum(exact * weight), "count": jnp.sum(weight)}
+    return loss_sum / norm["examples"], sums
+
+  @staticmethod
+  def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
+    n = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss"]) / n, "span_accuracy": float(sums["correct"]) / n}
 
 
 Objective = Callable[..., tuple[jax.Array, dict]]

@@ -78,10 +78,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
   return train_step
 
 
-def make_eval_step(graphdef, objective):
-  """Metric sums for one batch, dropout off."""
+def make_eval_step(graphdef, objective, with_outputs: bool = False):
+  """Metric sums for one batch, dropout off; with_outputs: (sums, model outputs).
+
+  The outputs (logits) are what task metrics such as F1 or SQuAD EM are
+  computed from on the host; objectives that offer them split their call
+  into `outputs` and `loss_and_sums`, so one forward pass gives both.
+  """
   def eval_step(params, batch):
     model = nnx.merge(graphdef, params)
-    _, sums = objective(model, batch, None, objective.normalizers(batch))
-    return sums
+    norm = objective.normalizers(batch)
+    if not with_outputs:
+      return objective(model, batch, None, norm)[1]
+    outputs = objective.outputs(model, batch, None)
+    return objective.loss_and_sums(outputs, batch, norm)[1], outputs
   return eval_step

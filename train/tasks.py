@@ -1,7 +1,15 @@
 """From a config to what the loop needs: a model factory, an objective and data.
 
 A `Task` is the only thing that differs between pretraining and fine-tuning;
-`train/loop.py` runs every task the same way.
+`train/loop.py` runs every task the same way. Fine-tuning tasks add what
+their metrics need: a `score` function from model outputs on the dev / test
+batches to task metrics (F1, MCC, seqeval, SQuAD EM/F1), the label list and
+the tokenizer (saved in the workdir for `train/predict.py`).
+
+  task='pretraining'            MLM + NSP (BertForPreTraining)
+  task='classification'         sentences / pairs / relations (BertForSequenceClassification)
+  task='token_classification'   NER on CoNLL files (BertForTokenClassification)
+  task='question_answering'     SQuAD v1.1 spans (BertForQuestionAnswering)
 """
 
 from __future__ import annotations
@@ -13,11 +21,16 @@ from typing import Any, Callable
 from absl import logging
 from flax import nnx
 
-from data import corpus, tokenizer as tokenizer_lib
+import numpy as np
+
+from data import classification, corpus, finetune, ner, squad, tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
-from model.heads import BertForPreTraining
-from train.losses import PretrainingObjective
+from model.heads import (BertForPreTraining, BertForQuestionAnswering,
+                         BertForSequenceClassification, BertForTokenClassification)
+from train import metrics, warm_start
+from train.losses import (ClassificationObjective, PretrainingObjective, SpanObjective,
+                          TokenClassificationObjective)
 
 
 @dataclasses.dataclass
@@ -29,6 +42,12 @@ class Task:
   eval_batches: list[dict]        # fixed global batches, numpy
   vocab_file: str | None = None
   summary: dict = dataclasses.field(default_factory=dict)
+  steps_per_epoch: int | None = None
+  test_batches: list[dict] = dataclasses.field(default_factory=list)
+  # (split 'eval' | 'test', model outputs of every row of that split's batches) -> metrics
+  score: Callable[[str, dict], dict] | None = None
+  labels: list[str] | None = None
+  tokenizer: Any = None
 
 
 def load_documents(data) -> list[list[str]]:
@@ -99,10 +118,193 @@ def build_pretraining(config, workdir: str) -> Task:
       vocab_file=getattr(tokenizer, "vocab_file", None),
       summary={"train": dataclasses.asdict(train_stats), "heldout": dataclasses.asdict(heldout_stats),
                "vocab_size": len(tokenizer)},
+      steps_per_epoch=train_data.steps_per_epoch,
   )
 
 
-BUILDERS = {"pretraining": build_pretraining}
+# --------------------------------------------------------------------------
+# Fine-tuning
+
+SPLITS = ("train", "eval", "test")
+
+
+def finetune_model_config(config) -> BertConfig:
+  model_config = BertConfig.from_dict(config.model)
+  if config.data.max_seq_length > model_config.max_position_embeddings:
+    raise ValueError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
+                     f"model.max_position_embeddings={model_config.max_position_embeddings}")
+  return model_config
+
+
+def finetune_tokenizer(config, model_config: BertConfig):
+  """data.vocab, or else the vocab that came with init.checkpoint / init.hf_dir."""
+  vocab = config.data.vocab or warm_start.init_vocab(config.init)
+  if not vocab:
+    raise ValueError("data.vocab is empty and init gives no vocab.txt: set data.vocab to "
+                     "the vocab the encoder was trained with")
+  tokenizer = tokenizer_lib.load_tokenizer(vocab, lowercase=config.data.lowercase)
+  tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
+  return tokenizer
+
+
+def split_source(data, split: str) -> str | None:
+  """The file path or TFDS split name of a split; None when the config has none."""
+  if data.source == "files":
+    path = {"train": data.train_path, "eval": data.eval_path, "test": data.test_path}[split]
+    return path or None
+  if data.source == "tfds":
+    if not data.tfds_name:
+      raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
+    name = {"train": data.tfds_train_split, "eval": data.tfds_eval_split,
+            "test": data.tfds_test_split}[split]
+    return name or None
+  raise ValueError(f"data.source={data.source!r}: expected 'files' or 'tfds'")
+
+
+def finetune_model_factory(config, model_config: BertConfig, labels) -> Callable:
+  """The model of a fine-tuning task; `train/predict.py` rebuilds it the same way."""
+  if config.task == "classification":
+    num_labels = 1 if config.data.regression else len(labels)
+    return lambda rngs: BertForSequenceClassification(model_config, num_labels, rngs)
+  if config.task == "token_classification":
+    return lambda rngs: BertForTokenClassification(model_config, len(labels), rngs)
+  if config.task == "question_answering":
+    return lambda rngs: BertForQuestionAnswering(model_config, rngs)
+  raise ValueError(f"task={config.task!r} is not a fine-tuning task")
+
+
+def finetune_objective(config, labels):
+  if config.task == "classification":
+    return ClassificationObjective(1 if config.data.regression else len(labels))
+  if config.task == "token_classification":
+    return TokenClassificationObjective()
+  if config.task == "question_answering":
+    return SpanObjective()
+  raise ValueError(f"task={config.task!r} is not a fine-tuning task")
+
+
+def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels,
+                   summary) -> Task:
+  """Batches for every split present; train and eval are required."""
+  for split in ("train", "eval"):
+    if split not in arrays:
+      raise ValueError(f"no {split} data: set data.{split}_path (or the TFDS split)")
+  train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+  logging.info("fine-tuning data: %s", summary)
+  return Task(
+      model_config=model_config, model_factory=finetune_model_factory(config, model_config, labels),
+      objective=finetune_objective(config, labels),
+      train_data=train_data,
+      eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+      test_batches=finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else [],
+      score=score, labels=labels, tokenizer=tokenizer,
+      vocab_file=getattr(tokenizer, "vocab_file", None),
+      summary=summary, steps_per_epoch=train_data.steps_per_epoch)
+
+
+def build_classification(config, workdir: str) -> Task:
+  """Single sentences, pairs (text_columns with two names) and relations (entity_markers)."""
+  data = config.data
+  model_config = finetune_model_config(config)
+  tokenizer = finetune_tokenizer(config, model_config)
+  examples, tfds_labels = {}, None
+  for split in SPLITS:
+    source = split_source(data, split)
+    if source is None:
+      continue
+    if data.source == "files":
+      examples[split] = classification.read_tsv(source, data.text_columns, data.label_column,
+                                                data.has_header, data.bad_rows)
+    else:
+      examples[split], tfds_labels = classification.tfds_examples(
+          data.tfds_name, source, data.tfds_text_keys or data.text_columns, data.tfds_label_key,
+          data.tfds_data_dir or None)
+    if data.entity_markers:
+      examples[split] = classification.mark_relation_examples(examples[split], data.entity_markers)
+  # A TFDS ClassLabel names the classes itself; data.labels is for files.
+  labels = None if data.regression else (tfds_labels or classification.resolve_labels(
+      data.labels, examples.get("train", [])))
+  arrays, stats, gold = {}, {}, {}
+  for split, split_examples in examples.items():
+    arrays[split], stats[split] = classification.encode_examples(
+        split_examples, tokenizer, data.max_seq_length, labels)
+    gold[split] = arrays[split]["label"]
+
+  def score(split: str, outputs: dict) -> dict:
+    logits = outputs["logits"][:len(gold[split])]
+    predictions = logits[:, 0] if data.regression else logits.argmax(-1)
+    return metrics.classification_scores(list(data.metrics), predictions, gold[split])
+
+  return _finetune_task(
+      config, model_config, arrays, score, tokenizer, labels,
+      {"splits": stats, "labels": labels})
+
+
+def build_token_classification(config, workdir: str) -> Task:
+  data = config.data
+  model_config = finetune_model_config(config)
+  tokenizer = finetune_tokenizer(config, model_config)
+  sentences = {}
+  for split in SPLITS:
+    source = split_source(data, split)
+    if source is None:
+      continue
+    sentences[split] = (ner.read_conll(source, data.tag_column) if data.source == "files" else
+                        ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None))
+  labels = ner.resolve_labels(data.labels, sentences.get("train", []))
+  arrays, stats, positions = {}, {}, {}
+  for split, split_sentences in sentences.items():
+    arrays[split], positions[split], stats[split] = ner.encode_sentences(
+        split_sentences, tokenizer, data.max_seq_length, labels)
+
+  def score(split: str, outputs: dict) -> dict:
+    predicted = outputs["logits"].argmax(-1)
+    gold = [list(s.tags) for s in sentences[split]]
+    tags = [ner.word_tags(predicted[i], positions[split][i], labels) for i in range(len(gold))]
+    result = metrics.entity_scores(gold, tags)
+    per_type = {f"f1_{kind}": row["f1"] for kind, row in result["report"].items()}
+    return {**{k: result[k] for k in ("precision", "recall", "f1")}, **per_type,
+            "report": result["report"], "report_text": result["report_text"]}
+
+  return _finetune_task(
+      config, model_config, arrays, score, tokenizer, labels,
+      {"splits": stats, "labels": labels})
+
+
+def build_question_answering(config, workdir: str) -> Task:
+  data = config.data
+  model_config = finetune_model_config(config)
+  tokenizer = finetune_tokenizer(config, model_config)
+  examples, arrays, windows, stats = {}, {}, {}, {}
+  for split in SPLITS:
+    source = split_source(data, split)
+    if source is None:
+      continue
+    examples[split] = (squad.read_squad(source) if data.source == "files" else
+                       squad.tfds_qa_examples(data.tfds_name, source, data.tfds_data_dir or None))
+    arrays[split], windows[split], stats[split] = squad.encode_windows(
+        examples[split], tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length)
+
+  def score(split: str, outputs: dict) -> dict:
+    n = len(windows[split].example)
+    answers = squad.predict_answers(examples[split], windows[split],
+                                    np.asarray(outputs["start_logits"][:n]),
+                                    np.asarray(outputs["end_logits"][:n]),
+                                    data.n_best_size, data.max_answer_length)
+    predictions = {qid: answer["text"] for qid, answer in answers.items()}
+    gold = {e.qid: [text for text, _ in e.answers] for e in examples[split] if e.answers}
+    return metrics.squad_scores(predictions, gold)
+
+  return _finetune_task(
+      config, model_config, arrays, score, tokenizer, None, {"splits": stats})
+
+
+BUILDERS = {
+    "pretraining": build_pretraining,
+    "classification": build_classification,
+    "token_classification": build_token_classification,
+    "question_answering": build_question_answering,
+}
 
 
 def build_task(config, workdir: str) -> Task:

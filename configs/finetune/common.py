@@ -1,0 +1,102 @@
+"""Every fine-tuning setting with its default; the task files change a few.
+
+The BERT paper's fine-tuning recipe (Devlin et al. 2019, section 4 and
+appendix A.3): Adam with weight decay 0.01, linear warmup over the first 10 %
+of steps then linear decay, dropout 0.1, batch 32, 2-4 epochs, lr picked on
+dev from {5e-5, 4e-5, 3e-5, 2e-5}, max_seq_length 128 (GLUE) / 384 (SQuAD).
+
+  task='classification'        TSV or TFDS text, one sentence or a pair; regression;
+                               relations with data.entity_markers
+  task='token_classification'  CoNLL files (IOB1 or BIO) or TFDS conll2003
+  task='question_answering'    SQuAD v1.1 JSON or TFDS squad
+
+Weights come from init.hf_dir (an HF BERT directory or hub name) or
+init.checkpoint (a pretraining workdir of this codebase); with neither, the
+encoder starts from random values. data.vocab may stay empty when the init
+source has a vocab.txt.
+"""
+
+import ml_collections
+
+from configs import sizes
+from train.mesh import DEFAULT_RULES
+
+TASKS = ("classification", "token_classification", "question_answering")
+
+# The published uncased checkpoints of each size (Turc et al. 2019 for the small ones).
+HF_CHECKPOINTS = {
+    "tiny": "google/bert_uncased_L-2_H-128_A-2",
+    "mini": "google/bert_uncased_L-4_H-256_A-4",
+    "small": "google/bert_uncased_L-4_H-512_A-8",
+    "medium": "google/bert_uncased_L-8_H-512_A-8",
+    "base": "bert-base-uncased",
+    "large": "bert-large-uncased",
+}
+
+
+def get_config(task: str = "classification", size: str = "base") -> ml_collections.ConfigDict:
+  if task not in TASKS:
+    raise ValueError(f"unknown fine-tuning task {task!r}; known: {TASKS}")
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.seed = 0
+  c.model = sizes.bert(size)
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="files",          # 'files' (paths below) | 'tfds' (tfds_name below)
+      train_path="",           # TSV / CoNLL / SQuAD JSON, per task
+      eval_path="",            # the dev set: evaluation, early stopping, best checkpoint
+      test_path="",            # optional: evaluated once with the best parameters
+      tfds_name="",            # e.g. 'glue/sst2', 'imdb_reviews', 'conll2003', 'squad/v1.1'
+      tfds_train_split="train",
+      tfds_eval_split="validation",
+      tfds_test_split="",
+      tfds_data_dir="",
+      tfds_text_keys="",       # classification: '' = text_columns
+      tfds_label_key="label",  # classification; its ClassLabel names become the labels
+      vocab="",                # vocab.txt, a directory or HF name; '' = the init source's
+      lowercase=True,
+      max_seq_length=128,      # longer text is truncated (counted in the log)
+      # classification
+      text_columns="sentence",  # one or two (a pair) header names, or 0-based numbers
+      label_column="label",
+      has_header=True,
+      bad_rows="error",        # 'skip': drop TSV rows with the wrong field count, logged
+      labels=(),               # class names in id order; () = sorted labels of train
+      regression=False,        # one float output, squared error (STS-B)
+      entity_markers=(),       # relations: (e1 open, e1 close, e2 open, e2 close)
+      metrics=("accuracy",),   # accuracy, f1, mcc, pearson, spearman
+      # token classification
+      tag_column=-1,           # CoNLL column holding the tag (the word is column 0)
+      # question answering
+      doc_stride=128,          # context tokens between the starts of two windows
+      max_query_length=64,
+      n_best_size=20,
+      max_answer_length=30,
+  ))
+
+  c.batch_size = 32             # global, across all hosts and devices
+  c.epochs = 3
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", lr=2e-5, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+      total_steps=0,            # 0: epochs x steps per epoch
+      warmup_steps=0,           # 0: warmup_ratio x total_steps
+      warmup_ratio=0.1,
+      decay="linear", end_lr=0.0, power=1.0, clip_norm=1.0, grad_accum_steps=1,
+  ))
+  c.early_stopping = ml_collections.ConfigDict(dict(
+      metric="accuracy",        # an eval metric; the best checkpoint is kept by it
+      mode="max",               # 'max' or 'min'
+      patience=0,               # evaluations without improvement before stopping; 0: never
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      shape=dict(data=-1, fsdp=1, tensor=1),
+      rules=[list(rule) for rule in DEFAULT_RULES],
+  ))
+  c.init = ml_collections.ConfigDict(dict(hf_dir=HF_CHECKPOINTS[size], checkpoint=""))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, max_to_keep=1, async_save=True))
+  c.stop_at_step = 0            # >0: end this invocation there; resume later
+  c.log_every_steps = 50
+  c.eval_every_steps = 0        # 0: at the end of every epoch
+  return c

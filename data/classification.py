@@ -1,0 +1,223 @@
+"""Sequence classification data: sentences, sentence pairs, scores, relations.
+
+  GLUE-style TSV (columns by header name or 0-based index) --read_tsv-->
+  TFDS by name (glue/sst2, glue/mnli, imdb_reviews, ...) --tfds_examples-->
+      TextExample(text_a, text_b, label, origin)
+  --encode_examples--> {input_ids, token_type_ids, attention_mask, label, weight}
+
+A regression task (STS-B) keeps float labels; a classification task maps
+label strings through the label list. Relation extraction is classification
+of a sentence whose two entities are tagged <e1>...</e1> and <e2>...</e2>
+(SemEval-2010 task 8's format): `mark_entities` swaps the tags for marker
+tokens the vocab already has (R-BERT: '$' around e1, '#' around e2), so no
+embedding row is added.
+
+Errors name the file and line (or the TFDS example) they come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Sequence
+
+import numpy as np
+
+from data.finetune import as_text, label_ids, pack_segments, read_lines, tfds_source
+
+
+@dataclasses.dataclass(frozen=True)
+class TextExample:
+  text_a: str
+  text_b: str | None
+  label: str | float | None
+  origin: str            # "path:line" or "tfds name[split] #index"
+
+
+def parse_columns(spec) -> list[str | int]:
+  """'sentence1,sentence2' -> names; '3,4' -> 0-based indices; a list passes through."""
+  if isinstance(spec, (list, tuple)):
+    items = list(spec)
+  else:
+    items = [item.strip() for item in str(spec).split(",") if item.strip()]
+  return [int(item) if isinstance(item, str) and item.isdigit() else item for item in items]
+
+
+def _column_index(column, header: list[str] | None, path: str) -> int:
+  if isinstance(column, int):
+    return column
+  if header is None:
+    raise ValueError(f"{path}: column {column!r} is a name but data.has_header is False; "
+                     "give 0-based column numbers")
+  if column not in header:
+    raise ValueError(f"{path}:1: no column {column!r} in the header {header}")
+  return header.index(column)
+
+
+def read_tsv(path: str, text_columns, label_column, has_header: bool = True,
+             bad_rows: str = "error") -> list[TextExample]:
+  """Examples from a tab-separated file (GLUE's train.tsv / dev.tsv layout).
+
+  Every row must have as many fields as the header (or, without one, as the
+  first row). `bad_rows='skip'` drops rows that do not, and logs how many and
+  where (QQP's train.tsv has a few); 'error' (the default) stops at the
+  first. Blank lines are skipped. `label_column` None: unlabelled (predict).
+  """
+  if bad_rows not in ("error", "skip"):
+    raise ValueError(f"data.bad_rows={bad_rows!r}: expected 'error' or 'skip'")
+  lines = [(n, text) for n, text in read_lines(path) if text.strip()]
+  if not lines:
+    raise ValueError(f"{path}: no rows")
+  header = lines[0][1].split("\t") if has_header else None
+  rows = lines[1:] if has_header else lines
+  width, width_line = (len(header), 1) if header else (len(rows[0][1].split("\t")), rows[0][0])
+  text_index = [_column_index(c, header, path) for c in parse_columns(text_columns)]
+  if not 1 <= len(text_index) <= 2:
+    raise ValueError(f"data.text_columns={text_columns!r}: give one column or two (a pair)")
+  label_index = None if label_column in (None, "") else _column_index(
+      parse_columns(label_column)[0], header, path)
+  for index in text_index + ([label_index] if label_index is not None else []):
+    if index >= width:
+      raise ValueError(f"{path}:{width_line}: column {index} asked for, but rows have "
+                       f"{width} fields")
+  examples, skipped = [], []
+  for number, text in rows:
+    fields = text.split("\t")
+    origin = f"{path}:{number}"
+    if len(fields) != width:
+      if bad_rows == "skip":
+        skipped.append(number)
+        continue
+      raise ValueError(f"{origin}: {len(fields)} tab-separated fields, expected {width} as on "
+                       f"line {width_line} (data.bad_rows='skip' drops such rows)")
+    texts = [fields[i].strip() for i in text_index]
+    for column, value in zip(text_index, texts):
+      if not value:
+        raise ValueError(f"{origin}: empty text in column {column}")
+    label = None if label_index is None else fields[label_index].strip()
+    examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label, origin))
+  if skipped:
+    logging.warning("%s: skipped %d malformed rows (lines %s%s)", path, len(skipped),
+                    skipped[:10], " ..." if len(skipped) > 10 else "")
+  return examples
+
+
+def tfds_examples(name: str, split: str, text_keys, label_key: str = "label",
+                  data_dir: str | None = None) -> tuple[list[TextExample], list[str] | None]:
+  """Examples of a TFDS text dataset, and its label names (None for a float label).
+
+  An example whose label is -1 (the GLUE test splits) is an error: it has no
+  gold label to train or score on.
+  """
+  source, features = tfds_source(name, split, data_dir)
+  keys = parse_columns(text_keys)
+  label_names = getattr(features[label_key], "names", None) if label_key in features else None
+  examples = []
+  for index in range(len(source)):
+    record = source[index]
+    origin = f"tfds {name}[{split}] #{index}"
+    for key in keys + [label_key]:
+      if key not in record:
+        raise ValueError(f"{origin}: no key {key!r}; keys are {sorted(record)}")
+    texts = [as_text(record[key]).strip() for key in keys]
+    for key, text in zip(keys, texts):
+      if not text:
+        raise ValueError(f"{origin}: empty text in {key!r}")
+    raw_label = np.asarray(record[label_key]).item()
+    if label_names is not None:
+      if raw_label < 0:
+        raise ValueError(f"{origin}: label {raw_label} (unlabelled split)")
+      label = label_names[int(raw_label)]
+    else:
+      label = float(raw_label)
+    examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label, origin))
+  if not examples:
+    raise ValueError(f"tfds {name}[{split}] has no examples")
+  return examples, label_names
+
+
+_ENTITY_TAGS = ("<e1>", "</e1>", "<e2>", "</e2>")
+
+
+def mark_entities(text: str, markers: Sequence[str], origin: str = "text") -> str:
+  """'<e1>x</e1> ... <e2>y</e2>' -> '$ x $ ... # y #' with markers ($, $, #, #)."""
+  if len(markers) != 4:
+    raise ValueError(f"data.entity_markers={list(markers)}: give 4 (e1 open, e1 close, "
+                     "e2 open, e2 close)")
+  counts = {tag: text.count(tag) for tag in _ENTITY_TAGS}
+  if any(count != 1 for count in counts.values()):
+    raise ValueError(f"{origin}: each of {list(_ENTITY_TAGS)} must occur once, found {counts}")
+  for tag, opening in (("e1", "<e1>"), ("e2", "<e2>")):
+    if text.index(opening) > text.index(f"</{tag}>"):
+      raise ValueError(f"{origin}: </{tag}> comes before <{tag}>")
+  for tag, marker in zip(_ENTITY_TAGS, markers):
+    text = text.replace(tag, f" {marker} ")
+  return re.sub(r"\s+", " ", text).strip()
+
+
+def mark_relation_examples(examples: list[TextExample], markers) -> list[TextExample]:
+  return [dataclasses.replace(e, text_a=mark_entities(e.text_a, markers, e.origin))
+          for e in examples]
+
+
+def resolve_labels(configured: Sequence[str], train: list[TextExample]) -> list[str]:
+  """The configured label list, or the sorted labels of the training set."""
+  if configured:
+    return [str(label) for label in configured]
+  labels = sorted({str(e.label) for e in train})
+  logging.info("labels taken from the training data: %s", labels)
+  return labels
+
+
+def encode_examples(examples: list[TextExample], tokenizer, max_seq_length: int,
+                    labels: Sequence[str] | None) -> tuple[dict[str, np.ndarray], dict]:
+  """Token ids and labels of every example; `labels` None: a regression task.
+
+  Text longer than max_seq_length is truncated (see pack_segments); the stats
+  and the log say how many examples were.
+  """
+  if not examples:
+    return {}, {"examples": 0, "truncated": 0}
+  token_ids = _token_ids(tokenizer, [e.text_a for e in examples])
+  pairs = examples[0].text_b is not None
+  token_ids_b = _token_ids(tokenizer, [e.text_b or "" for e in examples]) if pairs else None
+  rows, truncated = [], 0
+  for i, example in enumerate(examples):
+    if not token_ids[i] or (pairs and not token_ids_b[i]):
+      raise ValueError(f"{example.origin}: the text has no tokens (only spaces or control "
+                       "characters)")
+    packed, cut = pack_segments(token_ids[i], token_ids_b[i] if pairs else None,
+                                max_seq_length, tokenizer)
+    rows.append(packed)
+    truncated += cut
+  arrays = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+  origins = [e.origin for e in examples]
+  if examples[0].label is None:  # unlabelled text (predict)
+    arrays["label"] = np.zeros(len(examples), np.float32 if labels is None else np.int32)
+  elif labels is None:
+    arrays["label"] = _float_labels(examples)
+  else:
+    arrays["label"] = label_ids([str(e.label) for e in examples], labels, origins)
+  arrays["weight"] = np.ones(len(examples), np.float32)
+  if truncated:
+    logging.warning("%d of %d examples (from %s) are longer than max_seq_length=%d and "
+                    "were truncated", truncated, len(examples), examples[0].origin.split(":")[0],
+                    max_seq_length)
+  return arrays, {"examples": len(examples), "truncated": truncated}
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+  return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                   return_token_type_ids=False, verbose=False)["input_ids"]
+
+
+def _float_labels(examples: list[TextExample]) -> np.ndarray:
+  values = np.empty(len(examples), np.float32)
+  for row, example in enumerate(examples):
+    try:
+      values[row] = float(example.label)
+    except (TypeError, ValueError):
+      raise ValueError(f"{example.origin}: label {example.label!r} is not a number "
+                       "(data.regression is True)") from None
+  return values

@@ -1,0 +1,124 @@
+"""Sentence classification end to end: learns, stops early, keeps the best, predicts, resumes exactly."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import finetune_fixture as ff
+from test_pretraining_run import assert_bitwise_equal, saved_state
+from train import loop, predict
+from train.checkpoint import Checkpointer
+from train.writers import read_metrics
+
+PATIENCE = 2
+STEPS_PER_EPOCH = 8  # 64 training sentences, batch 8
+
+
+def run_config(tmp_path, **overrides):
+  """8 epochs at a high lr: dev accuracy saturates early, so patience runs out."""
+  config = ff.classification_config(tmp_path, **{
+      "epochs": 8, "optimizer.lr": 1e-2, "early_stopping.patience": PATIENCE,
+      "early_stopping.metric": "accuracy", "checkpoint.every_steps": 1000})
+  config.data.test_path = str(shutil.copy(config.data.eval_path, tmp_path / "test.tsv"))
+  return ff.set_keys(config, overrides)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("classification")
+  config = run_config(tmp_path)
+  workdir = str(tmp_path / "run")
+  final = loop.train_and_evaluate(config, workdir)
+  return config, workdir, final
+
+
+def evals(workdir):
+  return [r for r in read_metrics(workdir) if r["split"] == "eval"]
+
+
+def test_loss_falls_and_dev_metrics_are_logged(run):
+  _, workdir, final = run
+  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+  assert {"loss", "accuracy", "f1", "mcc"} <= set(evals(workdir)[0])
+  assert evals(workdir)[-1]["step"] == final["step"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(final))
+  assert final["best"]["eval"]["accuracy"] > 0.9
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(run):
+  config, workdir, final = run
+  records = evals(workdir)
+  accuracies = [r["accuracy"] for r in records]
+  best_index = int(np.argmax(accuracies))  # the first of equal values counts
+  assert records[best_index]["step"] == final["best"]["step"]
+  assert len(records) == best_index + 1 + PATIENCE  # then stopped
+  assert final["step"] == final["best"]["step"] + PATIENCE * STEPS_PER_EPOCH
+  assert final["step"] < config.epochs * STEPS_PER_EPOCH
+
+
+def test_early_stopping_counts_only_evaluations_that_do_not_improve():
+  stopping = loop.EarlyStopping("f1", "max", patience=2)
+  decisions = []
+  for step, value in enumerate([0.5, 0.4, 0.6, 0.6, 0.55]):
+    decisions.append((stopping.update(step, {"f1": value}), stopping.should_stop))
+  assert decisions == [(True, False), (False, False), (True, False), (False, False), (False, True)]
+  assert (stopping.best_step, stopping.best_value) == (2, 0.6)
+  resumed = loop.EarlyStopping("f1", "max", 2, saved=json.loads(json.dumps(stopping.to_meta())))
+  assert resumed.should_stop and resumed.best_step == 2
+  lowest = loop.EarlyStopping("loss", "min", 1)
+  assert lowest.update(0, {"loss": 2.0}) and lowest.update(1, {"loss": 1.0})
+  with pytest.raises(ValueError, match=r"early_stopping.metric='f1' is not among the "
+                     r"evaluation metrics \['loss'\]"):
+    loop.EarlyStopping("f1").update(0, {"loss": 1.0, "report_text": "x"})
+
+
+def test_best_checkpoint_is_the_best_evaluation_and_test_uses_it(run):
+  config, workdir, final = run
+  best_dir = os.path.join(workdir, "best", "checkpoints")
+  assert sorted(int(d) for d in os.listdir(best_dir) if d.isdigit()) == [final["best"]["step"]]
+  predictor = predict.Predictor(workdir)
+  assert predictor.step == final["best"]["step"]
+  rows = [line.split("\t") for line in open(config.data.eval_path).read().splitlines()[1:]]
+  results = predictor.classify([text for text, _ in rows])
+  accuracy = np.mean([r["label"] == label for r, (_, label) in zip(results, rows)])
+  assert accuracy == pytest.approx(final["best"]["eval"]["accuracy"])
+  # The test file is a copy of the dev file: the best parameters score the same on it.
+  assert final["test"]["accuracy"] == pytest.approx(final["best"]["eval"]["accuracy"])
+  assert final["test"]["mcc"] == pytest.approx(final["best"]["eval"]["mcc"])
+
+
+def test_predict_gives_class_and_probability_from_a_file(run, tmp_path):
+  _, workdir, _ = run
+  inputs = tmp_path / "inputs.txt"
+  inputs.write_text("The cat sat on a good tree.\n\nA bad dog ran.\n", encoding="utf-8")
+  results = predict.predict(workdir, input_file=str(inputs))
+  assert [r["text"] for r in results] == ["The cat sat on a good tree.", "A bad dog ran."]
+  assert [r["label"] for r in results] == ["1", "0"]
+  assert all(0.5 < r["probability"] <= 1.0 for r in results)
+  with pytest.raises(ValueError, match="input 2: empty text"):
+    predict.predict(workdir, texts=["a good cat", " "])
+
+
+def test_resume_is_bitwise_exact_with_early_stopping(run, tmp_path):
+  config, straight, final = run
+  workdir = str(tmp_path / "resumed")
+  loop.train_and_evaluate(run_config(tmp_path, stop_at_step=12), workdir)
+  assert saved_state(workdir)[0] == 12
+  resumed_final = loop.train_and_evaluate(run_config(tmp_path), workdir)
+  assert resumed_final["best"] == final["best"] and resumed_final["step"] == final["step"]
+  step_a, a = saved_state(straight)
+  step_b, b = saved_state(workdir)
+  assert step_a == step_b == final["step"]
+  assert_bitwise_equal(a, b)
+  _, best_a = saved_state(os.path.join(straight, "best"))
+  _, best_b = saved_state(os.path.join(workdir, "best"))
+  assert_bitwise_equal(best_a, best_b)
+  # The checkpoint remembers that patience ran out, so a rerun trains no further.
+  with Checkpointer(workdir, async_save=False) as checkpointer:
+    progress = checkpointer.read_meta()["early_stopping"]
+  assert loop.EarlyStopping("accuracy", "max", PATIENCE, progress).should_stop
