@@ -21,6 +21,9 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || [ pyproject.tom
 fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# CPU unless told otherwise: the test extra installs libtpu (for AOT compiles), and
+# without this JAX would first try, and loudly fail, to open a TPU.
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 case "${1:-run}" in
   test)
     shift

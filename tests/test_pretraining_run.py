@@ -8,7 +8,6 @@ import time
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -17,17 +16,16 @@ from train import hf, loop, mesh as mesh_lib, step as step_lib
 from train.losses import PretrainingObjective
 from train.state import create_train_state
 from train.tasks import build_task
+from train.checkpoint import restore_on_host
 from train.writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def saved_state(workdir, step=None):
-  """The raw saved state tree of a workdir's checkpoint, as numpy."""
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.tree.map(np.asarray, restored.state)
+  """The saved state tree of a workdir's checkpoint, as numpy."""
+  step, state, _ = restore_on_host(workdir, step)
+  return step, state
 
 
 def assert_bitwise_equal(a, b):

@@ -23,6 +23,7 @@ import json
 from typing import Any, Iterable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -162,3 +163,24 @@ def check_compatible(saved_meta: dict, current_meta: dict, keys: Iterable[str],
     raise ValueError(f"{where} holds a checkpoint from a different config: "
                      + "; ".join(problems)
                      + ". Use a fresh --workdir, or the config the checkpoint was made with.")
+
+
+def restore_on_host(workdir, step: int | None = None) -> tuple[int, Any, dict]:
+  """(step, state tree of numpy arrays, meta) of a checkpoint, whatever mesh wrote it.
+
+  For tools (export, tests) that read a checkpoint outside its run: every array
+  comes back whole on this process's first device, then to numpy.
+  """
+  directory = epath.Path(workdir) / "checkpoints"
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+    step = manager.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no checkpoint")
+    layout = manager.item_metadata(step)["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          layout)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  return step, jax.tree.map(np.asarray, restored.state), restored.meta

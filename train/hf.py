@@ -113,15 +113,10 @@ def _unwrap_values(tree):
 
 def read_workdir_params(workdir: str, step: int | None = None):
   """(BertConfig, params, step) of a pretraining workdir's checkpoint, on the host."""
-  import orbax.checkpoint as ocp
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  config = BertConfig.from_dict(restored.meta["config"]["model"])
-  return config, _unwrap_values(restored.state["params"]), step
+  from train.checkpoint import restore_on_host
+  step, state, meta = restore_on_host(workdir, step)
+  config = BertConfig.from_dict(meta["config"]["model"])
+  return config, _unwrap_values(state["params"]), step
 
 
 def _workdir_vocab(workdir: str) -> str | None:

@@ -114,8 +114,13 @@ def _scalars(results: dict) -> dict:
   return {k: float(v) for k, v in results.items() if _is_number(v)}
 
 
+def _host_value(x) -> np.ndarray:
+  """A replicated result as numpy; in a multi-process job only local shards are readable."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+
+
 def _sum_metrics(history: list[dict]) -> dict:
-  fetched = jax.device_get(history)
+  fetched = jax.tree.map(_host_value, history)
   return {k: float(np.sum([m[k] for m in fetched])) for k in fetched[0]}
 
 
@@ -253,7 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         sums = _sum_metrics(history)  # the host waits for the devices here only
         elapsed = time.perf_counter() - timer
         scalars = task.objective.finalize(sums)
-        scalars.update(learning_rate=float(jax.device_get(history[-1]["learning_rate"])),
+        scalars.update(learning_rate=float(_host_value(history[-1]["learning_rate"])),
                        grad_norm=sums["grad_norm"] / len(history),
                        step_time=elapsed / steps_since_log,
                        tokens_per_second=tokens_per_step * steps_since_log / elapsed)
