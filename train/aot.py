@@ -12,6 +12,7 @@ Exits non-zero when the step would not fit the chip's HBM.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,8 @@ def pretraining_batch_shapes(config, mesh, rules) -> dict:
 def compile_for_topology(config, topology: str) -> CompileReport:
   from jax.experimental import topologies
   import time
+  # Compiling needs no TPU, so libtpu's one-process-per-host lock only gets in the way.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   # v4 and v5p chips hold two TensorCores run as one device ("megacore").
   megacore = {"chip_config_name": "megacore"} if topology.startswith(("v4", "v5p")) else {}
   devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **megacore).devices
