@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from data.sampling import EpochSampler, host_share
+
 
 def read_lines(path: str) -> list[tuple[int, str]]:
   """(line number, text without the newline) for each line of a UTF-8 file.
@@ -86,16 +88,6 @@ def _num_rows(arrays: dict[str, np.ndarray]) -> int:
   return next(iter(sizes.values()))
 
 
-def host_share(batch: dict, process_index: int, process_count: int) -> dict:
-  """This process's contiguous slice of a global batch."""
-  size = len(next(iter(batch.values())))
-  if size % process_count:
-    raise ValueError(f"global batch of {size} does not split over {process_count} processes")
-  share = size // process_count
-  mine = slice(process_index * share, (process_index + 1) * share)
-  return {key: value[mine] for key, value in batch.items()}
-
-
 class FinetuneData:
   """Training batches as a pure function of (seed, step), like PretrainingData.
 
@@ -105,25 +97,13 @@ class FinetuneData:
   """
 
   def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
-    self.num_examples = _num_rows(arrays)
-    if self.num_examples < batch_size:
-      raise ValueError(f"{self.num_examples} training examples cannot fill one batch of "
-                       f"batch_size={batch_size}")
+    self.sampler = EpochSampler(_num_rows(arrays), batch_size, seed, "training examples")
     self.arrays = arrays
-    self.batch_size = batch_size
-    self.seed = seed
-    self.steps_per_epoch = self.num_examples // batch_size
-    self._cached_order: tuple[int, np.ndarray] | None = None  # speed only
+    self.num_examples = self.sampler.num_examples
+    self.steps_per_epoch = self.sampler.steps_per_epoch
 
   def example_indices(self, step: int) -> np.ndarray:
-    if step < 0:
-      raise ValueError(f"step must be >= 0, got {step}")
-    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
-    if self._cached_order is None or self._cached_order[0] != epoch:
-      order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
-      self._cached_order = (epoch, order)
-    start = step_in_epoch * self.batch_size
-    return self._cached_order[1][start:start + self.batch_size]
+    return self.sampler.indices(step)
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     rows = self.example_indices(step)

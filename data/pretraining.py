@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from data.masking import mask_tokens, word_start_mask
+from data.sampling import EpochSampler, host_share
 from data.sentence_pairs import Instance, make_nsp_pairs, pack_instance, truncate_seq_pair
 
 __all__ = [
@@ -196,39 +197,21 @@ class PretrainingData:
       missing.append("word_start (needed for whole-word masking)")
     if missing:
       raise ValueError(f"pretraining arrays lack {missing}")
-    self.num_examples = len(arrays["input_ids"])
-    if self.num_examples < batch_size:
-      raise ValueError(
-        f"{self.num_examples} pretraining examples cannot fill one batch of "
-        f"{batch_size}; use a bigger corpus, a higher dupe_factor or a smaller batch"
-      )
+    self.sampler = EpochSampler(len(arrays["input_ids"]), batch_size, seed,
+                                "pretraining examples (use a bigger corpus or dupe_factor)")
+    self.num_examples = self.sampler.num_examples
+    self.steps_per_epoch = self.sampler.steps_per_epoch
     self.arrays = arrays
     self.batch_size = batch_size
     self.seed = seed
     self.masking = masking
-    self.steps_per_epoch = self.num_examples // batch_size
-    self._cached_order: tuple[int, np.ndarray] | None = None  # speed only
 
   def example_indices(self, step: int) -> np.ndarray:
     """Rows of the packed arrays that make up global batch `step`."""
-    if step < 0:
-      raise ValueError(f"step must be >= 0, got {step}")
-    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
-    if self._cached_order is None or self._cached_order[0] != epoch:
-      order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
-      self._cached_order = (epoch, order)
-    start = step_in_epoch * self.batch_size
-    return self._cached_order[1][start : start + self.batch_size]
+    return self.sampler.indices(step)
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     """This process's contiguous share of global batch `step`, masked."""
-    if self.batch_size % process_count:
-      raise ValueError(
-        f"global batch_size {self.batch_size} does not split evenly over "
-        f"process_count={process_count} processes"
-      )
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     rows = self.example_indices(step)
     config = self.masking
     masked = mask_tokens(
@@ -250,6 +233,4 @@ class PretrainingData:
       "masked_weights": masked["masked_weights"],
       "next_sentence_label": self.arrays["next_sentence_label"][rows].astype(np.int32),
     }
-    share = self.batch_size // process_count
-    mine = slice(process_index * share, (process_index + 1) * share)
-    return {key: value[mine] for key, value in batch.items()}
+    return host_share(batch, process_index, process_count)

@@ -173,7 +173,7 @@ def test_process_shards_concatenate_to_the_global_batch(packed):
 
 
 def test_batch_refuses_a_batch_that_does_not_split_over_processes(packed):
-  with pytest.raises(ValueError, match="16 does not split evenly over process_count=3"):
+  with pytest.raises(ValueError, match="global batch of 16 does not split over 3 processes"):
     dataset(packed).batch(0, process_index=0, process_count=3)
 
 

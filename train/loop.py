@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from data.finetune import host_share
+from data.sampling import host_share
 from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
 from train.state import abstract_model, create_train_state

@@ -1,0 +1,51 @@
+"""Which rows make up global batch `step`, and which of them this host takes.
+
+Shared by pretraining and fine-tuning data: the order is a pure function of
+(seed, step), so a resumed run needs only the step number and no iterator
+state goes into checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class EpochSampler:
+  """Epoch e visits rows in permutation(default_rng((seed, e))) order.
+
+  Each epoch drops the last num_examples % batch_size rows of its order (a
+  different few each epoch), so every batch is full.
+  """
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int, what: str = "examples"):
+    if num_examples < batch_size:
+      raise ValueError(f"{num_examples} {what} cannot fill one batch of batch_size={batch_size}; "
+                       "use more data or a smaller batch")
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.seed = seed
+    self.steps_per_epoch = num_examples // batch_size
+    self._cached_order: tuple[int, np.ndarray] | None = None  # speed only
+
+  def indices(self, step: int) -> np.ndarray:
+    """Rows of global batch `step`."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    if self._cached_order is None or self._cached_order[0] != epoch:
+      order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
+      self._cached_order = (epoch, order)
+    start = step_in_epoch * self.batch_size
+    return self._cached_order[1][start:start + self.batch_size]
+
+
+def host_share(batch: dict, process_index: int, process_count: int) -> dict:
+  """This process's contiguous slice of a global batch."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  size = len(next(iter(batch.values())))
+  if size % process_count:
+    raise ValueError(f"global batch of {size} does not split over {process_count} processes")
+  share = size // process_count
+  mine = slice(process_index * share, (process_index + 1) * share)
+  return {key: value[mine] for key, value in batch.items()}
