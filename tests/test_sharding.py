@@ -94,3 +94,33 @@ def test_mesh_that_does_not_fit_the_devices_is_refused(shape, message):
 
 def test_minus_one_fills_the_remaining_devices():
   assert mesh_lib.make_mesh({"data": -1, "tensor": 2}).devices.shape == (4, 1, 2)
+
+
+@pytest.mark.parametrize("layout,shape", [("dp", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("tp4_dp2", (2, 1, 4)),
+                                          ("dp_fsdp_tp", (2, 2, 2))])
+def test_training_steps_on_each_layout_match_one_device(layout, shape):
+  """k AdamW steps through the real train step: the same losses on every layout."""
+  from train import step as step_lib
+  objective = PretrainingObjective()
+
+  def losses_on(mesh):
+    factory = lambda rngs: BertForPreTraining(CONFIG, rngs)
+    tx = optax.adamw(1e-3)
+    graphdef, state, shardings = create_train_state(factory, tx, mesh, mesh_lib.DEFAULT_RULES, 0)
+    step = jax.jit(step_lib.make_train_step(graphdef, tx, objective,
+                                            param_shardings=shardings.params),
+                   out_shardings=(shardings, None))
+    batch = mesh_lib.shard_batch(_batch(CONFIG), mesh, mesh_lib.DEFAULT_RULES)
+    losses = []
+    with mesh_lib.activate(mesh, mesh_lib.DEFAULT_RULES):
+      for _ in range(3):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["total_loss"]))
+    return losses, state
+
+  one, _ = losses_on(mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  many, state = losses_on(mesh_lib.make_mesh(dict(zip(mesh_lib.MESH_AXES, shape))))
+  np.testing.assert_allclose(many, one, atol=1e-5)
+  assert one[-1] < one[0]
+  kernel = state.params["bert"]["encoder"]["layers"]["ffn"]["intermediate"]["kernel"][...]
+  assert len(kernel.sharding.device_set) == 8  # the state stays on the whole mesh
