@@ -102,21 +102,11 @@ def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
   return out_dir
 
 
-def _unwrap_values(tree):
-  """A raw Orbax restore of nnx.State wraps each leaf as {'value': array}."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"}:
-      return np.asarray(tree["value"])
-    return {k: _unwrap_values(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
 def read_workdir_params(workdir: str, step: int | None = None):
   """(BertConfig, params, step) of a pretraining workdir's checkpoint, on the host."""
-  from train.checkpoint import restore_on_host
-  step, state, meta = restore_on_host(workdir, step)
-  config = BertConfig.from_dict(meta["config"]["model"])
-  return config, _unwrap_values(state["params"]), step
+  from train.warm_start import read_checkpoint_params  # it imports this module
+  params, meta, step = read_checkpoint_params(os.path.join(workdir, "checkpoints"), step)
+  return BertConfig.from_dict(meta["config"]["model"]), params, step
 
 
 def _workdir_vocab(workdir: str) -> str | None:
