@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from configs.finetune import common
+from pretraining_fixture import set_keys
 
 PEOPLE = ["alice", "bob", "carol", "dave"]
 PLACES = ["paris", "rome", "london", "berlin"]
@@ -106,16 +107,6 @@ def squad_data(n, seed):
 def write_squad(path, data):
   path.write_text(json.dumps(data, indent=1), encoding="utf-8")
   return str(path)
-
-
-def set_keys(c, overrides):
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return c
 
 
 def tiny_config(task, tmp_path, **overrides):

@@ -39,6 +39,11 @@ def tiny_config(tmp_path, **overrides):
   c.eval_every_steps = 4
   c.eval_batches = 2
   c.mesh.shape = dict(data=-1, fsdp=1, tensor=1)
+  return set_keys(c, overrides)
+
+
+def set_keys(c, overrides):
+  """Sets dotted keys ('optimizer.lr') as --config.optimizer.lr would."""
   for key, value in overrides.items():
     target = c
     *parents, leaf = key.split(".")
