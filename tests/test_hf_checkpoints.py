@@ -1,5 +1,4 @@
 """HF checkpoint directories in and out: real weights, round trip, mismatches."""
-import json
 import os
 
 import jax

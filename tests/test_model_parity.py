@@ -1,6 +1,5 @@
 """Our BERT is transformers' BERT: same weights in, same numbers out."""
 import numpy as np
-import pytest
 import torch
 
 from conftest import flax_from_torch, random_batch, tiny_hf_config

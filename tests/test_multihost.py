@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from pretraining_fixture import tiny_config
 from test_pretraining_run import REPO, saved_state

@@ -16,7 +16,7 @@ from train import hf, loop, mesh as mesh_lib, step as step_lib
 from train.losses import PretrainingObjective
 from train.state import create_train_state
 from train.tasks import build_task
-from train.checkpoint import restore_on_host
+from train.checkpoint import read_on_host
 from train.writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def saved_state(workdir, step=None):
   """The saved state tree of a workdir's checkpoint, as numpy."""
-  step, state, _ = restore_on_host(workdir, step)
+  state, _, step = read_on_host(os.path.join(workdir, "checkpoints"), step, parts=None)
   return step, state
 
 

@@ -1,6 +1,5 @@
 """The same model on any mesh: same loss and gradients, kernels really split."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

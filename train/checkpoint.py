@@ -20,6 +20,7 @@ Rules that keep good checkpoints safe:
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Iterable
 
 import jax
@@ -165,22 +166,44 @@ def check_compatible(saved_meta: dict, current_meta: dict, keys: Iterable[str],
                      + ". Use a fresh --workdir, or the config the checkpoint was made with.")
 
 
-def restore_on_host(workdir, step: int | None = None) -> tuple[int, Any, dict]:
-  """(step, state tree of numpy arrays, meta) of a checkpoint, whatever mesh wrote it.
+def _strip_values(tree):
+  """Orbax keeps nnx.Param's {'value': array} wrapper; pure trees have bare arrays."""
+  if isinstance(tree, dict):
+    if set(tree) == {"value"}:
+      return np.asarray(tree["value"])
+    return {key: _strip_values(value) for key, value in tree.items()}
+  if isinstance(tree, (list, tuple)):  # optimizer states are tuples
+    return type(tree)(_strip_values(value) for value in tree)
+  return np.asarray(tree)
 
-  For tools (export, tests) that read a checkpoint outside its run: every array
-  comes back whole on this process's first device, then to numpy.
+
+def read_on_host(checkpoints_dir: str, step: int | None = None,
+                 parts: tuple[str, ...] | None = ("params",)) -> tuple[dict, dict, int]:
+  """({part: pure numpy tree}, meta, step) of a checkpoint, whatever mesh wrote it.
+
+  For reading a checkpoint outside its run (warm start, predict, export,
+  tests): only `parts` of the state are read (None: all of it), each array
+  whole on this host, from the checkpoint's own shape metadata.
   """
-  directory = epath.Path(workdir) / "checkpoints"
-  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+  manager = Checkpointer(os.path.dirname(str(checkpoints_dir).rstrip("/")), async_save=False)
+  try:
+    if manager.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoints in {checkpoints_dir}")
     step = manager.latest_step() if step is None else int(step)
-    if step is None:
-      raise FileNotFoundError(f"{directory} holds no checkpoint")
-    layout = manager.item_metadata(step)["state"]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          layout)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-  return step, jax.tree.map(np.asarray, restored.state), restored.meta
+    meta = manager.read_meta(step)
+  finally:
+    manager.close()
+  item = os.path.join(str(checkpoints_dir), str(step), "state")
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(item)).tree
+  finally:
+    handler.close()
+  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  wanted = {k: v for k, v in metadata.items() if parts is None or k in parts}
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), wanted)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=host), target)
+  with ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  return _strip_values(restored), meta, step

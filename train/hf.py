@@ -104,9 +104,9 @@ def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
 
 def read_workdir_params(workdir: str, step: int | None = None):
   """(BertConfig, params, step) of a pretraining workdir's checkpoint, on the host."""
-  from train.warm_start import read_checkpoint_params  # it imports this module
-  params, meta, step = read_checkpoint_params(os.path.join(workdir, "checkpoints"), step)
-  return BertConfig.from_dict(meta["config"]["model"]), params, step
+  from train.checkpoint import read_on_host  # Orbax only when exporting
+  parts, meta, step = read_on_host(os.path.join(workdir, "checkpoints"), step)
+  return BertConfig.from_dict(meta["config"]["model"]), parts["params"], step
 
 
 def _workdir_vocab(workdir: str) -> str | None:

@@ -14,7 +14,7 @@ rows that pad the last eval batch, so padding changes no sum.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -180,5 +180,3 @@ class SpanObjective(_FinetuneObjective):
     n = max(float(sums["count"]), 1.0)
     return {"loss": float(sums["loss"]) / n, "span_accuracy": float(sums["correct"]) / n}
 
-
-Objective = Callable[..., tuple[jax.Array, dict]]

@@ -29,7 +29,8 @@ from data import classification, finetune, ner, squad
 from data.tokenizer import load_tokenizer
 from model.config import BertConfig
 from model.convert import check_shapes
-from train import tasks, warm_start
+from train import tasks
+from train.checkpoint import read_on_host
 from train.loop import BEST_DIR
 from train.state import abstract_model
 
@@ -63,7 +64,8 @@ class Predictor:
     factory = tasks.finetune_model_factory(self.config, model_config, self.labels)
     graphdef, abstract = abstract_model(factory)
     directory = self._checkpoints_dir(workdir, checkpoint)
-    tree, _, self.step = warm_start.read_checkpoint_params(directory)
+    parts, _, self.step = read_on_host(directory)
+    tree = parts["params"]
     check_shapes(nnx.to_pure_dict(abstract), tree)
     nnx.replace_by_pure_dict(abstract, tree)
     self.params = jax.device_put(abstract)

@@ -7,65 +7,21 @@ initialised. An architecture that differs from the config stops the run
 naming each differing key; a vocab that differs shows up as a shape error on
 'bert/embeddings/word'.
 
-`read_checkpoint_params` is also how `train/predict.py` reads a fine-tuned
-workdir: it restores the parameters alone, onto the host, whatever mesh or
-device count they were saved from.
+Checkpoints are read with `train.checkpoint.read_on_host`: the parameters
+alone, onto the host, whatever mesh or device count they were saved from.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from flax import nnx
 
 from model.config import BertConfig
 from train import hf
-from train.checkpoint import Checkpointer
+from train.checkpoint import read_on_host
 from train.state import TrainState, load_params
-
-
-def _strip_values(tree):
-  """Orbax keeps nnx.Param's {'value': array} wrapper; the pure tree has bare arrays."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"}:
-      return np.asarray(tree["value"])
-    return {key: _strip_values(value) for key, value in tree.items()}
-  return np.asarray(tree)
-
-
-def read_checkpoint_params(checkpoints_dir: str, step: int | None = None) -> tuple[dict, dict, int]:
-  """(params as a pure numpy tree, the checkpoint's meta, its step) from a Checkpointer dir.
-
-  `checkpoints_dir` is the directory a `Checkpointer(workdir)` writes into
-  (<workdir>/checkpoints); only the 'params' part of the state is read.
-  """
-  manager = Checkpointer(os.path.dirname(checkpoints_dir.rstrip("/")), async_save=False)
-  try:
-    if manager.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoints in {checkpoints_dir}")
-    step = manager.latest_step() if step is None else int(step)
-    meta = manager.read_meta(step)
-  finally:
-    manager.close()
-  item = os.path.join(checkpoints_dir, str(step), "state")
-  handler = ocp.PyTreeCheckpointHandler()
-  try:  # the item's own metadata: shapes and dtypes, whatever mesh wrote them
-    metadata = handler.metadata(epath.Path(item)).tree
-  finally:
-    handler.close()
-  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
-                                   metadata["params"])}
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=host), target)
-  with ocp.PyTreeCheckpointer() as reader:
-    restored = reader.restore(item, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  return _strip_values(restored["params"]), meta, step
 
 
 def _check_architecture(saved_model: dict, config: BertConfig, where: str) -> None:
@@ -77,7 +33,8 @@ def _check_architecture(saved_model: dict, config: BertConfig, where: str) -> No
 
 def workdir_params(workdir: str, config: BertConfig) -> dict:
   """The parameters of the newest checkpoint of a workdir of this codebase."""
-  params, meta, step = read_checkpoint_params(os.path.join(workdir, "checkpoints"))
+  parts, meta, step = read_on_host(os.path.join(workdir, "checkpoints"))
+  params = parts["params"]
   saved_model = meta.get("config", {}).get("model", {})
   _check_architecture(saved_model, config, f"init.checkpoint={workdir} (step {step})")
   if "bert" not in params:
