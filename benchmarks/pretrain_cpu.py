@@ -95,10 +95,11 @@ def initial_eval(config, workdir: str) -> tuple[dict, tasks.Task]:
   mesh, rules = _mesh_and_rules(config)
   _, abstract_params = abstract_model(task.model_factory)
   tx = optim.make_optimizer(config.optimizer, abstract_params)
-  graphdef, state, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
+  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective))
   with mesh_lib.activate(mesh, rules):
-    metrics = loop.evaluate(eval_step, state.params, task.eval_batches, mesh, rules, task.objective)
+    metrics = loop.evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
+                            task.objective)
   return metrics, task
 
 
@@ -170,7 +171,7 @@ def ours_step(config, batch: dict):
   mesh, rules = _mesh_and_rules(config)
   _, abstract_params = abstract_model(factory)
   tx = optim.make_optimizer(config.optimizer, abstract_params)
-  graphdef, state, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
+  graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
   train_step = jax.jit(
       step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
                                optim.make_schedule(config.optimizer), 1, shardings.params),
@@ -180,7 +181,7 @@ def ours_step(config, batch: dict):
 
   def step():
     with mesh_lib.activate(mesh, rules):
-      holder["state"], metrics = train_step(holder["state"], sharded)
+      holder["state"], metrics = train_step(holder["state"], frozen, sharded)
     jax.block_until_ready((holder["state"], metrics))
 
   return step, optim.count_params(state.params)["total"]

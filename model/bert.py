@@ -18,6 +18,9 @@ from flax import nnx
 import flax.linen as nn
 
 from model.config import BertConfig
+from model.peft import Adapter, LowRank, PeftConfig, Prefix
+
+NO_PEFT = PeftConfig()
 
 Array = jax.Array
 
@@ -87,18 +90,26 @@ class Dense(nnx.Module):
   """An affine map written as an einsum, so kernels can keep head axes apart.
 
   `spec` is an einsum such as 'btd,dhk->bthk'; the kernel's logical names
-  follow its letters. Kernels are cast to the compute dtype at use.
+  follow its letters. Kernels are cast to the compute dtype at use. With a
+  LoRA / AdaLoRA `peft` that targets `name`, a low-rank branch is added.
   """
 
-  def __init__(self, spec: str, kernel_shape, kernel_names, bias_names, rngs, std):
+  def __init__(self, spec: str, kernel_shape, kernel_names, bias_names, rngs, std,
+               name: str = "", peft: PeftConfig = NO_PEFT):
     self.spec = spec
     self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
     bias_shape = kernel_shape[len(kernel_shape) - len(bias_names):]
     self.bias = param(rngs, bias_shape, bias_names, "zeros")
+    self.low_rank = (LowRank(spec, kernel_shape, kernel_names, name, peft, rngs)
+                     if peft.targets_module(name) else None)
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, rng: Array | None = None) -> Array:
+    """rng: dropout key of the low-rank branch (None: no dropout)."""
     y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
-    return y + self.bias[...].astype(x.dtype)
+    y = y + self.bias[...].astype(x.dtype)
+    if self.low_rank is not None:
+      y = y + self.low_rank(dropout(x, self.low_rank.dropout, rng))
+    return y
 
 
 class Embeddings(nnx.Module):
@@ -116,13 +127,17 @@ class Embeddings(nnx.Module):
                             (None, "embed"), std=std)
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
-  def __call__(self, input_ids, token_type_ids, position_ids=None, rng=None):
+  def __call__(self, input_ids, token_type_ids, position_ids=None, rng=None, prompt=None):
+    """prompt: [P, hidden] vectors put after [CLS] (prompt tuning), normalised with the rest."""
     c = self.config
     if position_ids is None:
       position_ids = jnp.arange(input_ids.shape[1])[None, :]
     x = (jnp.take(self.word[...], input_ids, axis=0)
          + jnp.take(self.position[...], position_ids, axis=0)
          + jnp.take(self.token_type[...], token_type_ids, axis=0))
+    if prompt is not None:
+      prompt = jnp.broadcast_to(prompt[None].astype(x.dtype), (x.shape[0],) + prompt.shape)
+      x = jnp.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
     x = self.norm(x).astype(compute_dtype(c))
     x = constrain(x, ("batch", "length", "act_embed"))
     return dropout(x, c.hidden_dropout_prob, rng)
@@ -138,26 +153,45 @@ def attention_weights_einsum(q, k, mask, dropout_rate, rng):
   return dropout(weights, dropout_rate, rng)
 
 
+def _branch_rngs(rng, n: int, peft: PeftConfig):
+  """Dropout keys for the low-rank branches, folded off so other masks stay as without PEFT."""
+  if rng is None or not (peft.low_rank and peft.dropout > 0):
+    return [None] * n
+  return [jax.random.fold_in(rng, 1_000 + i) for i in range(n)]
+
+
 class SelfAttention(nnx.Module):
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     c, std = config, config.initializer_range
     self.config = c
+    self.peft = peft
     shape = (c.hidden_size, c.num_attention_heads, c.head_dim)
     names = ("embed", "heads", "kv")
-    self.query = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
-    self.key = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
-    self.value = Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std)
+    dense = lambda name: Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std,
+                               f"attention.{name}", peft)
+    self.query = dense("query")
+    self.key = dense("key")
+    self.value = dense("value")
     self.output = Dense("bthk,hkd->btd", (c.num_attention_heads, c.head_dim, c.hidden_size),
-                        ("heads", "kv", "embed"), ("embed",), rngs, std)
+                        ("heads", "kv", "embed"), ("embed",), rngs, std, "attention.output", peft)
+    self.adapter = (Adapter(c.hidden_size, peft.adapter_size, rngs)
+                    if peft.method == "adapter" else None)
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
-  def __call__(self, x, mask, rng=None):
+  def __call__(self, x, mask, rng=None, prefix=None):
+    """prefix: [2, P, heads, head_dim] keys and values attended before the sequence."""
     c = self.config
     rng_probs, rng_out = (None, None) if rng is None else jax.random.split(rng)
+    rng_q, rng_k, rng_v, rng_o = _branch_rngs(rng, 4, self.peft)
     heads = ("batch", "length", "act_heads", None)
-    q = constrain(self.query(x), heads)
-    k = constrain(self.key(x), heads)
-    v = constrain(self.value(x), heads)
+    q = constrain(self.query(x, rng_q), heads)
+    k = constrain(self.key(x, rng_k), heads)
+    v = constrain(self.value(x, rng_v), heads)
+    if prefix is not None:
+      batch = x.shape[0]
+      k = jnp.concatenate([jnp.broadcast_to(prefix[0], (batch,) + prefix.shape[1:]), k], axis=1)
+      v = jnp.concatenate([jnp.broadcast_to(prefix[1], (batch,) + prefix.shape[1:]), v], axis=1)
+      mask = jnp.concatenate([jnp.ones((batch, prefix.shape[1]), bool), mask], axis=1)
     train_dropout = rng_probs is not None and c.attention_probs_dropout_prob > 0
     if c.attention_impl == "einsum" or train_dropout:
       # The fused kernels have no attention-probability dropout: fall back.
@@ -167,38 +201,46 @@ class SelfAttention(nnx.Module):
       ctx = jax.nn.dot_product_attention(
           q, k, v, mask=mask[:, None, None, :], implementation=c.attention_impl)
     ctx = constrain(ctx, heads)
-    out = dropout(self.output(ctx), c.hidden_dropout_prob, rng_out)
+    out = dropout(self.output(ctx, rng_o), c.hidden_dropout_prob, rng_out)
+    if self.adapter is not None:
+      out = self.adapter(out)
     return self.norm(out + x)
 
 
 class FeedForward(nnx.Module):
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     c, std = config, config.initializer_range
     self.config = c
+    self.peft = peft
     self.intermediate = Dense("btd,df->btf", (c.hidden_size, c.intermediate_size),
-                              ("embed", "mlp"), ("mlp",), rngs, std)
+                              ("embed", "mlp"), ("mlp",), rngs, std, "ffn.intermediate", peft)
     self.output = Dense("btf,fd->btd", (c.intermediate_size, c.hidden_size),
-                        ("mlp", "embed"), ("embed",), rngs, std)
+                        ("mlp", "embed"), ("embed",), rngs, std, "ffn.output", peft)
+    self.adapter = (Adapter(c.hidden_size, peft.adapter_size, rngs)
+                    if peft.method == "adapter" else None)
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
   def __call__(self, x, rng=None):
     c = self.config
-    h = activation(c.hidden_act)(self.intermediate(x))
+    rng_i, rng_o = _branch_rngs(rng, 2, self.peft)
+    h = activation(c.hidden_act)(self.intermediate(x, rng_i))
     h = constrain(h, ("batch", "length", "act_mlp"))
-    out = dropout(self.output(h), c.hidden_dropout_prob, rng)
+    out = dropout(self.output(h, rng_o), c.hidden_dropout_prob, rng)
+    if self.adapter is not None:
+      out = self.adapter(out)
     return self.norm(out + x)
 
 
 class Layer(nnx.Module):
   """One post-LayerNorm transformer block, as in the BERT paper."""
 
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
-    self.attention = SelfAttention(config, rngs)
-    self.ffn = FeedForward(config, rngs)
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
+    self.attention = SelfAttention(config, rngs, peft)
+    self.ffn = FeedForward(config, rngs, peft)
 
-  def __call__(self, x, mask, rng=None):
+  def __call__(self, x, mask, rng=None, prefix=None):
     rng_attn, rng_ffn = (None, None) if rng is None else jax.random.split(rng)
-    x = self.attention(x, mask, rng_attn)
+    x = self.attention(x, mask, rng_attn, prefix)
     x = self.ffn(x, rng_ffn)
     return constrain(x, ("batch", "length", "act_embed"))
 
@@ -218,37 +260,38 @@ class Encoder(nnx.Module):
   plain way unrolls a Python loop over slices. Checkpoints move between them.
   """
 
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     self.config = config
 
     @nnx.split_rngs(splits=config.num_hidden_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make_layers(rngs):
-      return Layer(config, rngs)
+      return Layer(config, rngs, peft)
 
     self.layers = make_layers(rngs)
 
-  def __call__(self, x, mask, rng=None):
+  def __call__(self, x, mask, rng=None, prefix=None):
+    """prefix: [layers, 2, P, heads, head_dim] (prefix tuning) or None."""
     c = self.config
     graphdef, stacked = nnx.split(self.layers)
     n = c.num_hidden_layers
     rngs = None if rng is None else jax.random.split(rng, n)
 
-    def body(h, layer_state, layer_rng):
-      return nnx.merge(graphdef, layer_state)(h, mask, layer_rng)
+    def body(h, layer_state, layer_rng, layer_prefix):
+      return nnx.merge(graphdef, layer_state)(h, mask, layer_rng, layer_prefix)
 
     if c.remat_policy != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy],
                             prevent_cse=not c.scan_layers)
     if c.scan_layers:
       def step(h, xs):
-        layer_state, layer_rng = xs
-        return body(h, layer_state, layer_rng), None
-      x, _ = jax.lax.scan(step, x, (stacked, rngs))
+        return body(h, *xs), None
+      x, _ = jax.lax.scan(step, x, (stacked, rngs, prefix))
     else:
       for i in range(n):
         layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
-        x = body(x, layer_state, None if rngs is None else rngs[i])
+        x = body(x, layer_state, None if rngs is None else rngs[i],
+                 None if prefix is None else prefix[i])
     return x
 
 
@@ -264,13 +307,23 @@ class Pooler(nnx.Module):
 
 
 class BertModel(nnx.Module):
-  """Embeddings, encoder and pooler; returns (sequence_output, pooled_output)."""
+  """Embeddings, encoder and pooler; returns (sequence_output, pooled_output).
 
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
-    self.config = config
-    self.embeddings = Embeddings(config, rngs)
-    self.encoder = Encoder(config, rngs)
-    self.pooler = Pooler(config, rngs)
+  `peft` adds what a parameter-efficient method needs (model/peft.py). Prompt
+  vectors sit after [CLS] and are cut out of the sequence output again, so
+  heads see one vector per input token whatever the method.
+  """
+
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
+    c = config
+    self.config = c
+    self.embeddings = Embeddings(c, rngs)
+    self.encoder = Encoder(c, rngs, peft)
+    self.pooler = Pooler(c, rngs)
+    self.prefix = (Prefix(c.num_hidden_layers, c.num_attention_heads, c.head_dim, c.hidden_size,
+                          peft, rngs) if peft.method == "prefix" else None)
+    self.prompt = (param(rngs, (peft.num_virtual_tokens, c.hidden_size), (None, "embed"),
+                         std=c.initializer_range) if peft.method == "prompt" else None)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                position_ids=None, dropout_rng=None):
@@ -278,7 +331,15 @@ class BertModel(nnx.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
+    mask = attention_mask.astype(bool)
     rng_embed, rng_layers = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    x = self.embeddings(input_ids, token_type_ids, position_ids, rng_embed)
-    x = self.encoder(x, attention_mask.astype(bool), rng_layers)
+    prompt = None if self.prompt is None else self.prompt[...]
+    x = self.embeddings(input_ids, token_type_ids, position_ids, rng_embed, prompt)
+    if prompt is not None:
+      mask = jnp.concatenate([mask[:, :1], jnp.ones((mask.shape[0], prompt.shape[0]), bool),
+                              mask[:, 1:]], axis=1)
+    prefix = None if self.prefix is None else self.prefix(x.dtype)
+    x = self.encoder(x, mask, rng_layers, prefix)
+    if prompt is not None:
+      x = jnp.concatenate([x[:, :1], x[:, 1 + prompt.shape[0]:]], axis=1)
     return x, self.pooler(x)

@@ -1,10 +1,11 @@
 """The one mapping between transformers' BERT tensors and our parameter tree.
 
-HF side: a flat dict of numpy arrays named as in `BertForPreTraining.state_dict()`
-(torch `Linear` weights are [out, in]). Our side: the nested pure dict of
-`nnx.state(BertForPreTraining).to_pure_dict()`, layers stacked on axis 0 and
-attention kernels split into heads. Pure numpy, no I/O: `train/hf.py` reads
-and writes the files.
+HF side: a flat dict of numpy arrays named as in `BertForPreTraining.state_dict()`,
+plus the fine-tuning heads of `BertFor{Sequence,Token}Classification` (`classifier.*`)
+and `BertForQuestionAnswering` (`qa_outputs.*`); torch `Linear` weights are [out, in].
+Our side: the nested pure dict of `nnx.state(model).to_pure_dict()`, layers stacked
+on axis 0 and attention kernels split into heads. Pure numpy, no I/O: `train/hf.py`
+reads and writes the files.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from model.config import BertConfig
 Tree = dict[str, Any]
 
 
+# Top-level HF names outside the encoder: pretraining heads and fine-tuning heads.
+HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+
+
 def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Accepts BertModel and BertForPreTraining names, old gamma/beta LayerNorms.
+  """Accepts BertModel, BertForPreTraining and BertFor<Task> names, old gamma/beta LayerNorms.
 
   Returns names as in `BertForPreTraining` ("bert." prefix on the encoder);
   buffers such as `position_ids` are dropped.
@@ -31,7 +36,7 @@ def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
       continue
     name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
     name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
-    if not (name.startswith("bert.") or name.startswith("cls.")):
+    if not name.startswith(("bert.",) + HEAD_PREFIXES):
       name = "bert." + name
     out[name] = np.asarray(value)
   return out
@@ -88,6 +93,19 @@ def _top_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
   ]
 
 
+def _head_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
+  """Fine-tuning heads: optional on both sides (a model has at most one of them).
+
+  Our kernels are [hidden, classes] whatever the einsum ('bd,dc' or 'btd,dc').
+  """
+  t, same = (lambda w: w.T), (lambda x: x)
+  rows = []
+  for head in ("classifier", "qa_outputs"):
+    rows += [(f"{head}.weight", (head, "kernel"), t, t),
+             (f"{head}.bias", (head, "bias"), same, same)]
+  return rows
+
+
 def _set(tree: Tree, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -100,6 +118,14 @@ def _get(tree: Tree, path):
   return tree
 
 
+def _leaf_paths(tree: Tree, prefix: tuple[str, ...] = ()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaf_paths(value, prefix + (key,))
+    else:
+      yield prefix + (key,)
+
+
 LAYERS_PATH = ("bert", "encoder", "layers")
 
 
@@ -107,7 +133,9 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
   """HF tensors -> our nested tree (float32), and the HF names that were absent.
 
   A `BertModel` checkpoint has no `cls.*` heads: their names come back in the
-  missing list and the caller keeps freshly initialised heads for them.
+  missing list and the caller keeps freshly initialised heads for them. A
+  fine-tuning head (`classifier.*`, `qa_outputs.*`) is mapped when present and
+  never counted missing: most checkpoints have none.
   """
   hf = normalise_hf_names(tensors)
   tree: Tree = {}
@@ -117,6 +145,9 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
       _set(tree, path, to_ours(hf[name]).astype(np.float32))
     else:
       missing.append(name)
+  for name, path, to_ours, _ in _head_map():
+    if name in hf:
+      _set(tree, path, to_ours(hf[name]).astype(np.float32))
   per_layer: list[dict] = []
   for i in range(config.num_hidden_layers):
     layer: Tree = {}
@@ -144,22 +175,38 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
 
 
 def _all_hf_names(config: BertConfig) -> set[str]:
-  names = {name for name, *_ in _top_map()}
+  names = {name for name, *_ in _top_map() + _head_map()}
   for i in range(config.num_hidden_layers):
     names |= {name for name, *_ in _layer_map(i, config)}
   return names
 
 
 def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
-  """Our tree -> HF `BertForPreTraining` tensors; the tied decoder is written out too."""
-  out = {}
-  for name, path, _, to_hf in _top_map():
+  """Our tree -> HF tensors of the heads it holds (pretraining, classifier, qa_outputs).
+
+  The encoder must be complete; the tied MLM decoder bias is written out too. A
+  leaf with no HF name (an unmerged LoRA branch, an adapter, prefix or prompt)
+  raises rather than vanish from the export.
+  """
+  out, mapped = {}, set()
+  for name, path, _, to_hf in _top_map() + _head_map():
+    if path[0] != "bert" and path[0] not in params:
+      continue  # a head this model does not have
     out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(params, path), np.float32)))
+    mapped.add(path)
   stacked = _get(params, LAYERS_PATH)
   for i in range(config.num_hidden_layers):
     for name, path, _, to_hf in _layer_map(i, config):
       out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(stacked, path)[i], np.float32)))
-  out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+  mapped |= {LAYERS_PATH + path for _, path, _, _ in _layer_map(0, config)}
+  unmapped = ["/".join(p) for p in _leaf_paths(params) if p not in mapped]
+  if unmapped:
+    raise ValueError(f"parameters with no HF BERT tensor: {unmapped[:5]}"
+                     f"{' ...' if len(unmapped) > 5 else ''} (merge LoRA / AdaLoRA branches "
+                     "first with model.peft.merge_low_rank; adapter, prefix and prompt "
+                     "parameters have no place in transformers' BERT)")
+  if "cls.predictions.bias" in out:
+    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
   return out
 
 
@@ -174,6 +221,14 @@ def check_shapes(reference: Tree, loaded: Tree, prefix: str = "") -> None:
     elif tuple(np.shape(reference[key])) != tuple(np.shape(value)):
       raise ValueError(f"shape mismatch at {where!r}: checkpoint {tuple(np.shape(value))}, "
                        f"model {tuple(np.shape(reference[key]))}")
+
+
+def union_trees(a: Tree, b: Tree) -> Tree:
+  """Every key of `a` and `b`; where both have a leaf, `b`'s. No shape checks."""
+  out = dict(a)
+  for key, value in b.items():
+    out[key] = union_trees(out[key], value) if isinstance(value, dict) and key in out else value
+  return out
 
 
 def merge_trees(base: Tree, update: Tree) -> Tree:

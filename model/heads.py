@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.bert import BertModel, Dense, LayerNorm, activation, constrain, dropout, param
+from model.bert import NO_PEFT, BertModel, Dense, LayerNorm, activation, constrain, dropout, param
 from model.config import BertConfig
+from model.peft import PeftConfig
 
 
 class MaskedLMHead(nnx.Module):
@@ -45,9 +46,9 @@ class MaskedLMHead(nnx.Module):
 class BertForPreTraining(nnx.Module):
   """BERT with masked-LM and next-sentence-prediction heads."""
 
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     self.config = config
-    self.bert = BertModel(config, rngs)
+    self.bert = BertModel(config, rngs, peft)
     self.mlm = MaskedLMHead(config, rngs)
     self.nsp = Dense("bd,dc->bc", (config.hidden_size, 2), ("embed", None), (None,),
                      rngs, config.initializer_range)
@@ -79,11 +80,12 @@ class BertForSequenceClassification(nnx.Module):
   classifier_dropout is unset.
   """
 
-  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs,
+               peft: PeftConfig = NO_PEFT):
     if num_labels < 1:
       raise ValueError(f"num_labels={num_labels}: need at least 1 (1 means regression)")
     self.config = config
-    self.bert = BertModel(config, rngs)
+    self.bert = BertModel(config, rngs, peft)
     self.classifier = Dense("bd,dc->bc", (config.hidden_size, num_labels), ("embed", None),
                             (None,), rngs, config.initializer_range)
 
@@ -98,11 +100,12 @@ class BertForSequenceClassification(nnx.Module):
 class BertForTokenClassification(nnx.Module):
   """Every token's vector -> dropout -> Dense: per-token tag logits (NER)."""
 
-  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs,
+               peft: PeftConfig = NO_PEFT):
     if num_labels < 2:
       raise ValueError(f"num_labels={num_labels}: token classification needs at least 2 tags")
     self.config = config
-    self.bert = BertModel(config, rngs)
+    self.bert = BertModel(config, rngs, peft)
     self.classifier = Dense("btd,dc->btc", (config.hidden_size, num_labels), ("embed", None),
                             (None,), rngs, config.initializer_range)
 
@@ -121,9 +124,9 @@ class BertForQuestionAnswering(nnx.Module):
   transformers' BertForQuestionAnswering.
   """
 
-  def __init__(self, config: BertConfig, rngs: nnx.Rngs):
+  def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     self.config = config
-    self.bert = BertModel(config, rngs)
+    self.bert = BertModel(config, rngs, peft)
     self.qa_outputs = Dense("btd,dc->btc", (config.hidden_size, 2), ("embed", None), (None,),
                             rngs, config.initializer_range)
 

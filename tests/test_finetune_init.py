@@ -44,8 +44,8 @@ def base(tmp_path_factory):
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
   tx = optax.sgd(0.1)
-  _, state, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
-  return config, task, state, tx, (mesh, rules)
+  _, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
+  return config, task, (state, frozen), tx, (mesh, rules)
 
 
 def pure(params):
@@ -65,10 +65,10 @@ def init_section(**values):
 def test_init_from_an_hf_directory_loads_the_encoder_and_keeps_a_fresh_head(base, tmp_path):
   config, task, state, tx, _ = base
   hf_dir, tensors, torch_model = write_hf_dir(tmp_path / "hf", config.data.vocab)
-  loaded = warm_start.initialise(state, init_section(hf_dir=hf_dir), task.model_config, tx)
+  loaded = warm_start.initialise(*state, init_section(hf_dir=hf_dir), task.model_config, tx)[0]
   expected, _ = hf_to_params(tensors, task.model_config)
   assert_trees_equal(pure(loaded.params)["bert"], expected["bert"])
-  assert_trees_equal(pure(loaded.params)["classifier"], pure(state.params)["classifier"])
+  assert_trees_equal(pure(loaded.params)["classifier"], pure(state[0].params)["classifier"])
   # The same encoder computes the same thing as transformers' BertModel.
   ids = np.array([[2, 10, 11, 12, 3, 0]], np.int32)
   mask = (ids > 0).astype(np.int32)
@@ -104,13 +104,13 @@ def test_hf_directory_of_another_size_is_refused_naming_the_keys(base, tmp_path)
   hf_dir, _, _ = write_hf_dir(tmp_path / "hf", config.data.vocab, hidden_size=48,
                               num_attention_heads=4)
   with pytest.raises(ValueError, match=r"model.hidden_size: config 32, checkpoint 48"):
-    warm_start.initialise(state, init_section(hf_dir=hf_dir), task.model_config, tx)
+    warm_start.initialise(*state, init_section(hf_dir=hf_dir), task.model_config, tx)[0]
 
 
 def write_pretraining_workdir(path, config, mesh_and_rules):
   """A checkpoint as the pretraining loop writes it (state + meta with the config)."""
   model_config = BertConfig.from_dict(config.model)
-  _, state, _ = create_train_state(lambda rngs: BertForPreTraining(model_config, rngs),
+  _, state, _, _ = create_train_state(lambda rngs: BertForPreTraining(model_config, rngs),
                                    optax.sgd(1e-3), *mesh_and_rules, seed=5)
   with Checkpointer(path, async_save=False) as checkpointer:
     checkpointer.save(7, state, {"config": _fingerprint(config), "total_steps": 7})
@@ -121,13 +121,13 @@ def test_init_from_a_pretraining_workdir_loads_its_encoder_and_refuses_another_s
   config, task, state, tx, mesh_and_rules = base
   pretrained_dir, pretrained = write_pretraining_workdir(tmp_path / "pre", config, mesh_and_rules)
   init = init_section(checkpoint=pretrained_dir)
-  loaded = warm_start.initialise(state, init, task.model_config, tx)
+  loaded = warm_start.initialise(*state, init, task.model_config, tx)[0]
   assert_trees_equal(pure(loaded.params)["bert"], pretrained["bert"])
-  assert_trees_equal(pure(loaded.params)["classifier"], pure(state.params)["classifier"])
+  assert_trees_equal(pure(loaded.params)["classifier"], pure(state[0].params)["classifier"])
   assert set(pure(loaded.params)) == {"bert", "classifier"}  # no MLM / NSP heads
   with pytest.raises(ValueError, match=(r"init.checkpoint=.* \(step 7\) was trained with another "
                                         r"architecture: model.vocab_size: checkpoint 64, config 80")):
-    warm_start.initialise(state, init, task.model_config.replace(vocab_size=80), tx)
+    warm_start.initialise(*state, init, task.model_config.replace(vocab_size=80), tx)[0]
 
 
 def test_vocab_larger_than_the_model_is_refused(tmp_path):

@@ -130,11 +130,11 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
   batch = mesh_lib.shard_batch(task.train_data.batch(0), mesh, rules)
   results = []
   for accum in (1, 4):
-    graphdef, state, shardings = create_train_state(task.model_factory, tx, mesh, rules, seed=0)
+    graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, seed=0)
     step = jax.jit(step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
                                             grad_accum_steps=accum))
     with mesh_lib.activate(mesh, rules):
-      state, metrics = step(state, batch)
+      state, metrics = step(state, frozen, batch)
     results.append((jax.device_get(nnx.to_pure_dict(state.params)), jax.device_get(metrics)))
   (big, big_metrics), (accumulated, acc_metrics) = results
   np.testing.assert_allclose(acc_metrics["total_loss"], big_metrics["total_loss"], rtol=1e-5)

@@ -30,8 +30,8 @@ def _batch(config, batch=8, length=16, predictions=4):
 def loss_and_grads(config, mesh, params=None):
   """Loss and gradients of the pretraining objective, computed on `mesh`."""
   factory = lambda rngs: BertForPreTraining(config, rngs)
-  graphdef, state, shardings = create_train_state(factory, optax.sgd(0.1), mesh,
-                                                  mesh_lib.DEFAULT_RULES, seed=0)
+  graphdef, state, _, shardings = create_train_state(factory, optax.sgd(0.1), mesh,
+                                                     mesh_lib.DEFAULT_RULES, seed=0)
   if params is not None:
     params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings.params)
   else:
@@ -105,7 +105,8 @@ def test_training_steps_on_each_layout_match_one_device(layout, shape):
   def losses_on(mesh):
     factory = lambda rngs: BertForPreTraining(CONFIG, rngs)
     tx = optax.adamw(1e-3)
-    graphdef, state, shardings = create_train_state(factory, tx, mesh, mesh_lib.DEFAULT_RULES, 0)
+    graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh,
+                                                            mesh_lib.DEFAULT_RULES, 0)
     step = jax.jit(step_lib.make_train_step(graphdef, tx, objective,
                                             param_shardings=shardings.params),
                    out_shardings=(shardings, None))
@@ -113,7 +114,7 @@ def test_training_steps_on_each_layout_match_one_device(layout, shape):
     losses = []
     with mesh_lib.activate(mesh, mesh_lib.DEFAULT_RULES):
       for _ in range(3):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, frozen, batch)
         losses.append(float(metrics["total_loss"]))
     return losses, state
 

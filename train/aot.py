@@ -98,7 +98,7 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   model_config = BertConfig.from_dict(config.model)
   factory = lambda rngs: BertForPreTraining(model_config, rngs)
   tx = optim.make_optimizer(config.optimizer, abstract_model(factory)[1])
-  graphdef, state, shardings = abstract_train_state(factory, tx, mesh, rules)
+  graphdef, state, frozen, shardings = abstract_train_state(factory, tx, mesh, rules)
   train_step = step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
                                         optim.make_schedule(config.optimizer),
                                         config.optimizer.grad_accum_steps, shardings.params)
@@ -109,7 +109,8 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   start = time.perf_counter()
   try:
     with mesh_lib.activate(mesh, rules):
-      compiled = jitted.lower(state, pretraining_batch_shapes(config, mesh, rules)).compile()
+      compiled = jitted.lower(state, frozen,
+                              pretraining_batch_shapes(config, mesh, rules)).compile()
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise

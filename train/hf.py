@@ -3,11 +3,18 @@
 Import: a directory with config.json and model.safetensors (or
 pytorch_model.bin, read with torch's weights_only loader) -> (BertConfig, our
 parameter tree). Export: our tree -> a directory `transformers.
-BertForPreTraining.from_pretrained` loads. The tensor mapping lives in
+BertForPreTraining.from_pretrained` loads (pretraining workdirs), or, for a
+fine-tuned workdir, one `BertForSequenceClassification` / `BertForTokenClassification`
+/ `BertForQuestionAnswering.from_pretrained` loads, with labels and LoRA /
+AdaLoRA folded into the kernels (--format=merged); or LoRA as an HF PEFT adapter
+on the run's init.hf_dir (--format=peft). The tensor mapping lives in
 `model/convert.py`; this file only reads and writes.
 
-  python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N]
+  python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N] [--format=merged|peft]
   python -m train.hf check --hf_dir=HF_DIR_OR_NAME   # load, convert, print a summary
+
+A fine-tuned workdir is exported from its best checkpoint (<workdir>/best), or
+the newest when there is none; --step picks one of <workdir>/checkpoints.
 
 Import needs no command: set `init.hf_dir` in a config and the job converts on
 load (train/loop.py).
@@ -15,6 +22,7 @@ load (train/loop.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -82,23 +90,239 @@ def resolve_hf_source(name_or_dir: str) -> str:
                                                          "pytorch_model.bin", "vocab.txt"])
 
 
-def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
-                       vocab_file: str | None = None) -> str:
-  """Writes config.json + model.safetensors (+ vocab.txt) for BertForPreTraining."""
+def _refuse_overwrite(out_dir: str, name: str) -> None:
+  if os.path.exists(os.path.join(out_dir, name)):
+    raise FileExistsError(f"{out_dir} already holds a {name}; refusing to overwrite")
+
+
+def _write_model_dir(out_dir: str, tensors: dict, hf_config: dict) -> None:
   from safetensors.numpy import save_file
-  if os.path.exists(os.path.join(out_dir, "model.safetensors")):
-    raise FileExistsError(f"{out_dir} already holds a model.safetensors; refusing to overwrite")
+  _refuse_overwrite(out_dir, "model.safetensors")
   os.makedirs(out_dir, exist_ok=True)
-  tensors = convert.params_to_hf(params, config)
-  tensors.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
-  hf_config = dict(config.to_hf_dict(), model_type="bert",
-                   architectures=["BertForPreTraining"], tie_word_embeddings=True,
-                   position_embedding_type="absolute")
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+
+
+def _hf_model_config(config: BertConfig, architecture: str, **extra) -> dict[str, Any]:
+  return dict(config.to_hf_dict(), model_type="bert", architectures=[architecture],
+              position_embedding_type="absolute", **extra)
+
+
+def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
+                       vocab_file: str | None = None) -> str:
+  """Writes config.json + model.safetensors (+ vocab.txt) for BertForPreTraining."""
+  _refuse_overwrite(out_dir, "model.safetensors")
+  tensors = convert.params_to_hf(params, config)
+  tensors.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
+  _write_model_dir(out_dir, tensors, _hf_model_config(config, "BertForPreTraining",
+                                                      tie_word_embeddings=True))
   if vocab_file:
     shutil.copy(vocab_file, os.path.join(out_dir, "vocab.txt"))
+  return out_dir
+
+
+# --------------------------------------------------------------------------
+# Fine-tuned workdirs
+
+ARCHITECTURES = {"classification": "BertForSequenceClassification",
+                 "token_classification": "BertForTokenClassification",
+                 "question_answering": "BertForQuestionAnswering"}
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
+                   "question_answering": "QUESTION_ANS"}
+TASK_HEADS = {"classification": "classifier", "token_classification": "classifier",
+              "question_answering": "qa_outputs"}
+# Our module names inside a layer -> transformers' (the suffix after encoder.layer.{i}.).
+HF_LAYER_MODULES = {"attention.query": "attention.self.query",
+                    "attention.key": "attention.self.key",
+                    "attention.value": "attention.self.value",
+                    "attention.output": "attention.output.dense",
+                    "ffn.intermediate": "intermediate.dense",
+                    "ffn.output": "output.dense"}
+# Methods whose parameters transformers' BERT has no place for.
+ARCHITECTURE_METHODS = ("adapter", "prefix", "prompt")
+EXPORT_FORMATS = ("merged", "peft")
+
+
+@dataclasses.dataclass
+class FinetunedRun:
+  """What an export needs of a fine-tuning workdir (the run as train/predict.py rebuilds it)."""
+  config: Any               # the run's ml_collections config (config.json)
+  model_config: BertConfig
+  peft: Any                 # model.peft.PeftConfig
+  labels: list[str] | None
+  params: dict              # the checkpoint's tree: trainable parameters only for PEFT runs
+  step: int
+
+  @property
+  def task(self) -> str:
+    return self.config.task
+
+
+def finetuned_task(workdir: str) -> str | None:
+  """The fine-tuning task of a workdir's config.json; None for pretraining / cloze / none."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    task = json.load(f).get("task")
+  return task if task in ARCHITECTURES else None
+
+
+def read_finetuned_run(workdir: str, step: int | None = None) -> FinetunedRun:
+  """The run's config, labels and checkpoint: best/ (else the newest), or --step's."""
+  import ml_collections
+
+  from train import tasks
+  from train.checkpoint import read_on_host
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  labels = None
+  if os.path.isfile(os.path.join(workdir, "labels.json")):
+    with open(os.path.join(workdir, "labels.json")) as f:
+      labels = json.load(f)
+  best = os.path.join(workdir, "best", "checkpoints")  # train.loop.BEST_DIR
+  use_best = step is None and os.path.isdir(best) and os.listdir(best)
+  parts, _, step = read_on_host(best if use_best else os.path.join(workdir, "checkpoints"), step)
+  return FinetunedRun(config, BertConfig.from_dict(config.model), tasks.peft_config(config),
+                      labels, parts["params"], step)
+
+
+def full_params(run: FinetunedRun) -> dict:
+  """Every parameter of the run's model: a PEFT checkpoint's on top of its frozen base."""
+  from flax import nnx
+
+  from train import tasks, warm_start
+  from train.state import abstract_model
+  factory = tasks.finetune_model_factory(run.config, run.model_config, run.labels)
+  reference = nnx.to_pure_dict(abstract_model(factory)[1])
+  tree = run.params
+  if run.peft.method != "none":
+    base, _ = warm_start.base_tree(run.config.init, run.model_config)
+    tree = convert.union_trees({k: v for k, v in (base or {}).items() if k in reference}, tree)
+  convert.check_shapes(reference, tree)
+  absent = sorted(set(_paths(reference)) - set(_paths(tree)))
+  if absent:
+    raise ValueError(f"cannot rebuild the model of this {run.peft.method} run: "
+                     f"{['/'.join(p) for p in absent[:3]]} are in neither the checkpoint nor "
+                     "the run's init (a PEFT run on a random base cannot be exported)")
+  return tree
+
+
+def export_finetuned(workdir: str, out_dir: str, step: int | None = None,
+                     export_format: str = "merged") -> FinetunedRun:
+  """Writes a fine-tuned workdir as an HF model (merged) or an HF PEFT LoRA adapter (peft)."""
+  if export_format not in EXPORT_FORMATS:
+    raise ValueError(f"--format={export_format!r}: expected one of {EXPORT_FORMATS}")
+  run = read_finetuned_run(workdir, step)
+  method = run.peft.method
+  if export_format == "peft" and method != "lora":
+    merged_ok = method not in ARCHITECTURE_METHODS
+    raise ValueError(f"--format=peft: only LoRA runs have the HF PEFT format here; this run used "
+                     f"peft.method={method!r}"
+                     + ("; export it with --format=merged" if merged_ok else ""))
+  if method in ARCHITECTURE_METHODS:
+    raise ValueError(f"peft.method={method!r} changes BERT's architecture: transformers' "
+                     f"{ARCHITECTURES[run.task]} has no place for its parameters, so it has no "
+                     "merged export (predict with `python -m train.predict` instead)")
+  if export_format == "peft":
+    save_lora_adapter(out_dir, run)
+  else:
+    save_finetuned_model(out_dir, run)
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  if os.path.isdir(tokenizer_dir):
+    for name in os.listdir(tokenizer_dir):
+      if os.path.isfile(os.path.join(tokenizer_dir, name)):
+        shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+  return run
+
+
+def _label_config(run: FinetunedRun) -> dict[str, Any]:
+  if run.task == "question_answering":
+    return {}
+  if run.config.data.get("regression"):
+    return {"num_labels": 1, "problem_type": "regression"}
+  return {"num_labels": len(run.labels), "id2label": {str(i): l for i, l in enumerate(run.labels)},
+          "label2id": {l: i for i, l in enumerate(run.labels)}}
+
+
+def save_finetuned_model(out_dir: str, run: FinetunedRun) -> str:
+  """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
+  from model.peft import merge_low_rank
+  _refuse_overwrite(out_dir, "model.safetensors")
+  tensors = convert.params_to_hf(merge_low_rank(full_params(run), run.peft), run.model_config)
+  if run.task != "classification":  # transformers builds these without the pooler
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
+  _write_model_dir(out_dir, tensors, _hf_model_config(run.model_config, ARCHITECTURES[run.task],
+                                                      **_label_config(run)))
+  return out_dir
+
+
+def lora_target_modules(targets) -> list[str] | str:
+  """PEFT's target_modules for our targeted layer modules (HF names, matched as suffixes).
+
+  'output.dense' alone would match attention.output.dense too, so FFN output
+  without attention output becomes a regex over whole module names.
+  """
+  names = [HF_LAYER_MODULES[m] for m in targets]
+  suffixes = [n.split(".")[-1] if n.startswith("attention.self.") else n for n in names]
+  if "ffn.output" in targets and "attention.output" not in targets:
+    return r".*\.encoder\.layer\.\d+\.(" + "|".join(n.replace(".", r"\.") for n in names) + ")"
+  return suffixes
+
+
+def save_lora_adapter(out_dir: str, run: FinetunedRun) -> str:
+  """adapter_config.json + adapter_model.safetensors as peft's PeftModel.save_pretrained writes.
+
+  lora_A.weight [r, in] and lora_B.weight [out, r] per targeted layer module; the
+  head under its own name (peft strips 'modules_to_save.default' on save). The
+  base is the run's init.hf_dir, as trained: LoRA runs train nothing else in 'bert'.
+  Loading needs the base built with the run's num_labels (`from_pretrained(base,
+  num_labels=N)`): an adapter config has no place for them.
+  """
+  from safetensors.numpy import save_file
+
+  from model.peft import LAYER_MODULES
+  hf_dir = run.config.init.get("hf_dir", "")
+  if not hf_dir:
+    checkpoint = run.config.init.get("checkpoint", "")
+    where = f"init.checkpoint={checkpoint}" if checkpoint else "random weights (no init)"
+    raise ValueError(f"--format=peft needs the run's base as an HF model (init.hf_dir); this run "
+                     f"started from {where}. Export with --format=merged instead")
+  if os.path.isdir(hf_dir):
+    _, _, missing = load_hf_checkpoint(hf_dir, run.model_config)
+    lacking = [name for name in missing if name.startswith("bert.")]
+    if lacking:
+      raise ValueError(f"init.hf_dir={hf_dir} lacks {lacking[:3]}: those weights were random in "
+                       "training and an adapter cannot carry them; use --format=merged")
+  _refuse_overwrite(out_dir, "adapter_model.safetensors")
+  peft, head = run.peft, TASK_HEADS[run.task]
+  targets = [m for m in LAYER_MODULES if peft.targets_module(m)]
+  layers = run.params["bert"]["encoder"]["layers"]
+  tensors = {}
+  for module in targets:
+    group, name = module.split(".")
+    branch = layers[group][name]["low_rank"]
+    for i in range(run.model_config.num_hidden_layers):
+      prefix = f"base_model.model.bert.encoder.layer.{i}.{HF_LAYER_MODULES[module]}."
+      tensors[prefix + "lora_A.weight"] = np.asarray(branch["a"][i]).reshape(-1, peft.rank).T
+      tensors[prefix + "lora_B.weight"] = np.asarray(branch["b"][i]).reshape(peft.rank, -1).T
+  tensors[f"base_model.model.{head}.weight"] = np.asarray(run.params[head]["kernel"]).T
+  tensors[f"base_model.model.{head}.bias"] = np.asarray(run.params[head]["bias"])
+  tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+  alpha = int(peft.alpha) if float(peft.alpha).is_integer() else float(peft.alpha)
+  adapter_config = {
+      "peft_type": "LORA", "task_type": PEFT_TASK_TYPES[run.task],
+      "base_model_name_or_path": hf_dir, "r": peft.rank, "lora_alpha": alpha,
+      "lora_dropout": peft.dropout, "target_modules": lora_target_modules(targets),
+      "modules_to_save": [head], "bias": "none", "fan_in_fan_out": False,
+      "init_lora_weights": True, "use_rslora": False, "use_dora": False,
+      "inference_mode": True,
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+    json.dump(adapter_config, f, indent=2)
+  save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
   return out_dir
 
 
@@ -114,6 +338,14 @@ def _workdir_vocab(workdir: str) -> str | None:
   return path if os.path.isfile(path) else None
 
 
+def _paths(tree, prefix=()):
+  if not isinstance(tree, dict):
+    yield prefix
+    return
+  for key, value in tree.items():
+    yield from _paths(value, prefix + (key,))
+
+
 def _leaves(tree):
   if isinstance(tree, dict):
     for value in tree.values():
@@ -126,7 +358,14 @@ def main(argv):
   from absl import flags
   flags_ = flags.FLAGS
   command = argv[1] if len(argv) > 1 else ""
-  if command == "export":
+  if command == "export" and finetuned_task(flags_.workdir):
+    run = export_finetuned(flags_.workdir, flags_.out, flags_.step, flags_.format)
+    what = (f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}" if flags_.format == "peft"
+            else f"{ARCHITECTURES[run.task]}, peft.method={run.peft.method} merged")
+    print(f"wrote step {run.step} of {flags_.workdir} to {flags_.out} ({what})")
+  elif command == "export":
+    if flags_.format != "merged":
+      raise SystemExit(f"--format={flags_.format}: a pretraining workdir exports merged only")
     config, params, step = read_workdir_params(flags_.workdir, flags_.step)
     vocab = flags_.vocab or _workdir_vocab(flags_.workdir)
     save_hf_checkpoint(flags_.out, params, config, vocab)
@@ -140,14 +379,18 @@ def main(argv):
           f"absent (freshly initialised when used): {missing or 'none'}")
   else:
     raise SystemExit("usage: python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N] "
-                     "| check --hf_dir=DIR_OR_NAME")
+                     "[--format=merged|peft] | check --hf_dir=DIR_OR_NAME")
 
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("workdir", None, "pretraining workdir to export")
-  flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+  flags.DEFINE_string("workdir", None, "pretraining or fine-tuning workdir to export")
+  flags.DEFINE_integer("step", None, "checkpoint step (default: latest; a fine-tuned workdir: "
+                       "its best checkpoint, else the latest)")
   flags.DEFINE_string("out", None, "output HF directory (must not hold a model yet)")
+  flags.DEFINE_enum("format", "merged", list(EXPORT_FORMATS),
+                    "fine-tuned workdirs: 'merged' (a full transformers model, LoRA folded in) "
+                    "or 'peft' (an HF PEFT LoRA adapter on the run's init.hf_dir)")
   flags.DEFINE_string("vocab", None, "vocab.txt to ship with the export (default: the workdir's)")
   flags.DEFINE_string("hf_dir", None, "HF checkpoint directory or hub name, for `check`")
   app.run(main)

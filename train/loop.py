@@ -24,7 +24,10 @@ import os
 import signal
 import time
 
+import hashlib
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -33,10 +36,11 @@ from jax.experimental import multihost_utils
 from data.sampling import host_share
 from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
-from train.state import abstract_model, create_train_state
+from model import peft as peft_lib
+from train.state import abstract_model, create_train_state, split_params
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
-RESUME_KEYS = ("task", "model", "data", "batch_size", "seed")
+RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft")
 BEST_DIR = "best"
 RUN_FILES = ("config.json", "labels.json", "tokenizer")
 
@@ -45,8 +49,29 @@ def _fingerprint(config) -> dict:
   """The part of the config a checkpoint is bound to (compute options excluded)."""
   compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
   model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
+  peft = config.peft.to_dict() if config.get("peft") else {"method": "none"}
   return {"task": config.task, "model": model, "data": config.data.to_dict(),
-          "batch_size": config.batch_size, "seed": config.seed}
+          "batch_size": config.batch_size, "seed": config.seed, "peft": peft}
+
+
+def _base_fingerprint(frozen) -> str:
+  """A checksum of the frozen parameters: a PEFT checkpoint is only valid on its base."""
+  if not jax.tree.leaves(frozen):
+    return ""
+  moments = jax.jit(lambda f: jax.tree.map(
+      lambda x: jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * x)]), f))(frozen)
+  text = json.dumps([[f"{v:.6e}" for v in _host_value(m)] for m in jax.tree.leaves(moments)])
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_same_base(saved_meta: dict, meta: dict, workdir: str) -> None:
+  saved, now = saved_meta.get("base", {}), meta.get("base", {})
+  if saved.get("fingerprint", "") != now.get("fingerprint", ""):
+    raise ValueError(
+        f"{workdir} holds a run trained on other frozen base weights ({saved.get('init') or 'none'},"
+        f" checksum {saved.get('fingerprint') or '-'}) than config.init gives now "
+        f"({now.get('init') or 'none'}, checksum {now.get('fingerprint') or '-'}): its trainable "
+        "parameters only make sense on their own base; use that base or a fresh workdir")
 
 
 class _Preemption:
@@ -124,7 +149,7 @@ def _sum_metrics(history: list[dict]) -> dict:
   return {k: float(np.sum([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def evaluate(eval_step, params, batches, mesh, rules, objective, score=None,
+def evaluate(eval_step, params, frozen, batches, mesh, rules, objective, score=None,
              split: str = "eval") -> dict:
   """Objective means over `batches`; with `score`, the task's metrics too.
 
@@ -136,7 +161,7 @@ def evaluate(eval_step, params, batches, mesh, rules, objective, score=None,
   results = []
   for batch in batches:
     local = host_share(batch, jax.process_index(), jax.process_count())
-    results.append(eval_step(params, mesh_lib.shard_batch(local, mesh, rules)))
+    results.append(eval_step(params, frozen, mesh_lib.shard_batch(local, mesh, rules)))
     bar.update(1)
   bar.close()
   if score is None:
@@ -149,9 +174,12 @@ def evaluate(eval_step, params, batches, mesh, rules, objective, score=None,
 
 
 def _schedule_steps(config, task) -> tuple[int, int]:
-  """(total_steps, warmup_steps): given, or from epochs and warmup_ratio (fine-tuning)."""
+  """(total_steps, warmup_steps): given, or from epochs and warmup_ratio (fine-tuning).
+
+  epochs=0 without total_steps: (0, 0), no training; the loop evaluates once (zero-shot).
+  """
   total = config.optimizer.total_steps or config.get("epochs", 0) * (task.steps_per_epoch or 0)
-  if not total:
+  if not total and config.get("epochs") != 0:
     raise ValueError("optimizer.total_steps is 0 and no epochs are set: give one of them")
   warmup = config.optimizer.warmup_steps or round(config.optimizer.get("warmup_ratio", 0.0) * total)
   return int(total), int(warmup)
@@ -188,30 +216,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rules = mesh_lib.rules_from_config(config.mesh.rules)
   total_steps, warmup_steps = _schedule_steps(config, task)
   opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
-  opt_config.update(total_steps=total_steps, warmup_steps=warmup_steps)
+  opt_config.update(total_steps=max(total_steps, 1), warmup_steps=warmup_steps)
   # stop_at_step ends this invocation early (a time-boxed job); the schedule still
   # runs to total_steps and the next invocation picks up from the checkpoint.
   end_step = min(config.stop_at_step or total_steps, total_steps)
-  _, abstract_params = abstract_model(task.model_factory)
-  tx = optim.make_optimizer(opt_config, abstract_params)
-  graphdef, state, shardings = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
+  trainable = peft_lib.trainable(task.peft)
+  abstract_trainable, _ = split_params(abstract_model(task.model_factory)[1], trainable)
+  tx = optim.make_optimizer(opt_config, abstract_trainable)
+  graphdef, state, frozen, shardings = create_train_state(task.model_factory, tx, mesh, rules,
+                                                          config.seed, trainable)
 
-  counts = optim.count_params(state.params)
-  logging.info("model: %s parameters; mesh %s; %d steps (%d warmup); data %s",
-               f"{counts['total']:,}", dict(mesh.shape), total_steps, warmup_steps,
-               json.dumps(task.summary, default=str))
+  counts = optim.count_params(state.params, frozen)
+  counts["optimizer_state_bytes"] = optim.tree_bytes(state.opt_state)
+  logging.info("model: %s parameters, %s trainable (%.3f%%, peft %s), optimizer state %.1f MiB; "
+               "mesh %s; %d steps (%d warmup); data %s", f"{counts['total']:,}",
+               f"{counts['trainable']:,}", counts["percent"], task.peft.method,
+               counts["optimizer_state_bytes"] / 2**20, dict(mesh.shape), total_steps,
+               warmup_steps, json.dumps(task.summary, default=str))
 
   meta = {"config": _fingerprint(config), "total_steps": total_steps}
   ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   saved_progress = None
-  if ckpt.latest_step() is not None:
+  resuming = ckpt.latest_step() is not None
+  if resuming:
     saved_meta = ckpt.read_meta()
     check_compatible(saved_meta, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+  if not resuming or jax.tree.leaves(frozen):
+    # Frozen parameters are not in checkpoints: they come from the base every time.
+    state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
+  if jax.tree.leaves(frozen):
+    meta["base"] = {"init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
+                    "fingerprint": _base_fingerprint(frozen)}
+  if resuming:
+    _check_same_base(saved_meta, meta, workdir)
     state, _ = ckpt.restore(None, abstract_like(state))
     saved_progress = saved_meta.get("early_stopping")
     logging.info("resumed from step %d", int(state.step))
-  else:
-    state = warm_start.initialise(state, config.init, task.model_config, tx)
   if is_main:
     save_run_files(config, task, workdir)
 
@@ -234,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = writers.MetricWriter(workdir, enabled=is_main)
   start = int(state.step)
+  writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")
   if stopping and stopping.should_stop:
     logging.info("early stopping had already ended this run at step %d", start)
     end_step = start
@@ -246,9 +287,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   steps_since_log = 0
 
   with mesh_lib.activate(mesh, rules):
+    if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
+      last_eval = evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
+                           task.objective, task.score, "eval")
+      writer.write(0, _scalars(last_eval), split="eval")
+      _log_eval(0, "eval", last_eval)
     for step in range(start, end_step):
       local = task.train_data.batch(step, jax.process_index(), jax.process_count())
-      state, metrics = train_step(state, mesh_lib.shard_batch(local, mesh, rules))
+      state, metrics = train_step(state, frozen, mesh_lib.shard_batch(local, mesh, rules))
       history.append(metrics)
       steps_since_log += 1
       done = step + 1
@@ -272,7 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Not at a stop_at_step pause: an extra evaluation there would count
       # against early-stopping patience and the resumed run would diverge.
       if done % eval_every == 0 or done == total_steps:
-        last_eval = evaluate(eval_step, state.params, task.eval_batches, mesh, rules,
+        last_eval = evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
                              task.objective, task.score, "eval")
         writer.write(done, _scalars(last_eval), split="eval")
         _log_eval(done, "eval", last_eval)
@@ -296,7 +342,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   bar.close()
   ckpt.close()
-  final = {"step": int(state.step), **_scalars(last_eval)}
+  final = {"step": int(state.step), **_scalars(last_eval), "parameters": counts}
   if last_eval.get("report") is not None:
     final["report"] = last_eval["report"]
   if stopping and stopping.best_step is not None:
@@ -306,7 +352,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if task.test_batches and not preemption.requested:
       best_params, _ = best_ckpt.restore(stopping.best_step, {"params": abstract_like(state.params)})
       with mesh_lib.activate(mesh, rules):
-        test = evaluate(eval_step, best_params["params"], task.test_batches, mesh, rules,
+        test = evaluate(eval_step, best_params["params"], frozen, task.test_batches, mesh, rules,
                         task.objective, task.score, "test")
       writer.write(stopping.best_step, _scalars(test), split="test")
       _log_eval(stopping.best_step, "test", test)

@@ -180,3 +180,26 @@ class SpanObjective(_FinetuneObjective):
     n = max(float(sums["count"]), 1.0)
     return {"loss": float(sums["loss"]) / n, "span_accuracy": float(sums["correct"]) / n}
 
+
+
+class ClozeObjective(ClassificationObjective):
+  """PET-style cloze: the masked-LM logits at each example's [MASK], read at the
+  verbalizer's token ids, are the class logits.
+
+  The pretrained MLM head is the classifier, so no parameter starts fresh and
+  the model scores classes before any training (zero-shot). Loss and accuracy
+  are ClassificationObjective's; the NSP head is unused.
+  """
+
+  def __init__(self, verbalizer_ids):
+    if len(verbalizer_ids) < 2:
+      raise ValueError(f"verbalizer_ids={list(verbalizer_ids)}: a cloze task needs a word for "
+                       "each of at least 2 labels")
+    super().__init__(len(verbalizer_ids))
+    self.verbalizer_ids = tuple(int(i) for i in verbalizer_ids)
+
+  def outputs(self, model, batch: Batch, dropout_rng) -> dict:
+    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                masked_positions=batch["mask_position"][:, None], dropout_rng=dropout_rng)
+    word_logits = out["mlm_logits"][:, 0, :]  # [batch, vocab] at the one [MASK]
+    return {"logits": jnp.take(word_logits, jnp.asarray(self.verbalizer_ids), axis=1)}

@@ -125,20 +125,6 @@ def decay_mask(params):
       lambda path, _: path_names(path)[-1] not in NO_DECAY_NAMES, params)
 
 
-def _align(params, mask, what: str = "trainable_mask"):
-  """`mask` laid out with the structure of `params` (nnx.State or dict either way)."""
-  if jax.tree.structure(mask) == jax.tree.structure(params):
-    return mask
-  p_paths = [path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  m_flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-  m_paths = [path_names(p) for p, _ in m_flat]
-  if p_paths != m_paths:
-    missing = sorted(set(p_paths) ^ set(m_paths))[:3]
-    raise ValueError(f"{what} does not match the parameter tree; differing paths: "
-                     + ", ".join("/".join(p) for p in missing))
-  return jax.tree.unflatten(jax.tree.structure(params), [m for _, m in m_flat])
-
-
 def _base_optimizer(cfg, schedule) -> optax.GradientTransformation:
   name = _get(cfg, "name", "adamw")
   wd = float(_get(cfg, "weight_decay", 0.0))
@@ -163,43 +149,30 @@ def _base_optimizer(cfg, schedule) -> optax.GradientTransformation:
   raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
 
 
-def make_optimizer(cfg, params, trainable_mask=None) -> optax.GradientTransformation:
+def make_optimizer(cfg, params) -> optax.GradientTransformation:
   """The optax chain for `cfg`: clip, then adamw / lamb / adam / sgd on a schedule.
 
-  With a `trainable_mask`, frozen leaves take `set_to_zero` and carry no moments
-  (optax.multi_transform masks them out of the inner state), so optimizer memory
-  scales with the trainable parameters only, as PEFT needs. Clipping sits inside
-  the trainable branch, so the global norm counts trainable gradients only.
+  `params` are the trainable parameters only (train/state.py keeps frozen ones
+  apart), so moments exist for them alone and clipping sees their norm alone.
   """
+  del params  # the chain's structure does not depend on them
   optimizer = _base_optimizer(cfg, make_schedule(cfg))
   clip_norm = cfg.get("clip_norm") if hasattr(cfg, "get") else None
   if clip_norm:
     optimizer = optax.chain(optax.clip_by_global_norm(float(clip_norm)), optimizer)
-  if trainable_mask is None:
-    return optimizer
-  mask = _align(params, trainable_mask)
-  if not any(bool(m) for m in jax.tree.leaves(mask)):
-    raise ValueError("trainable_mask freezes every parameter: nothing to train")
-  labels = jax.tree.map(lambda t: "trainable" if t else "frozen", mask)
-  return optax.multi_transform(
-      {"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
+  return optimizer
 
 
 def _size(x) -> int:
   return int(np.prod(np.shape(x), dtype=np.int64))
 
 
-def count_params(params, trainable_mask=None) -> dict:
+def count_params(trainable, frozen=None) -> dict:
   """{'total', 'trainable', 'percent'}: the numbers a PEFT paper reports."""
-  sizes = [_size(x) for x in jax.tree.leaves(params)]
-  total = sum(sizes)
-  if trainable_mask is None:
-    trainable = total
-  else:
-    mask = jax.tree.leaves(_align(params, trainable_mask))
-    trainable = sum(s for s, m in zip(sizes, mask) if m)
-  percent = 100.0 * trainable / total if total else 0.0
-  return {"total": total, "trainable": trainable, "percent": percent}
+  n_trainable = sum(_size(x) for x in jax.tree.leaves(trainable))
+  total = n_trainable + sum(_size(x) for x in jax.tree.leaves(frozen or {}))
+  percent = 100.0 * n_trainable / total if total else 0.0
+  return {"total": total, "trainable": n_trainable, "percent": percent}
 
 
 def tree_bytes(tree) -> int:

@@ -28,8 +28,8 @@ from flax import nnx
 from data import classification, finetune, ner, squad
 from data.tokenizer import load_tokenizer
 from model.config import BertConfig
-from model.convert import check_shapes
-from train import tasks
+from model.convert import check_shapes, union_trees
+from train import tasks, warm_start
 from train.checkpoint import read_on_host
 from train.loop import BEST_DIR
 from train.state import abstract_model
@@ -66,6 +66,12 @@ class Predictor:
     directory = self._checkpoints_dir(workdir, checkpoint)
     parts, _, self.step = read_on_host(directory)
     tree = parts["params"]
+    if tasks.peft_config(self.config).method != "none":
+      # A PEFT checkpoint holds the trainable parameters; the rest is the base it was trained on.
+      base, _ = warm_start.base_tree(self.config.init, model_config)
+      model_keys = set(nnx.to_pure_dict(abstract))
+      base = {k: v for k, v in (base or {}).items() if k in model_keys}
+      tree = union_trees(base, tree)
     check_shapes(nnx.to_pure_dict(abstract), tree)
     nnx.replace_by_pure_dict(abstract, tree)
     self.params = jax.device_put(abstract)

@@ -1,7 +1,9 @@
 """The pure train and eval steps every task shares.
 
-`train_step(state, batch) -> (state, metrics)` closes over the model's graphdef,
-the optimizer and the objective, so jit sees only arrays with shardings. The
+`train_step(state, frozen, batch) -> (state, metrics)` closes over the model's
+graphdef, the optimizer and the objective, so jit sees only arrays with
+shardings. Gradients are taken with respect to `state.params` alone; the
+frozen parameters (PEFT) enter the model as constants. The
 step's dropout key is the run key folded with the step number: a resumed run
 draws exactly the keys the uninterrupted run would have.
 """
@@ -39,28 +41,29 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
   """`param_shardings` pins gradients to their parameters' layout (a reduce-scatter
   under FSDP instead of a full all-reduce)."""
 
-  def loss_fn(params, batch, rng, norm):
-    model = nnx.merge(graphdef, params)
+  def loss_fn(params, frozen, batch, rng, norm):
+    model = nnx.merge(graphdef, params, frozen)
     return objective(model, batch, rng, norm)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, frozen, batch):
+    """frozen: the parameters that do not train (train/state.py); empty when all do."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     norm = objective.normalizers(batch)
     if grad_accum_steps == 1:
-      (loss, sums), grads = grad_fn(state.params, batch, rng, norm)
+      (loss, sums), grads = grad_fn(state.params, frozen, batch, rng, norm)
     else:
       micro = _split_micro_batches(batch, grad_accum_steps)
 
       def accumulate(carry, xs):
         index, micro_batch = xs
-        (loss, sums), grads = grad_fn(state.params, micro_batch,
+        (loss, sums), grads = grad_fn(state.params, frozen, micro_batch,
                                       jax.random.fold_in(rng, index), norm)
         return jax.tree.map(jnp.add, carry, (loss, sums, grads)), None
 
       zeros = jax.tree.map(jnp.zeros_like,
-                           jax.eval_shape(grad_fn, state.params,
+                           jax.eval_shape(grad_fn, state.params, frozen,
                                           jax.tree.map(lambda x: x[0], micro), rng, norm))
       (loss, sums), grads = zeros
       (loss, sums, grads), _ = jax.lax.scan(
@@ -85,8 +88,8 @@ def make_eval_step(graphdef, objective, with_outputs: bool = False):
   computed from on the host; objectives that offer them split their call
   into `outputs` and `loss_and_sums`, so one forward pass gives both.
   """
-  def eval_step(params, batch):
-    model = nnx.merge(graphdef, params)
+  def eval_step(params, frozen, batch):
+    model = nnx.merge(graphdef, params, frozen)
     norm = objective.normalizers(batch)
     if not with_outputs:
       return objective(model, batch, None, norm)[1]

@@ -10,6 +10,7 @@ the tokenizer (saved in the workdir for `train/predict.py`).
   task='classification'         sentences / pairs / relations (BertForSequenceClassification)
   task='token_classification'   NER on CoNLL files (BertForTokenClassification)
   task='question_answering'     SQuAD v1.1 spans (BertForQuestionAnswering)
+  task='cloze'                  PET-style prompts scored by the MLM head (BertForPreTraining)
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from flax import nnx
 
 import numpy as np
 
-from data import classification, corpus, finetune, ner, squad, tokenizer as tokenizer_lib
+from data import (classification, cloze, corpus, finetune, ner, squad,
+                  tokenizer as tokenizer_lib)
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
+from model.peft import PeftConfig, check_sequence_fits
 from model.heads import (BertForPreTraining, BertForQuestionAnswering,
                          BertForSequenceClassification, BertForTokenClassification)
 from train import metrics, warm_start
-from train.losses import (ClassificationObjective, PretrainingObjective, SpanObjective,
-                          TokenClassificationObjective)
+from train.losses import (ClassificationObjective, ClozeObjective, PretrainingObjective,
+                          SpanObjective, TokenClassificationObjective)
 
 
 @dataclasses.dataclass
@@ -48,6 +51,7 @@ class Task:
   score: Callable[[str, dict], dict] | None = None
   labels: list[str] | None = None
   tokenizer: Any = None
+  peft: PeftConfig = PeftConfig()   # what trains; the loop freezes the rest
 
 
 def load_documents(data) -> list[list[str]]:
@@ -161,15 +165,23 @@ def split_source(data, split: str) -> str | None:
   raise ValueError(f"data.source={data.source!r}: expected 'files' or 'tfds'")
 
 
+def peft_config(config) -> PeftConfig:
+  """The config's `peft` section, checked against the model and sequence length."""
+  peft = PeftConfig.from_dict(config.peft.to_dict() if config.get("peft") else None)
+  check_sequence_fits(peft, config.data.max_seq_length, config.model.max_position_embeddings)
+  return peft
+
+
 def finetune_model_factory(config, model_config: BertConfig, labels) -> Callable:
   """The model of a fine-tuning task; `train/predict.py` rebuilds it the same way."""
+  peft = peft_config(config)
   if config.task == "classification":
     num_labels = 1 if config.data.regression else len(labels)
-    return lambda rngs: BertForSequenceClassification(model_config, num_labels, rngs)
+    return lambda rngs: BertForSequenceClassification(model_config, num_labels, rngs, peft)
   if config.task == "token_classification":
-    return lambda rngs: BertForTokenClassification(model_config, len(labels), rngs)
+    return lambda rngs: BertForTokenClassification(model_config, len(labels), rngs, peft)
   if config.task == "question_answering":
-    return lambda rngs: BertForQuestionAnswering(model_config, rngs)
+    return lambda rngs: BertForQuestionAnswering(model_config, rngs, peft)
   raise ValueError(f"task={config.task!r} is not a fine-tuning task")
 
 
@@ -199,7 +211,7 @@ def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels,
       test_batches=finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else [],
       score=score, labels=labels, tokenizer=tokenizer,
       vocab_file=getattr(tokenizer, "vocab_file", None),
-      summary=summary, steps_per_epoch=train_data.steps_per_epoch)
+      summary=summary, steps_per_epoch=train_data.steps_per_epoch, peft=peft_config(config))
 
 
 def build_classification(config, workdir: str) -> Task:
@@ -299,11 +311,103 @@ def build_question_answering(config, workdir: str) -> Task:
       config, model_config, arrays, score, tokenizer, None, {"splits": stats})
 
 
+def _mlm_head_missing(init) -> bool:
+  """True when init.hf_dir is a local safetensors checkpoint without cls.predictions.*.
+
+  Such a checkpoint (a sentence-transformers BertModel) leaves the MLM transform
+  random, so its cloze scores say little; other sources are not inspected.
+  """
+  hf_dir = init.get("hf_dir", "")
+  path = os.path.join(hf_dir, "model.safetensors") if hf_dir else ""
+  if not (path and os.path.isfile(path)):
+    return False
+  from safetensors import safe_open
+  with safe_open(path, "np") as f:
+    names = f.keys()
+  return not any(name.startswith("cls.predictions.") for name in names)
+
+
+def build_cloze(config, workdir: str) -> Task:
+  """PET-style prompts: the MLM head scores each label's word at the template's [MASK].
+
+  Reads data like build_classification, plus data.template, data.verbalizer and
+  data.train_examples_per_class (k-shot: the first k of each class after a shuffle
+  by config.seed; 0: all). With epochs=0 no training data is needed: the loop
+  evaluates the initial weights (zero-shot).
+  """
+  data = config.data
+  if config.get("peft") and config.peft.get("method", "none") != "none":
+    raise ValueError(f"peft.method={config.peft.method!r}: task='cloze' trains every parameter "
+                     "(PEFT with the MLM head is not wired up); set peft.method='none'")
+  model_config = finetune_model_config(config)
+  tokenizer = finetune_tokenizer(config, model_config)
+  columns = classification.parse_columns(
+      (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns)
+  examples, tfds_labels = {}, None
+  for split in SPLITS:
+    source = split_source(data, split)
+    if source is None:
+      continue
+    if data.source == "files":
+      examples[split] = classification.read_tsv(source, data.text_columns, data.label_column,
+                                                data.has_header, data.bad_rows)
+    else:
+      examples[split], tfds_labels = classification.tfds_examples(
+          data.tfds_name, source, data.tfds_text_keys or data.text_columns, data.tfds_label_key,
+          data.tfds_data_dir or None)
+  verbalizer_labels = list(data.verbalizer.keys()) if hasattr(data.verbalizer, "keys") else []
+  labels = tfds_labels or classification.resolve_labels(
+      data.labels or verbalizer_labels, examples.get("train", []))
+  if not labels:
+    raise ValueError("no labels: set data.labels (or give data.verbalizer as label -> word)")
+  verbalizer_ids = cloze.verbalizer_token_ids(data.verbalizer, labels, tokenizer)
+  k = data.train_examples_per_class
+  if k and "train" in examples:
+    examples["train"] = cloze.first_k_per_class(examples["train"], labels, k, config.seed)
+  arrays, stats, gold = {}, {}, {}
+  for split, split_examples in examples.items():
+    arrays[split], stats[split] = cloze.encode_cloze(
+        split_examples, columns, data.template, tokenizer, data.max_seq_length, labels)
+    gold[split] = arrays[split]["label"]
+  if "eval" not in arrays:
+    raise ValueError("no eval data: set data.eval_path (or the TFDS split)")
+  trains = config.optimizer.total_steps or config.epochs
+  if trains and "train" not in arrays:
+    raise ValueError("no train data: set data.train_path (or the TFDS split), or epochs=0 and "
+                     "optimizer.total_steps=0 to evaluate without training (zero-shot)")
+  if _mlm_head_missing(config.init):
+    logging.warning("init.hf_dir=%s has no MLM head (cls.predictions.*): its transform starts "
+                    "random, so cloze scores are close to chance until trained", config.init.hf_dir)
+
+  def score(split: str, outputs: dict) -> dict:
+    predictions = outputs["logits"][:len(gold[split])].argmax(-1)
+    return metrics.classification_scores(list(data.metrics), predictions, gold[split])
+
+  train_data = (finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+                if "train" in arrays else None)
+  test_batches = (finetune.eval_batches(arrays["test"], config.batch_size)
+                  if "test" in arrays else [])
+  words = [tokenizer.convert_ids_to_tokens(i) for i in verbalizer_ids]
+  summary = {"splits": stats, "labels": labels, "verbalizer": dict(zip(labels, words)),
+             "template": data.template}
+  logging.info("cloze data: %s", summary)
+  return Task(
+      model_config=model_config,
+      model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
+      objective=ClozeObjective(verbalizer_ids),
+      train_data=train_data,
+      eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+      test_batches=test_batches, score=score, labels=labels, tokenizer=tokenizer,
+      vocab_file=getattr(tokenizer, "vocab_file", None),
+      summary=summary, steps_per_epoch=train_data.steps_per_epoch if train_data else None)
+
+
 BUILDERS = {
     "pretraining": build_pretraining,
     "classification": build_classification,
     "token_classification": build_token_classification,
     "question_answering": build_question_answering,
+    "cloze": build_cloze,
 }
 
 

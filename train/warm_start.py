@@ -51,7 +51,11 @@ def hf_params(name_or_dir: str, config: BertConfig) -> dict:
   if encoder_missing:
     logging.warning("%s lacks encoder tensors %s: they stay randomly initialised",
                     name_or_dir, encoder_missing[:5])
-  return tree
+  # A fine-tuned HF model's head (classifier, qa_outputs) is another task's: heads start fresh.
+  heads = sorted(set(tree) & {"classifier", "qa_outputs"})
+  if heads:
+    logging.info("%s: not using its task head %s", name_or_dir, heads)
+  return {key: value for key, value in tree.items() if key not in heads}
 
 
 def init_vocab(init) -> str:
@@ -64,21 +68,29 @@ def init_vocab(init) -> str:
   return init.get("hf_dir", "")  # a hub name: its tokenizer comes from the hub too
 
 
-def initialise(state: TrainState, init, config: BertConfig, tx) -> TrainState:
-  """`state` with what it shares with `init.checkpoint` / `init.hf_dir` loaded; as is without."""
+def base_tree(init, config: BertConfig) -> tuple[dict | None, str]:
+  """(parameter tree, description) of `init.checkpoint` / `init.hf_dir`; (None, '') without."""
   checkpoint, hf_dir = init.get("checkpoint", ""), init.get("hf_dir", "")
   if checkpoint and hf_dir:
     raise ValueError("set init.checkpoint or init.hf_dir, not both")
   if not (checkpoint or hf_dir):
-    return state
-  where = f"init.checkpoint={checkpoint}" if checkpoint else f"init.hf_dir={hf_dir}"
-  tree = workdir_params(checkpoint, config) if checkpoint else hf_params(hf_dir, config)
-  model_keys = set(nnx.to_pure_dict(state.params))
+    return None, ""
+  if checkpoint:
+    return workdir_params(checkpoint, config), f"init.checkpoint={checkpoint}"
+  return hf_params(hf_dir, config), f"init.hf_dir={hf_dir}"
+
+
+def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
+  """(state, frozen) with what they share with the init weights loaded; as is without."""
+  tree, where = base_tree(init, config)
+  if tree is None:
+    return state, frozen
+  model_keys = set(nnx.to_pure_dict(state.params)) | set(nnx.to_pure_dict(frozen))
   dropped = sorted(set(tree) - model_keys)
   tree = {key: value for key, value in tree.items() if key in model_keys}
   logging.info("initialised %s from %s%s", sorted(tree), where,
                f"; not used: {dropped}" if dropped else "")
   try:
-    return load_params(state, tree, tx)
+    return load_params(state, frozen, tree, tx)
   except ValueError as e:
     raise ValueError(f"{where}: {e} (does model.vocab_size / the vocab match the checkpoint?)") from None

@@ -9,6 +9,8 @@ dev from {5e-5, 4e-5, 3e-5, 2e-5}, max_seq_length 128 (GLUE) / 384 (SQuAD).
                                relations with data.entity_markers
   task='token_classification'  CoNLL files (IOB1 or BIO) or TFDS conll2003
   task='question_answering'    SQuAD v1.1 JSON or TFDS squad
+  task='cloze'                 classification data as a prompt the MLM head fills in
+                               (data.template, data.verbalizer); epochs=0: zero-shot
 
 Weights come from init.hf_dir (an HF BERT directory or hub name) or
 init.checkpoint (a pretraining workdir of this codebase); with neither, the
@@ -21,7 +23,7 @@ import ml_collections
 from configs import sizes
 from train.mesh import DEFAULT_RULES
 
-TASKS = ("classification", "token_classification", "question_answering")
+TASKS = ("classification", "token_classification", "question_answering", "cloze")
 
 # The published uncased checkpoints of each size (Turc et al. 2019 for the small ones).
 HF_CHECKPOINTS = {
@@ -29,6 +31,7 @@ HF_CHECKPOINTS = {
     "mini": "google/bert_uncased_L-4_H-256_A-4",
     "small": "google/bert_uncased_L-4_H-512_A-8",
     "medium": "google/bert_uncased_L-8_H-512_A-8",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
     "base": "bert-base-uncased",
     "large": "bert-large-uncased",
 }
@@ -73,6 +76,24 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       max_query_length=64,
       n_best_size=20,
       max_answer_length=30,
+  ))
+
+  if task == "cloze":
+    c.data.update(
+        template="",              # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
+        verbalizer=None,          # a word per label, label order; or a dict label -> word
+        train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
+    )
+
+  # Parameter-efficient fine-tuning (model/peft.py); 'none' trains every parameter.
+  c.peft = ml_collections.ConfigDict(dict(
+      method="none",            # none | lora | adalora | adapter | prefix | prompt | bitfit
+      rank=8, alpha=16.0, dropout=0.0,                 # lora / adalora
+      targets=("attention.query", "attention.value"),  # lora / adalora: modules in each layer
+      adapter_size=64,                                 # adapter bottleneck
+      num_virtual_tokens=16, prefix_projection=0,      # prefix / prompt
+      target_rank=4, init_warmup=0, final_warmup=0, mask_interval=10,  # adalora budget
+      beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
   ))
 
   c.batch_size = 32             # global, across all hosts and devices
