@@ -2,8 +2,9 @@
 
   none     every parameter trains (full fine-tuning)
   lora     W x + (alpha / r) B A x on the targeted encoder projections (Hu et al. 2021)
-  adalora  W x + (alpha / r) Q diag(e) P x, ranks pruned to a budget by importance
-           (Zhang et al. 2023; the schedule lives in train/adalora.py)
+  adalora  W x + (alpha / r) Q diag(e) P x, the SVD form of Zhang et al. 2023. Not
+           yet here: the importance-driven rank budget and the orthogonality
+           regulariser, so this trains every rank like LoRA in SVD form
   adapter  a bottleneck h + up(gelu(down h)) after the attention and feed-forward
            outputs, LayerNorms trained too (Houlsby et al. 2019)
   prefix   learned key/value vectors prepended in every layer, optionally produced
@@ -45,14 +46,6 @@ class PeftConfig:
   adapter_size: int = 64         # adapter bottleneck width
   num_virtual_tokens: int = 16   # prefix / prompt length
   prefix_projection: int = 0     # >0: prefixes come from an MLP of this width (reparameterised)
-  # adalora's budget schedule (train/adalora.py)
-  target_rank: int = 4           # the average rank left at the end
-  init_warmup: int = 0           # steps at full rank before pruning starts
-  final_warmup: int = 0          # steps at the final budget before the end
-  mask_interval: int = 10        # steps between budget updates
-  beta1: float = 0.85            # EMA of sensitivity
-  beta2: float = 0.85            # EMA of its uncertainty
-  orth_reg_weight: float = 0.5   # weight of ||P^T P - I||^2 + ||Q Q^T - I||^2 in the loss
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -69,8 +62,6 @@ class PeftConfig:
                          f"{LAYER_MODULES}")
       if not 0.0 <= self.dropout < 1.0:
         raise ValueError(f"peft.dropout={self.dropout}: must be in [0, 1)")
-    if self.method == "adalora" and not 1 <= self.target_rank <= self.rank:
-      raise ValueError(f"peft.target_rank={self.target_rank}: must be in [1, peft.rank={self.rank}]")
     if self.method == "adapter" and self.adapter_size < 1:
       raise ValueError(f"peft.adapter_size={self.adapter_size}: must be at least 1")
     if self.method in ("prefix", "prompt") and self.num_virtual_tokens < 1:

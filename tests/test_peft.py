@@ -26,7 +26,7 @@ CONFIG = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_atte
 METHODS = {
     "none": {},
     "lora": dict(rank=4, targets=("query", "value", "ffn.*")),
-    "adalora": dict(rank=4, target_rank=2),
+    "adalora": dict(rank=4),
     "adapter": dict(adapter_size=8),
     "prefix": dict(num_virtual_tokens=3),
     "prefix_mlp": dict(method="prefix", num_virtual_tokens=3, prefix_projection=16),
@@ -182,7 +182,6 @@ def test_merged_low_rank_equals_the_unmerged_model():
     (dict(method="lora", targets=("attention.qkv",)),
      r"peft.targets \['attention.qkv'\] match no module; the modules of a layer are"),
     (dict(method="lorra"), r"peft.method='lorra': known methods are"),
-    (dict(method="adalora", rank=4, target_rank=8), r"peft.target_rank=8: must be in \[1, peft.rank=4\]"),
     (dict(method="lora", ranks=4), r"unknown peft keys \['ranks'\]"),
 ])
 def test_bad_peft_settings_are_named(values, message):

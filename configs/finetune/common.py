@@ -92,8 +92,6 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       targets=("attention.query", "attention.value"),  # lora / adalora: modules in each layer
       adapter_size=64,                                 # adapter bottleneck
       num_virtual_tokens=16, prefix_projection=0,      # prefix / prompt
-      target_rank=4, init_warmup=0, final_warmup=0, mask_interval=10,  # adalora budget
-      beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
   ))
 
   c.batch_size = 32             # global, across all hosts and devices
