@@ -107,3 +107,73 @@ def test_progress_bar_counts_from_the_resumed_step(capsys):
   silent = writers.progress(total=10, enabled=False)
   silent.update(5)
   silent.close()
+
+
+@pytest.fixture
+def bucket(tmp_path):
+  """gs:// served by an in-memory fsspec filesystem: what gcsfs does, without a network."""
+  import fsspec
+  from fsspec.implementations.memory import MemoryFileSystem
+
+  class FakeGcs(MemoryFileSystem):
+    protocol = ("gs", "gcs")
+    store, pseudo_dirs = {}, [""]
+
+    def __init__(self, *args, finalize_on_close=True, **kwargs):
+      super().__init__(*args, **kwargs)
+
+  fsspec.register_implementation("gs", FakeGcs, clobber=True)
+  fsspec.register_implementation("gcs", FakeGcs, clobber=True)
+  FakeGcs.clear_instance_cache()
+  yield FakeGcs
+  FakeGcs.store.clear()
+  fsspec.register_implementation("gs", "gcsfs.GCSFileSystem", clobber=True)
+  fsspec.register_implementation("gcs", "gcsfs.GCSFileSystem", clobber=True)
+  FakeGcs.clear_instance_cache()
+
+
+def test_a_bucket_workdir_gets_metrics_tensorboard_and_curves(bucket, tmp_path):
+  workdir = "gs://runs/sst2"
+  with writers.MetricWriter(workdir) as writer:
+    writer.write(1, {"loss": 2.0})
+    writer.flush()  # what the loop does at every checkpoint
+    assert [r["loss"] for r in writers.read_metrics(workdir)] == [2.0]
+    writer.write(2, {"loss": 1.5})
+  with writers.MetricWriter(workdir) as writer:  # a resumed run appends
+    writer.write(3, {"loss": 1.0})
+  assert [(r["step"], r["loss"]) for r in writers.read_metrics(workdir)] == [
+      (1, 2.0), (2, 1.5), (3, 1.0)]
+  events = [p for p in bucket.store if "/runs/sst2/tensorboard/events.out.tfevents" in p]
+  assert len(events) == 2  # one event file per writer, copied up from local staging
+  local = tmp_path / "events"
+  local.mkdir()
+  for i, path in enumerate(events):
+    (local / f"events.out.tfevents.{i}").write_bytes(bucket.store[path].getvalue())
+  assert read_tensorboard_scalars(local) == {("train/loss", 1): 2.0, ("train/loss", 2): 1.5,
+                                             ("train/loss", 3): 1.0}
+  png = writers.plot_loss_curves(workdir)
+  assert png == "gs://runs/sst2/loss_curves.png"
+  assert bucket.store["gs://runs/sst2/loss_curves.png"].getvalue()[:4] == b"\x89PNG"
+  assert not os.path.exists("gs:")  # nothing went to a local folder named like the URL
+
+
+def test_run_files_go_to_a_bucket_workdir(bucket, tmp_path):
+  import json
+  import types
+
+  import ml_collections
+  from etils import epath
+
+  import finetune_fixture as ff
+  from data.tokenizer import load_tokenizer
+  from train import loop
+  tokenizer = load_tokenizer(ff.write_vocab(tmp_path / "vocab.txt"))
+  task = types.SimpleNamespace(labels=["neg", "pos"], tokenizer=tokenizer)
+  loop.save_run_files(ml_collections.ConfigDict({"task": "classification"}), task, "gs://runs/c")
+  assert json.loads(epath.Path("gs://runs/c/labels.json").read_text()) == ["neg", "pos"]
+  assert json.loads(epath.Path("gs://runs/c/config.json").read_text()) == {"task": "classification"}
+  tokenizer.save_pretrained(str(tmp_path / "local"))
+  saved = sorted(p.name for p in (tmp_path / "local").iterdir())
+  assert saved and sorted(p.name for p in epath.Path("gs://runs/c/tokenizer").iterdir()) == saved
+  assert (epath.Path("gs://runs/c/tokenizer") / saved[0]).read_bytes() == (
+      tmp_path / "local" / saved[0]).read_bytes()

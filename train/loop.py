@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import time
 
 import hashlib
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from data.sampling import host_share
@@ -186,8 +188,7 @@ def _schedule_steps(config, task) -> tuple[int, int]:
 
 
 def _write_json(path: str, value) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2, default=str)
+  writers.write_text(path, json.dumps(value, indent=2, default=str))
 
 
 def save_run_files(config, task, workdir: str) -> None:
@@ -195,8 +196,10 @@ def save_run_files(config, task, workdir: str) -> None:
   _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   if task.labels is not None:
     _write_json(os.path.join(workdir, "labels.json"), task.labels)
-  if task.tokenizer is not None and not os.path.isdir(os.path.join(workdir, "tokenizer")):
-    task.tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+  if task.tokenizer is not None and not (epath.Path(workdir) / "tokenizer").exists():
+    with tempfile.TemporaryDirectory() as local:  # transformers writes local files only
+      task.tokenizer.save_pretrained(local)
+      writers.copy_dir(local, epath.Path(workdir) / "tokenizer")
 
 
 def _log_eval(step: int, split: str, results: dict) -> None:
@@ -209,7 +212,7 @@ def _log_eval(step: int, split: str, results: dict) -> None:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   task = tasks.build_task(config, workdir)
   mesh = mesh_lib.make_mesh(config.mesh.shape)
@@ -331,6 +334,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if (done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early):
         progress = {"early_stopping": stopping.to_meta()} if stopping else {}
         ckpt.save(done, state, dict(meta, **progress))
+        writer.flush()  # a bucket workdir gets its logs with each checkpoint
       if preemption.requested:
         logging.warning("SIGTERM: saved step %d, stopping", done)
         break

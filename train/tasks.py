@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 from flax import nnx
 
 import numpy as np
@@ -31,7 +33,7 @@ from model.config import BertConfig
 from model.peft import PeftConfig, check_sequence_fits
 from model.heads import (BertForPreTraining, BertForQuestionAnswering,
                          BertForSequenceClassification, BertForTokenClassification)
-from train import metrics, warm_start
+from train import metrics, warm_start, writers
 from train.losses import (ClassificationObjective, ClozeObjective, PretrainingObjective,
                           SpanObjective, TokenClassificationObjective)
 
@@ -79,12 +81,21 @@ def load_or_train_tokenizer(data, documents, workdir: str):
   """
   if data.vocab != "train":
     return tokenizer_lib.load_tokenizer(data.vocab, lowercase=data.lowercase)
-  vocab_dir = os.path.join(workdir, "vocab")
-  vocab_file = os.path.join(vocab_dir, "vocab.txt")
-  if not os.path.exists(vocab_file):
+  kept = epath.Path(workdir) / "vocab" / "vocab.txt"
+  if not writers.is_remote(workdir):
+    if not kept.exists():
+      texts = (sentence for document in documents for sentence in document)
+      tokenizer_lib.train_wordpiece(texts, data.train_vocab_size, str(kept.parent), data.lowercase)
+    return tokenizer_lib.load_tokenizer(str(kept), lowercase=data.lowercase)
+  # A bucket workdir: learn (or fetch) the vocab in a local folder, keep a copy in the bucket.
+  local = tempfile.mkdtemp(prefix="vocab_")
+  if kept.exists():
+    (epath.Path(local) / "vocab.txt").write_text(kept.read_text())
+  else:
     texts = (sentence for document in documents for sentence in document)
-    tokenizer_lib.train_wordpiece(texts, data.train_vocab_size, vocab_dir, data.lowercase)
-  return tokenizer_lib.load_tokenizer(vocab_file, lowercase=data.lowercase)
+    tokenizer_lib.train_wordpiece(texts, data.train_vocab_size, local, data.lowercase)
+    writers.copy_dir(local, kept.parent)
+  return tokenizer_lib.load_tokenizer(os.path.join(local, "vocab.txt"), lowercase=data.lowercase)
 
 
 def build_pretraining(config, workdir: str) -> Task:

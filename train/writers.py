@@ -4,23 +4,57 @@ Every scalar goes two ways: to TensorBoard event files under <workdir>/tensorboa
 (tensorboardX, so no TensorFlow is needed), tagged '<split>/<name>', and as one
 JSON line in <workdir>/metrics.jsonl, which scripts and `plot_loss_curves` read
 without any TensorBoard code. Only process 0 of a multi-host job writes.
+
+A workdir may be a bucket (gs://, s3://): every file goes through
+`etils.epath` (gcsfs / s3fs underneath, as for Orbax's metadata). Object
+stores cannot append, so for such a workdir metrics.jsonl is rewritten whole
+and the TensorBoard events, written to a local staging folder, are copied up
+at each `flush` (the loop flushes at every evaluation and checkpoint).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
+import tempfile
+import uuid
 
 import numpy as np
 import tqdm
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "loss_curves.png"
+
+
+def is_remote(path) -> bool:
+  """True for object-store URLs (gs://bucket/...), where files cannot be appended to."""
+  return "://" in str(path)
+
+
+def write_text(path, text: str) -> None:
+  """Writes (replaces) a text file, local or in a bucket."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def copy_dir(local_dir: str, dest) -> None:
+  """Copies the files under `local_dir` to `dest` (local or a bucket), replacing them."""
+  dest = epath.Path(dest)
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      source = os.path.join(root, name)
+      target = dest / os.path.relpath(source, local_dir)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      with open(source, "rb") as f:
+        target.write_bytes(f.read())
 
 
 def _as_float(value) -> float:
@@ -36,11 +70,21 @@ class MetricWriter:
     self.enabled = enabled
     self._tensorboard = None
     self._jsonl = None
+    self._remote = is_remote(workdir)
     if enabled:
-      os.makedirs(self.workdir, exist_ok=True)
-      self._tensorboard = SummaryWriter(logdir=os.path.join(self.workdir, "tensorboard"),
-                                        flush_secs=10)
-      self._jsonl = open(os.path.join(self.workdir, METRICS_FILE), "a", encoding="utf-8")
+      epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
+      tensorboard_dir = os.path.join(self.workdir, "tensorboard")
+      if self._remote:
+        self._staging = tempfile.mkdtemp(prefix="tensorboard_")
+        tensorboard_dir = self._staging
+        metrics = epath.Path(self.workdir) / METRICS_FILE
+        self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
+      # A unique suffix: event files are named by the second, and a bucket copy would replace
+      # an earlier writer's file of the same name.
+      self._tensorboard = SummaryWriter(logdir=tensorboard_dir, flush_secs=10,
+                                        filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+      self._jsonl = (io.StringIO() if self._remote else
+                     open(os.path.join(self.workdir, METRICS_FILE), "a", encoding="utf-8"))
 
   def write(self, step: int, scalars: dict, split: str = "train") -> None:
     if not self.enabled:
@@ -61,10 +105,21 @@ class MetricWriter:
     if self.enabled:
       self._tensorboard.flush()
       self._jsonl.flush()
+      if self._remote:
+        self._upload()
+
+  def _upload(self) -> None:
+    self._lines.append(self._jsonl.getvalue())
+    self._jsonl.seek(0)
+    self._jsonl.truncate()
+    write_text(epath.Path(self.workdir) / METRICS_FILE, "".join(self._lines))
+    copy_dir(self._staging, epath.Path(self.workdir) / "tensorboard")
 
   def close(self) -> None:
     if self.enabled and self._jsonl is not None:
       self._tensorboard.close()
+      if self._remote:
+        self._upload()
       self._jsonl.close()
       self._jsonl = None
 
@@ -77,9 +132,8 @@ class MetricWriter:
 
 def read_metrics(workdir) -> list[dict]:
   """Every record of <workdir>/metrics.jsonl, in the order written."""
-  path = os.path.join(str(workdir), METRICS_FILE)
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / METRICS_FILE).read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _series(records, key: str, split: str):
@@ -112,7 +166,9 @@ def plot_loss_curves(workdir, out_png=None, keys=("loss",)) -> str:
     ax.set_title(f"{key} by step")
     ax.grid(True, alpha=0.3)
     ax.legend()
-  fig.savefig(out_png)
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
+  epath.Path(out_png).write_bytes(png.getvalue())
   return out_png
 
 
