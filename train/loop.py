@@ -18,14 +18,13 @@ the best one and the test metrics; <workdir>/config.json the config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import signal
 import tempfile
 import time
-
-import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +35,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from data.sampling import host_share
+from model import peft as peft_lib
 from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
-from model import peft as peft_lib
 from train.state import abstract_model, create_train_state, split_params
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
@@ -51,9 +50,12 @@ def _fingerprint(config) -> dict:
   """The part of the config a checkpoint is bound to (compute options excluded)."""
   compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
   model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
-  peft = config.peft.to_dict() if config.get("peft") else {"method": "none"}
-  return {"task": config.task, "model": model, "data": config.data.to_dict(),
-          "batch_size": config.batch_size, "seed": config.seed, "peft": peft}
+  fingerprint = {"task": config.task, "model": model, "data": config.data.to_dict(),
+                 "batch_size": config.batch_size, "seed": config.seed}
+  if config.get("peft") and config.peft.method != "none":
+    # Only then: full fine-tuning and pretraining checkpoints stay as they were.
+    fingerprint["peft"] = config.peft.to_dict()
+  return fingerprint
 
 
 def _base_fingerprint(frozen) -> str:
