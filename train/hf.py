@@ -22,7 +22,6 @@ load (train/loop.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 
 from model import convert
 from model.config import BertConfig
+from train import finetuned
 
 ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size", "max_position_embeddings", "type_vocab_size")
@@ -144,77 +144,12 @@ ARCHITECTURE_METHODS = ("adapter", "prefix", "prompt")
 EXPORT_FORMATS = ("merged", "peft")
 
 
-@dataclasses.dataclass
-class FinetunedRun:
-  """What an export needs of a fine-tuning workdir (the run as train/predict.py rebuilds it)."""
-  config: Any               # the run's ml_collections config (config.json)
-  model_config: BertConfig
-  peft: Any                 # model.peft.PeftConfig
-  labels: list[str] | None
-  params: dict              # the checkpoint's tree: trainable parameters only for PEFT runs
-  step: int
-
-  @property
-  def task(self) -> str:
-    return self.config.task
-
-
-def finetuned_task(workdir: str) -> str | None:
-  """The fine-tuning task of a workdir's config.json; None for pretraining / cloze / none."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    task = json.load(f).get("task")
-  return task if task in ARCHITECTURES else None
-
-
-def read_finetuned_run(workdir: str, step: int | None = None) -> FinetunedRun:
-  """The run's config, labels and checkpoint: best/ (else the newest), or --step's."""
-  import ml_collections
-
-  from train import tasks
-  from train.checkpoint import read_on_host
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  labels = None
-  if os.path.isfile(os.path.join(workdir, "labels.json")):
-    with open(os.path.join(workdir, "labels.json")) as f:
-      labels = json.load(f)
-  best = os.path.join(workdir, "best", "checkpoints")  # train.loop.BEST_DIR
-  use_best = step is None and os.path.isdir(best) and os.listdir(best)
-  parts, _, step = read_on_host(best if use_best else os.path.join(workdir, "checkpoints"), step)
-  return FinetunedRun(config, BertConfig.from_dict(config.model), tasks.peft_config(config),
-                      labels, parts["params"], step)
-
-
-def full_params(run: FinetunedRun) -> dict:
-  """Every parameter of the run's model: a PEFT checkpoint's on top of its frozen base."""
-  from flax import nnx
-
-  from train import tasks, warm_start
-  from train.state import abstract_model
-  factory = tasks.finetune_model_factory(run.config, run.model_config, run.labels)
-  reference = nnx.to_pure_dict(abstract_model(factory)[1])
-  tree = run.params
-  if run.peft.method != "none":
-    base, _ = warm_start.base_tree(run.config.init, run.model_config)
-    tree = convert.union_trees({k: v for k, v in (base or {}).items() if k in reference}, tree)
-  convert.check_shapes(reference, tree)
-  absent = sorted(set(_paths(reference)) - set(_paths(tree)))
-  if absent:
-    raise ValueError(f"cannot rebuild the model of this {run.peft.method} run: "
-                     f"{['/'.join(p) for p in absent[:3]]} are in neither the checkpoint nor "
-                     "the run's init (a PEFT run on a random base cannot be exported)")
-  return tree
-
-
 def export_finetuned(workdir: str, out_dir: str, step: int | None = None,
-                     export_format: str = "merged") -> FinetunedRun:
+                     export_format: str = "merged") -> finetuned.FinetunedRun:
   """Writes a fine-tuned workdir as an HF model (merged) or an HF PEFT LoRA adapter (peft)."""
   if export_format not in EXPORT_FORMATS:
     raise ValueError(f"--format={export_format!r}: expected one of {EXPORT_FORMATS}")
-  run = read_finetuned_run(workdir, step)
+  run = finetuned.read_run(workdir, step=step)
   method = run.peft.method
   if export_format == "peft" and method != "lora":
     merged_ok = method not in ARCHITECTURE_METHODS
@@ -237,7 +172,7 @@ def export_finetuned(workdir: str, out_dir: str, step: int | None = None,
   return run
 
 
-def _label_config(run: FinetunedRun) -> dict[str, Any]:
+def _label_config(run: finetuned.FinetunedRun) -> dict[str, Any]:
   if run.task == "question_answering":
     return {}
   if run.config.data.get("regression"):
@@ -246,11 +181,12 @@ def _label_config(run: FinetunedRun) -> dict[str, Any]:
           "label2id": {l: i for i, l in enumerate(run.labels)}}
 
 
-def save_finetuned_model(out_dir: str, run: FinetunedRun) -> str:
+def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
   from model.peft import merge_low_rank
   _refuse_overwrite(out_dir, "model.safetensors")
-  tensors = convert.params_to_hf(merge_low_rank(full_params(run), run.peft), run.model_config)
+  tensors = convert.params_to_hf(merge_low_rank(finetuned.full_params(run), run.peft),
+                                 run.model_config)
   if run.task != "classification":  # transformers builds these without the pooler
     tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
   _write_model_dir(out_dir, tensors, _hf_model_config(run.model_config, ARCHITECTURES[run.task],
@@ -271,7 +207,7 @@ def lora_target_modules(targets) -> list[str] | str:
   return suffixes
 
 
-def save_lora_adapter(out_dir: str, run: FinetunedRun) -> str:
+def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """adapter_config.json + adapter_model.safetensors as peft's PeftModel.save_pretrained writes.
 
   lora_A.weight [r, in] and lora_B.weight [out, r] per targeted layer module; the
@@ -338,14 +274,6 @@ def _workdir_vocab(workdir: str) -> str | None:
   return path if os.path.isfile(path) else None
 
 
-def _paths(tree, prefix=()):
-  if not isinstance(tree, dict):
-    yield prefix
-    return
-  for key, value in tree.items():
-    yield from _paths(value, prefix + (key,))
-
-
 def _leaves(tree):
   if isinstance(tree, dict):
     for value in tree.values():
@@ -358,7 +286,7 @@ def main(argv):
   from absl import flags
   flags_ = flags.FLAGS
   command = argv[1] if len(argv) > 1 else ""
-  if command == "export" and finetuned_task(flags_.workdir):
+  if command == "export" and finetuned.finetuned_task(flags_.workdir):
     run = export_finetuned(flags_.workdir, flags_.out, flags_.step, flags_.format)
     what = (f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}" if flags_.format == "peft"
             else f"{ARCHITECTURES[run.task]}, peft.method={run.peft.method} merged")

@@ -38,11 +38,11 @@ from data.sampling import host_share
 from model import peft as peft_lib
 from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
-from train.state import abstract_model, create_train_state, split_params
+from train.finetuned import BEST_DIR
+from train.state import create_train_state
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
 RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft")
-BEST_DIR = "best"
 RUN_FILES = ("config.json", "labels.json", "tokenizer")
 
 
@@ -226,8 +226,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # runs to total_steps and the next invocation picks up from the checkpoint.
   end_step = min(config.stop_at_step or total_steps, total_steps)
   trainable = peft_lib.trainable(task.peft)
-  abstract_trainable, _ = split_params(abstract_model(task.model_factory)[1], trainable)
-  tx = optim.make_optimizer(opt_config, abstract_trainable)
+  tx = optim.make_optimizer(opt_config)
   graphdef, state, frozen, shardings = create_train_state(task.model_factory, tx, mesh, rules,
                                                           config.seed, trainable)
 
@@ -267,11 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_ckpt = (Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save)
                if stopping else None)
 
-  schedule = optim.make_schedule(opt_config)
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, tx, task.objective, schedule,
-                               opt_config.grad_accum_steps, shardings.params),
-      donate_argnums=0, out_shardings=(shardings, None))
+  train_step = step_lib.jit_train_step(graphdef, tx, task.objective, opt_config, shardings)
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective,
                                               with_outputs=task.score is not None))
   eval_every = config.eval_every_steps or task.steps_per_epoch

@@ -149,13 +149,13 @@ def _base_optimizer(cfg, schedule) -> optax.GradientTransformation:
   raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
 
 
-def make_optimizer(cfg, params) -> optax.GradientTransformation:
+def make_optimizer(cfg) -> optax.GradientTransformation:
   """The optax chain for `cfg`: clip, then adamw / lamb / adam / sgd on a schedule.
 
-  `params` are the trainable parameters only (train/state.py keeps frozen ones
-  apart), so moments exist for them alone and clipping sees their norm alone.
+  It is initialised on the trainable parameters only (train/state.py keeps
+  frozen ones apart), so moments exist for them alone and clipping sees their
+  norm alone.
   """
-  del params  # the chain's structure does not depend on them
   optimizer = _base_optimizer(cfg, make_schedule(cfg))
   clip_norm = cfg.get("clip_norm") if hasattr(cfg, "get") else None
   if clip_norm:

@@ -21,17 +21,12 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from data import classification, finetune, ner, squad
 from data.tokenizer import load_tokenizer
-from model.config import BertConfig
-from model.convert import check_shapes, union_trees
-from train import tasks, warm_start
-from train.checkpoint import read_on_host
-from train.loop import BEST_DIR
+from train import finetuned, tasks
 from train.state import abstract_model
 
 
@@ -44,50 +39,18 @@ class Predictor:
   """A fine-tuned model from its workdir, on the default device, no mesh needed."""
 
   def __init__(self, workdir: str, checkpoint: str = "best", batch_size: int = 32):
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-      raise FileNotFoundError(f"{config_path} does not exist: --workdir must be a directory "
-                              "a fine-tuning run wrote")
-    with open(config_path) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
-    if self.config.task not in ("classification", "token_classification", "question_answering"):
-      raise ValueError(f"{workdir} holds a {self.config.task!r} run; predict needs a fine-tuned one")
-    labels_path = os.path.join(workdir, "labels.json")
-    self.labels = None
-    if os.path.exists(labels_path):
-      with open(labels_path) as f:
-        self.labels = json.load(f)
+    run = finetuned.read_run(workdir, checkpoint)
+    self.config, self.labels, self.step = run.config, run.labels, run.step
     self.tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"),
                                     lowercase=self.config.data.lowercase)
     self.batch_size = batch_size
-    model_config = BertConfig.from_dict(self.config.model)
-    factory = tasks.finetune_model_factory(self.config, model_config, self.labels)
+    factory = tasks.finetune_model_factory(self.config, run.model_config, self.labels)
     graphdef, abstract = abstract_model(factory)
-    directory = self._checkpoints_dir(workdir, checkpoint)
-    parts, _, self.step = read_on_host(directory)
-    tree = parts["params"]
-    if tasks.peft_config(self.config).method != "none":
-      # A PEFT checkpoint holds the trainable parameters; the rest is the base it was trained on.
-      base, _ = warm_start.base_tree(self.config.init, model_config)
-      model_keys = set(nnx.to_pure_dict(abstract))
-      base = {k: v for k, v in (base or {}).items() if k in model_keys}
-      tree = union_trees(base, tree)
-    check_shapes(nnx.to_pure_dict(abstract), tree)
-    nnx.replace_by_pure_dict(abstract, tree)
+    nnx.replace_by_pure_dict(abstract, finetuned.full_params(run))
     self.params = jax.device_put(abstract)
     objective = tasks.finetune_objective(self.config, self.labels)
     self._forward = jax.jit(
         lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None))
-
-  @staticmethod
-  def _checkpoints_dir(workdir: str, which: str) -> str:
-    best = os.path.join(workdir, BEST_DIR, "checkpoints")
-    latest = os.path.join(workdir, "checkpoints")
-    if which not in ("best", "latest"):
-      raise ValueError(f"--checkpoint={which!r}: expected 'best' or 'latest'")
-    if which == "best" and os.path.isdir(best) and os.listdir(best):
-      return best
-    return latest
 
   def _outputs(self, arrays: dict) -> dict[str, np.ndarray]:
     """Model outputs of every row of `arrays`, batched and padded as in evaluation."""

@@ -81,6 +81,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
   return train_step
 
 
+def jit_train_step(graphdef, tx: optax.GradientTransformation, objective, opt_config,
+                   shardings: TrainState):
+  """The train step as every job runs it: jitted, the state donated and kept on its shardings.
+
+  `opt_config` is the optimizer section with total_steps / warmup_steps filled
+  in: its schedule is logged as the learning rate, its grad_accum_steps split
+  the batch.
+  """
+  from train import optim
+  step = make_train_step(graphdef, tx, objective, optim.make_schedule(opt_config),
+                         opt_config.get("grad_accum_steps", 1), shardings.params)
+  return jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
+
+
 def make_eval_step(graphdef, objective, with_outputs: bool = False):
   """Metric sums for one batch, dropout off; with_outputs: (sums, model outputs).
 

@@ -225,11 +225,11 @@ def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels,
       summary=summary, steps_per_epoch=train_data.steps_per_epoch, peft=peft_config(config))
 
 
-def build_classification(config, workdir: str) -> Task:
-  """Single sentences, pairs (text_columns with two names) and relations (entity_markers)."""
-  data = config.data
-  model_config = finetune_model_config(config)
-  tokenizer = finetune_tokenizer(config, model_config)
+def read_text_examples(data) -> tuple[dict, list[str] | None]:
+  """({split: labelled text examples}, the TFDS label names or None) for the splits present.
+
+  TSV files or TFDS by name; relation markers put in when data.entity_markers is set.
+  """
   examples, tfds_labels = {}, None
   for split in SPLITS:
     source = split_source(data, split)
@@ -242,8 +242,17 @@ def build_classification(config, workdir: str) -> Task:
       examples[split], tfds_labels = classification.tfds_examples(
           data.tfds_name, source, data.tfds_text_keys or data.text_columns, data.tfds_label_key,
           data.tfds_data_dir or None)
-    if data.entity_markers:
+    if data.get("entity_markers"):
       examples[split] = classification.mark_relation_examples(examples[split], data.entity_markers)
+  return examples, tfds_labels
+
+
+def build_classification(config, workdir: str) -> Task:
+  """Single sentences, pairs (text_columns with two names) and relations (entity_markers)."""
+  data = config.data
+  model_config = finetune_model_config(config)
+  tokenizer = finetune_tokenizer(config, model_config)
+  examples, tfds_labels = read_text_examples(data)
   # A TFDS ClassLabel names the classes itself; data.labels is for files.
   labels = None if data.regression else (tfds_labels or classification.resolve_labels(
       data.labels, examples.get("train", [])))
@@ -354,18 +363,7 @@ def build_cloze(config, workdir: str) -> Task:
   tokenizer = finetune_tokenizer(config, model_config)
   columns = classification.parse_columns(
       (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns)
-  examples, tfds_labels = {}, None
-  for split in SPLITS:
-    source = split_source(data, split)
-    if source is None:
-      continue
-    if data.source == "files":
-      examples[split] = classification.read_tsv(source, data.text_columns, data.label_column,
-                                                data.has_header, data.bad_rows)
-    else:
-      examples[split], tfds_labels = classification.tfds_examples(
-          data.tfds_name, source, data.tfds_text_keys or data.text_columns, data.tfds_label_key,
-          data.tfds_data_dir or None)
+  examples, tfds_labels = read_text_examples(data)
   verbalizer_labels = list(data.verbalizer.keys()) if hasattr(data.verbalizer, "keys") else []
   labels = tfds_labels or classification.resolve_labels(
       data.labels or verbalizer_labels, examples.get("train", []))
