@@ -2,9 +2,9 @@
 
   none     every parameter trains (full fine-tuning)
   lora     W x + (alpha / r) B A x on the targeted encoder projections (Hu et al. 2021)
-  adalora  W x + (alpha / r) Q diag(e) P x, the SVD form of Zhang et al. 2023. Not
-           yet here: the importance-driven rank budget and the orthogonality
-           regulariser, so this trains every rank like LoRA in SVD form
+  adalora  W x + (alpha / r) Q diag(e) P x, the SVD form of Zhang et al. 2023; its
+           importance-driven rank budget and orthogonality regulariser are in the
+           optimizer (train/adalora.py), set by `adalora` below
   adapter  a bottleneck h + up(gelu(down h)) after the attention and feed-forward
            outputs, LayerNorms trained too (Houlsby et al. 2019)
   prefix   learned key/value vectors prepended in every layer, optionally produced
@@ -37,6 +37,18 @@ LAYER_MODULES = ("attention.query", "attention.key", "attention.value", "attenti
 
 
 @dataclasses.dataclass(frozen=True)
+class AdaLoraConfig:
+  """The rank budget schedule (train/adalora.py); the paper's GLUE values as defaults."""
+  target_rank: int = 4           # average non-zero singular values per matrix at the end
+  warmup_ratio: float = 0.1      # t_i / total steps: every rank trains before any is cut
+  final_ratio: float = 0.2       # t_f / total steps: the last stretch at the final pattern
+  mask_interval: int = 10        # steps between reallocations (Delta T)
+  beta1: float = 0.85            # EMA of the sensitivity |w * grad|
+  beta2: float = 0.85            # EMA of its uncertainty
+  orth_reg_weight: float = 0.1   # gamma: weight of the P / Q orthogonality regulariser
+
+
+@dataclasses.dataclass(frozen=True)
 class PeftConfig:
   method: str = "none"
   rank: int = 8                  # lora; adalora: the starting rank of every target
@@ -46,6 +58,7 @@ class PeftConfig:
   adapter_size: int = 64         # adapter bottleneck width
   num_virtual_tokens: int = 16   # prefix / prompt length
   prefix_projection: int = 0     # >0: prefixes come from an MLP of this width (reparameterised)
+  adalora: AdaLoraConfig = AdaLoraConfig()
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -62,6 +75,18 @@ class PeftConfig:
                          f"{LAYER_MODULES}")
       if not 0.0 <= self.dropout < 1.0:
         raise ValueError(f"peft.dropout={self.dropout}: must be in [0, 1)")
+    if self.method == "adalora":
+      schedule = self.adalora
+      if not 1 <= schedule.target_rank <= self.rank:
+        raise ValueError(f"peft.adalora.target_rank={schedule.target_rank}: must lie in "
+                         f"[1, peft.rank={self.rank}]")
+      for key in ("warmup_ratio", "final_ratio", "beta1", "beta2"):
+        if not 0.0 <= getattr(schedule, key) < 1.0:
+          raise ValueError(f"peft.adalora.{key}={getattr(schedule, key)}: must be in [0, 1)")
+      if schedule.mask_interval < 1:
+        raise ValueError(f"peft.adalora.mask_interval={schedule.mask_interval}: must be >= 1")
+      if schedule.orth_reg_weight < 0:
+        raise ValueError(f"peft.adalora.orth_reg_weight={schedule.orth_reg_weight}: must be >= 0")
     if self.method == "adapter" and self.adapter_size < 1:
       raise ValueError(f"peft.adapter_size={self.adapter_size}: must be at least 1")
     if self.method in ("prefix", "prompt") and self.num_virtual_tokens < 1:
@@ -74,6 +99,13 @@ class PeftConfig:
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(f"unknown peft keys {unknown}; known: {sorted(known)}")
+    if "adalora" in values:
+      schedule = dict(values["adalora"] or {})
+      known_schedule = {f.name for f in dataclasses.fields(AdaLoraConfig)}
+      unknown = sorted(set(schedule) - known_schedule)
+      if unknown:
+        raise ValueError(f"unknown peft.adalora keys {unknown}; known: {sorted(known_schedule)}")
+      values["adalora"] = AdaLoraConfig(**schedule)
     if "targets" in values:
       targets = values["targets"]
       values["targets"] = tuple(t for t in (targets.split(",") if isinstance(targets, str)

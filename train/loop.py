@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from data.sampling import host_share
 from model import peft as peft_lib
-from train import mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
+from train import adalora, ewc, mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
 from train.finetuned import BEST_DIR
 from train.state import create_train_state
@@ -54,7 +54,10 @@ def _fingerprint(config) -> dict:
                  "batch_size": config.batch_size, "seed": config.seed}
   if config.get("peft") and config.peft.method != "none":
     # Only then: full fine-tuning and pretraining checkpoints stay as they were.
-    fingerprint["peft"] = config.peft.to_dict()
+    peft = config.peft.to_dict()
+    if peft["method"] != "adalora":
+      peft.pop("adalora", None)  # the schedule binds AdaLoRA runs only
+    fingerprint["peft"] = peft
   return fingerprint
 
 
@@ -227,6 +230,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   end_step = min(config.stop_at_step or total_steps, total_steps)
   trainable = peft_lib.trainable(task.peft)
   tx = optim.make_optimizer(opt_config)
+  if task.peft.method == "adalora":
+    tx = adalora.rank_allocation(tx, task.peft, max(total_steps, 1))
+  ewc_config = config.get("ewc")
+  if ewc_config and ewc_config.weight:
+    tx = ewc.with_penalty(tx, ewc_config.weight)
   graphdef, state, frozen, shardings = create_train_state(task.model_factory, tx, mesh, rules,
                                                           config.seed, trainable)
 
@@ -248,6 +256,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if not resuming or jax.tree.leaves(frozen):
     # Frozen parameters are not in checkpoints: they come from the base every time.
     state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
+  if not resuming and ewc_config and ewc_config.weight:
+    state = state.replace(opt_state=ewc.load_into(state.opt_state, ewc_config.path))
+    logging.info("EWC: weight %g, anchor and Fisher from %s", ewc_config.weight, ewc_config.path)
   if jax.tree.leaves(frozen):
     meta["base"] = {"init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
                     "fingerprint": _base_fingerprint(frozen)}
@@ -344,6 +355,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar.close()
   ckpt.close()
   final = {"step": int(state.step), **_scalars(last_eval), "parameters": counts}
+  if task.peft.method == "adalora":
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ranks = jax.jit(adalora.ranks, out_shardings=replicated)(state.params)
+    allocated = {k: _host_value(v).tolist() for k, v in ranks.items()}
+    logging.info("AdaLoRA ranks reached: %s", allocated)
+    final["adalora_ranks"] = allocated
   if last_eval.get("report") is not None:
     final["report"] = last_eval["report"]
   if stopping and stopping.best_step is not None:

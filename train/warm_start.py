@@ -3,7 +3,8 @@
 Either source gives a tree with the encoder under 'bert', the name every
 model in model/heads.py keeps its encoder under; parts the model lacks (the
 MLM / NSP heads, when fine-tuning) are dropped, and a task head stays freshly
-initialised. An architecture that differs from the config stops the run
+initialised, also when the source is a fine-tuned run (continual learning
+starts each task from the previous task's encoder this way). An architecture that differs from the config stops the run
 naming each differing key; a vocab that differs shows up as a shape error on
 'bert/embeddings/word'.
 
@@ -23,6 +24,8 @@ from train import hf
 from train.checkpoint import read_on_host
 from train.state import TrainState, load_params
 
+TASK_HEADS = frozenset({"classifier", "qa_outputs"})
+
 
 def _check_architecture(saved_model: dict, config: BertConfig, where: str) -> None:
   clashes = [f"model.{key}: checkpoint {saved_model[key]}, config {getattr(config, key)}"
@@ -41,7 +44,7 @@ def workdir_params(workdir: str, config: BertConfig) -> dict:
     raise ValueError(f"init.checkpoint={workdir}: its parameters have no 'bert' encoder "
                      f"(top-level keys {sorted(params)})")
   logging.info("weights from %s, step %d", workdir, step)
-  return params
+  return _without_task_heads(params, workdir)
 
 
 def hf_params(name_or_dir: str, config: BertConfig) -> dict:
@@ -51,10 +54,14 @@ def hf_params(name_or_dir: str, config: BertConfig) -> dict:
   if encoder_missing:
     logging.warning("%s lacks encoder tensors %s: they stay randomly initialised",
                     name_or_dir, encoder_missing[:5])
-  # A fine-tuned HF model's head (classifier, qa_outputs) is another task's: heads start fresh.
-  heads = sorted(set(tree) & {"classifier", "qa_outputs"})
+  return _without_task_heads(tree, name_or_dir)
+
+
+def _without_task_heads(tree: dict, where: str) -> dict:
+  """A fine-tuned model's head (classifier, qa_outputs) is another task's: heads start fresh."""
+  heads = sorted(set(tree) & TASK_HEADS)
   if heads:
-    logging.info("%s: not using its task head %s", name_or_dir, heads)
+    logging.info("%s: not using its task head %s", where, heads)
   return {key: value for key, value in tree.items() if key not in heads}
 
 

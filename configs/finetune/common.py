@@ -92,7 +92,14 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       targets=("attention.query", "attention.value"),  # lora / adalora: modules in each layer
       adapter_size=64,                                 # adapter bottleneck
       num_virtual_tokens=16, prefix_projection=0,      # prefix / prompt
+      # adalora: from `rank` to an average of target_rank non-zero singular values
+      adalora=dict(target_rank=4, warmup_ratio=0.1, final_ratio=0.2, mask_interval=10,
+                   beta1=0.85, beta2=0.85, orth_reg_weight=0.1),
   ))
+
+  # Elastic weight consolidation, set by continual learning (train/continual.py): the
+  # encoder is pulled towards the anchor in `path` (an .npz of anchor and Fisher).
+  c.ewc = ml_collections.ConfigDict(dict(weight=0.0, path=""))
 
   c.batch_size = 32             # global, across all hosts and devices
   c.epochs = 3

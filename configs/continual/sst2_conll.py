@@ -1,0 +1,46 @@
+"""Continual learning from all-MiniLM-L6-v2: SST-2 sentiment, then CoNLL-2003 NER.
+
+Two tasks of different kinds through one encoder; after NER, how much SST-2
+accuracy is left (train/continual.py). The argument is the folder holding
+sst2/ and conll2003/ (GLUE's SST-2 TSVs, the CoNLL-2003 files):
+
+  python -m train.continual --config=configs/continual/sst2_conll.py:../shared/data \\
+      --workdir=/tmp/cl_naive --config.method=naive
+  python -m train.continual --config=configs/continual/sst2_conll.py:../shared/data \\
+      --workdir=/tmp/cl_ewc --config.method=ewc
+
+Each task trains `steps` steps at batch 32 and sequence length 64 (the
+measurement budget of a 2-core CPU; raise them on an accelerator).
+"""
+
+import os
+
+import ml_collections
+
+from configs.finetune import common, conll2003, sst2
+
+
+def get_config(data_dir: str = "data"):
+  c = ml_collections.ConfigDict()
+  c.method = "ewc"             # naive | ewc
+  c.ewc_weight = 1.0           # the penalty on the Fisher-normalised squared drift
+  c.fisher_examples = 512      # training examples per task for its Fisher
+  c.order = ("sst2", "conll2003")
+  c.init = ml_collections.ConfigDict(dict(hf_dir=common.HF_CHECKPOINTS["minilm"], checkpoint=""))
+
+  steps = 300
+  c.stages = ml_collections.ConfigDict()
+  s = sst2.get_config("minilm")
+  s.data.update(train_path=os.path.join(data_dir, "sst2/train.tsv"),
+                eval_path=os.path.join(data_dir, "sst2/dev.tsv"), max_seq_length=64)
+  s.optimizer.update(lr=5e-5, total_steps=steps)
+  s.eval_every_steps = steps
+  c.stages.sst2 = s
+
+  n = conll2003.get_config("minilm")
+  n.data.update(train_path=os.path.join(data_dir, "conll2003/train.txt"),
+                eval_path=os.path.join(data_dir, "conll2003/dev.txt"), max_seq_length=64)
+  n.optimizer.update(lr=5e-5, total_steps=steps)
+  n.eval_every_steps = steps
+  c.stages.conll2003 = n
+  return c

@@ -1,0 +1,229 @@
+"""Continual learning: one encoder fine-tuned on a list of tasks in turn, forgetting measured.
+
+Task k is an ordinary fine-tuning run (train.loop) in WORKDIR/<k>_<name>: its
+encoder starts from task k-1's final encoder (task 0's from config.init), its
+head starts fresh. After every task, each task seen so far is scored on its
+dev set with the current encoder and that task's own head (kept from its
+run):
+
+  R[k][j] = task j's dev metric after training task k
+  forgetting of j = max over k < K of R[k][j] - R[K][j]   (Chaudhry et al. 2018)
+
+method='naive' does nothing else (the baseline that forgets); method='ewc'
+pulls the encoder towards its previous values, weighted by the earlier tasks'
+Fisher (train/ewc.py). WORKDIR/forgetting.json and forgetting.md hold R and
+the forgetting; forgetting.png plots it. A rerun skips the finished tasks and
+resumes an unfinished one from its checkpoint.
+
+  python -m train.continual --config=configs/continual/sst2_conll.py:DATA_DIR --workdir=/tmp/cl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from train import ewc, loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
+from train.checkpoint import read_on_host
+from train.state import create_train_state, load_params
+
+METHODS = ("naive", "ewc")
+
+
+def stage_configs(config) -> list[tuple[str, object]]:
+  """[(name, fine-tuning config)] in training order, each checked and wired to its source."""
+  if config.method not in METHODS:
+    raise ValueError(f"method={config.method!r}: known methods are {METHODS}")
+  if config.method == "ewc" and not config.ewc_weight > 0:
+    raise ValueError(f"method='ewc' needs ewc_weight > 0 (got {config.ewc_weight})")
+  if len(config.order) < 2:
+    raise ValueError(f"order={tuple(config.order)}: continual learning needs two tasks or more")
+  missing = [name for name in config.order if name not in config.stages]
+  if missing:
+    raise ValueError(f"order names {missing}, which stages does not define "
+                     f"(stages: {sorted(config.stages)})")
+  first_model = config.stages[config.order[0]].model.to_dict()
+  stages = []
+  for name in config.order:
+    stage = config.stages[name]
+    if stage.model.to_dict() != first_model:
+      raise ValueError(f"stages.{name}.model differs from stages.{config.order[0]}.model: "
+                       "one encoder runs through every task")
+    if stage.peft.method != "none":
+      raise ValueError(f"stages.{name}.peft.method={stage.peft.method!r}: continual learning "
+                       "trains the whole encoder ('none')")
+    stages.append((name, stage))
+  return stages
+
+
+def stage_dir(workdir: str, index: int, name: str) -> str:
+  return os.path.join(workdir, f"{index}_{name}")
+
+
+def prepare(stage, index: int, previous: str | None, init, vocab: str, ewc_path: str,
+            weight: float):
+  """The stage's config: where its encoder comes from, the shared vocab, EWC on or off."""
+  stage = stage.copy_and_resolve_references()
+  stage.data.vocab = vocab
+  if previous is None:
+    stage.init.update(hf_dir=init.hf_dir, checkpoint=init.checkpoint)
+  else:
+    stage.init.update(hf_dir="", checkpoint=previous)
+  use_ewc = index > 0 and weight > 0
+  stage.ewc.update(weight=weight if use_ewc else 0.0, path=ewc_path if use_ewc else "")
+  return stage
+
+
+def final_params(workdir: str) -> dict:
+  """The pure parameter tree of a run's last checkpoint (its end of training)."""
+  parts, _, _ = read_on_host(os.path.join(workdir, "checkpoints"))
+  return parts["params"]
+
+
+def score(stage, workdir: str, params: dict) -> dict:
+  """Dev metrics of `stage`'s task with `params` (encoder + that task's head)."""
+  task = tasks.build_task(stage, workdir)
+  mesh = mesh_lib.make_mesh(stage.mesh.shape)
+  rules = mesh_lib.rules_from_config(stage.mesh.rules)
+  tx = optax.identity()
+  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, stage.seed)
+  state, frozen = load_params(state, frozen, params, tx)
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective,
+                                              with_outputs=task.score is not None))
+  with mesh_lib.activate(mesh, rules):
+    return loop.evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
+                         task.objective, task.score, "eval")
+
+
+def fisher_of(stage, workdir: str, params: dict, examples: int) -> dict:
+  """The normalised diagonal Fisher of a finished stage's task, from its training data."""
+  task = tasks.build_task(stage, workdir)
+  mesh = mesh_lib.make_mesh(stage.mesh.shape)
+  rules = mesh_lib.rules_from_config(stage.mesh.rules)
+  tx = optax.identity()
+  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, stage.seed)
+  state, frozen = load_params(state, frozen, params, tx)
+  batches, seen, step = [], 0, 0
+  while seen < examples:
+    batch = task.train_data.batch(step, 0, 1)
+    batches.append(batch)
+    seen += int(np.sum(batch["weight"]))
+    step += 1
+  fisher = ewc.fisher_diagonal(graphdef, state.params, frozen, task.objective, batches, mesh, rules)
+  return ewc.normalised(fisher)
+
+
+def forgetting(matrix: list[list[float | None]]) -> list[float | None]:
+  """Per task: best earlier score minus the final one (None for the last task)."""
+  final = matrix[-1]
+  out = []
+  for j in range(len(final)):
+    earlier = [row[j] for row in matrix[:-1] if row[j] is not None]
+    out.append(max(earlier) - final[j] if earlier else None)
+  return out
+
+
+def table(names: list[str], metrics: list[str], matrix, method: str) -> str:
+  cells = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
+  head = ["after training"] + [f"{n} ({m})" for n, m in zip(names, metrics)]
+  lines = [f"Dev scores, method {method}", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, row in zip(names, matrix):
+    lines.append("| " + " | ".join([name] + [cells(v) for v in row]) + " |")
+  lines.append("| **forgetting** | " + " | ".join(cells(v) for v in forgetting(matrix)) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(names: list[str], matrix, path: str, method: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  for j, name in enumerate(names):
+    xs = [k for k, row in enumerate(matrix) if row[j] is not None]
+    ax.plot(xs, [100 * matrix[k][j] for k in xs], marker="o", label=name)
+  ax.set_xticks(range(len(matrix)), [f"after {n}" for n in names[:len(matrix)]])
+  ax.set_ylabel("dev metric (%)")
+  ax.set_title(f"continual learning: {method}")
+  ax.legend()
+  fig.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
+  plt.close(fig)
+
+
+def run(config, workdir: str) -> dict:
+  """Trains the stages in order; returns {'tasks', 'metrics', 'matrix', 'forgetting'}."""
+  stages = stage_configs(config)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  vocab = config.stages[config.order[0]].data.vocab or warm_start.init_vocab(config.init)
+  weight = config.ewc_weight if config.method == "ewc" else 0.0
+  ewc_path = os.path.join(workdir, "ewc.npz")
+  names = [name for name, _ in stages]
+  metrics = [stage.early_stopping.metric for _, stage in stages]
+  results_path = os.path.join(workdir, "forgetting.json")
+  matrix: list[list[float | None]] = []
+  if epath.Path(results_path).exists():
+    matrix = json.loads(epath.Path(results_path).read_text())["matrix"]
+  previous, heads = None, {}
+  fisher_sum: dict | None = None
+  for index, (name, stage) in enumerate(stages):
+    stage = prepare(stage, index, previous, config.init, vocab, ewc_path, weight)
+    wd = stage_dir(workdir, index, name)
+    if index >= len(matrix):
+      logging.info("continual: task %d/%d, %s (%s)", index + 1, len(stages), name, wd)
+      loop.train_and_evaluate(stage, wd)
+    params = final_params(wd)
+    heads[name] = {k: v for k, v in params.items() if k in warm_start.TASK_HEADS}
+    encoder = {"bert": params["bert"]}
+    if index >= len(matrix):
+      row = [None] * len(stages)
+      for j in range(index + 1):
+        earlier_name, earlier_stage = stages[j]
+        earlier = prepare(earlier_stage, j, None, config.init, vocab, "", 0.0)
+        result = score(earlier, stage_dir(workdir, j, earlier_name),
+                       dict(encoder, **heads[earlier_name]))
+        row[j] = float(result[metrics[j]])
+        logging.info("continual: after %s, %s %s = %.4f", name, earlier_name, metrics[j], row[j])
+      matrix.append(row)
+      epath.Path(results_path).write_text(json.dumps(
+          {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix}, indent=2))
+    if weight and index < len(stages) - 1:
+      fisher_path = os.path.join(wd, "fisher.npz")
+      if not epath.Path(fisher_path).exists():
+        ewc.save(fisher_path, ewc.encoder_params(encoder),
+                 fisher_of(stage, wd, params, config.fisher_examples))
+      anchor, fisher = ewc.load(fisher_path)
+      fisher_sum = fisher if fisher_sum is None else {
+          k: fisher_sum[k] + fisher[k] for k in fisher}
+      ewc.save(ewc_path, anchor, fisher_sum)  # online EWC: the latest anchor, Fishers summed
+    previous = wd
+  result = {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix,
+            "forgetting": forgetting(matrix)}
+  epath.Path(results_path).write_text(json.dumps(result, indent=2))
+  text = table(names, metrics, matrix, config.method)
+  epath.Path(os.path.join(workdir, "forgetting.md")).write_text(text)
+  plot(names, matrix, os.path.join(workdir, "forgetting.png"), config.method)
+  logging.info("continual learning:\n%s", text)
+  return result
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/continual/*.py file.")
+flags.DEFINE_string("workdir", None, "Where every task's run and the forgetting table go.")
+
+
+def main(argv):
+  del argv
+  run(_CONFIG.value, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

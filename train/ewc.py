@@ -1,0 +1,165 @@
+"""Elastic weight consolidation (Kirkpatrick et al. 2017) for the encoder, in the optimizer.
+
+After a task, the diagonal empirical Fisher F of its log-likelihood says how
+much each encoder weight mattered to it. Later tasks train on
+
+  loss + (weight / 2) * sum_i F_i (theta_i - theta*_i)^2
+
+where theta* is the encoder after the earlier tasks. Online EWC (Schwarz et
+al. 2018): one anchor (the latest encoder) and the Fishers of all earlier tasks
+summed. Each task's Fisher is scaled to mean 1 over the encoder before it is
+added, so `weight` means the same whatever the loss scale.
+
+The penalty's gradient, weight * F * (theta - theta*), is added to the loss
+gradient by an optax transform (like weight decay), so the train step is the
+one every job runs; anchor and Fisher sit in the optimizer state, sharded like
+the parameters, and a resumed run has them bit for bit. The loss the loop
+logs is the task's alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+from flax import nnx
+
+from train import mesh as mesh_lib
+from train.optim import path_names
+
+ENCODER = "bert"
+
+
+class EwcState(NamedTuple):
+  anchor: Any   # theta*, shaped like the parameters (outside the encoder: unused)
+  fisher: Any   # F, zero outside the encoder
+
+
+def penalty(weight: float) -> optax.GradientTransformation:
+  """Adds weight * F * (params - anchor) to the gradients; F starts at zero (no penalty)."""
+
+  def init(params):
+    return EwcState(anchor=jax.tree.map(jnp.array, params),
+                    fisher=jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params):
+    grads = jax.tree.map(lambda g, f, p, a: g + weight * f * (p - a),
+                         grads, state.fisher, params, state.anchor)
+    return grads, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def with_penalty(tx: optax.GradientTransformation, weight: float) -> optax.GradientTransformation:
+  """The run's optimizer on the penalised gradient (clipped together, as a loss term would be)."""
+  return optax.chain(penalty(weight), tx)
+
+
+def fisher_diagonal(graphdef, params, frozen, objective, batches, mesh, rules,
+                    chunk: int = 8) -> dict:
+  """{encoder path: F} with F = mean over examples of (d log p(y | x) / d theta)^2.
+
+  Per-example gradients (vmap over `chunk` examples at a time, dropout off)
+  of the task's own loss on its labels, i.e. the empirical Fisher; rows with
+  weight 0 (padding) count for nothing.
+  """
+
+  def example_loss(p, example):
+    model = nnx.merge(graphdef, p, frozen)
+    one = jax.tree.map(lambda x: x[None], example)
+    return objective(model, one, None, objective.normalizers(one))[0]
+
+  @jax.jit
+  def squared_sum(p, batch):
+    grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(p, batch)
+    weights = batch["weight"].astype(jnp.float32)
+    return jax.tree.map(lambda g: jnp.einsum("b...,b->...", g * g, weights), grads)
+
+  total, count = None, 0.0
+  with mesh_lib.activate(mesh, rules):
+    for batch in batches:
+      rows = len(batch["weight"])
+      for start in range(0, rows, chunk):
+        part = {k: np.asarray(v)[start:start + chunk] for k, v in batch.items()}
+        sums = squared_sum(params, part)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        count += float(np.sum(part["weight"]))
+  if total is None or count == 0:
+    raise ValueError("fisher_diagonal: no examples to estimate the Fisher from")
+  fisher = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(total)[0]:
+    names = path_names(path)
+    if names[0] == ENCODER:
+      fisher["/".join(names)] = np.asarray(value, np.float32) / count
+  return fisher
+
+
+def normalised(fisher: dict) -> dict:
+  """F scaled to mean 1 over every encoder entry."""
+  size = sum(v.size for v in fisher.values())
+  mean = sum(float(np.sum(v, dtype=np.float64)) for v in fisher.values()) / size
+  if not mean > 0:
+    raise ValueError("the Fisher is zero everywhere: the task's loss has no gradient")
+  return {k: v / mean for k, v in fisher.items()}
+
+
+def save(path: str, anchor: dict, fisher: dict) -> None:
+  """anchor / fisher: {encoder path: array}; one .npz, written whole or not at all."""
+  path = epath.Path(path)
+  partial = path.parent / (path.name + ".partial")
+  with partial.open("wb") as f:
+    np.savez(f, **{f"anchor:{k}": v for k, v in anchor.items()},
+             **{f"fisher:{k}": v for k, v in fisher.items()})
+  partial.rename(path)
+
+
+def load(path: str) -> tuple[dict, dict]:
+  with epath.Path(path).open("rb") as f:
+    data = np.load(f)
+    anchor = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("anchor:")}
+    fisher = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("fisher:")}
+  return anchor, fisher
+
+
+def encoder_params(params) -> dict:
+  """{encoder path: numpy array} of an nnx.State or pure dict of parameters."""
+  out = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = path_names(path)
+    if names[0] == ENCODER:
+      out["/".join(names)] = np.asarray(jax.device_get(value))
+  return out
+
+
+def load_into(opt_state, path: str):
+  """The optimizer state of `with_penalty` with anchor and Fisher from `path` (encoder leaves)."""
+  anchor, fisher = load(path)
+  ewc_state = opt_state[0]
+  if not isinstance(ewc_state, EwcState):
+    raise TypeError("load_into expects the state of ewc.with_penalty(tx, weight)")
+
+  def fill(tree, values, what):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    seen, leaves = set(), []
+    for leaf_path, leaf in flat:
+      name = "/".join(path_names(leaf_path))
+      if name in values:
+        value = values[name]
+        if value.shape != leaf.shape:
+          raise ValueError(f"{path}: {what} {name} has shape {value.shape}, the model {leaf.shape}")
+        leaf = jax.device_put(value.astype(np.float32), leaf.sharding)
+        seen.add(name)
+      leaves.append(leaf)
+    encoder = {"/".join(path_names(p)) for p, _ in flat if path_names(p)[0] == ENCODER}
+    missing = sorted(encoder - seen)
+    if missing:
+      raise ValueError(f"{path}: no {what} for encoder parameters {missing[:3]}...")
+    return jax.tree.unflatten(treedef, leaves)
+
+  ewc_state = EwcState(anchor=fill(ewc_state.anchor, anchor, "anchor"),
+                       fisher=fill(ewc_state.fisher, fisher, "fisher"))
+  return (ewc_state,) + tuple(opt_state[1:])
