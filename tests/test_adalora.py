@@ -1,4 +1,6 @@
 """AdaLoRA's rank budget, importance masking and orthogonality regulariser (train/adalora.py)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,12 +123,31 @@ def test_masked_singular_values_are_the_least_important():
   np.testing.assert_array_equal(np.asarray(new["low_rank"]["a"]), np.ones((4, 4)))  # P, Q kept
 
 
+@functools.cache
+def _one_device():
+  return _run(PEFT, 10)
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2)])
 def test_rank_allocation_on_meshes_matches_one_device(shape):
-  one, one_state = _run(PEFT, 10)
+  one, one_state = _one_device()
   many, state = _run(PEFT, 10, shape)
   assert [a for _, a in many] == [a for _, a in one]
   np.testing.assert_allclose([loss for loss, _ in many], [loss for loss, _ in one], rtol=2e-5)
   for x, y in zip(jax.tree.leaves(nnx.to_pure_dict(state.params)),
                   jax.tree.leaves(nnx.to_pure_dict(one_state.params))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5)
+
+
+def test_loop_runs_adalora_and_reports_the_ranks_reached(tmp_path):
+  import finetune_fixture as ff
+  from train import loop
+  config = ff.classification_config(tmp_path, **{
+      "peft.method": "adalora", "peft.rank": 4, "peft.adalora.target_rank": 2,
+      "peft.adalora.warmup_ratio": 0.2, "peft.adalora.final_ratio": 0.2,
+      "peft.adalora.mask_interval": 2, "optimizer.total_steps": 20, "eval_every_steps": 20})
+  final = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  ranks = final["adalora_ranks"]
+  # 2 layers x (query, value), rank 4 each, cut to an average of 2: 8 singular values left.
+  assert len(ranks) == 4 or all(len(v) == 2 for v in ranks.values()), ranks
+  assert sum(np.sum(v) for v in ranks.values()) == 8, ranks
