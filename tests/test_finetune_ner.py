@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 import finetune_fixture as ff
@@ -27,6 +28,12 @@ def test_loss_falls_and_entity_f1_is_reported_per_type(run):
   assert {"precision", "recall", "f1", "f1_PER", "f1_LOC", "token_accuracy"} <= set(evals[-1])
   assert final["best"]["metric"] == "f1" and final["best"]["value"] > 0.8
   assert set(final["report"]) == {"PER", "LOC"} and final["report"]["LOC"]["support"] > 0
+  # Word-level tag confusion: every dev word once, rows gold; the plot beside it.
+  confusion = np.asarray(final["confusion"])
+  assert confusion.shape == (5, 5)
+  assert confusion.sum() == sum(len(words) for words, _ in ff.ner_sentences(20, 1))
+  assert np.trace(confusion) > 0.8 * confusion.sum()
+  assert os.path.getsize(os.path.join(workdir, "confusion_eval.png")) > 1000
   with open(os.path.join(workdir, "labels.json")) as f:
     assert json.load(f) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]  # from IOB1 train data
 

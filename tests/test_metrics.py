@@ -15,6 +15,16 @@ def test_accuracy_and_binary_f1_by_hand():
   assert metrics.binary_f1([0, 0], [1, 1]) == 0.0
 
 
+def test_confusion_matrix_by_hand():
+  # gold 0 0 1 1 2, predicted 0 1 1 1 0: rows gold, columns predicted.
+  assert metrics.confusion_matrix([0, 1, 1, 1, 0], [0, 0, 1, 1, 2], range(3)) == [
+      [1, 1, 0], [0, 2, 0], [1, 0, 0]]
+  assert metrics.confusion_matrix(["O", "B-PER"], ["B-PER", "B-PER"], ["O", "B-PER"]) == [
+      [0, 0], [1, 1]]
+  with pytest.raises(ValueError, match="'B-LOC' is not one of"):
+    metrics.confusion_matrix(["B-LOC"], ["O"], ["O", "B-PER"])
+
+
 def test_matthews_correlation_by_hand():
   # tp = 2, tn = 2, fp = 1, fn = 1: (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3
   assert metrics.matthews_corrcoef([1, 1, 0, 1, 0, 0], [1, 0, 0, 1, 1, 0]) == pytest.approx(1 / 3)

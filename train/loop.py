@@ -361,8 +361,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     allocated = {k: _host_value(v).tolist() for k, v in ranks.items()}
     logging.info("AdaLoRA ranks reached: %s", allocated)
     final["adalora_ranks"] = allocated
-  if last_eval.get("report") is not None:
-    final["report"] = last_eval["report"]
+  for key in ("report", "confusion"):
+    if last_eval.get(key) is not None:
+      final[key] = last_eval[key]
   if stopping and stopping.best_step is not None:
     best_ckpt.wait()
     final["best"] = {"step": stopping.best_step, "metric": stopping.metric,
@@ -381,6 +382,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     curve_keys = ["loss"] + ([accuracy_key] if accuracy_key else [])
     writers.plot_loss_curves(workdir, keys=curve_keys)
+    # Labels against predictions, where a person would rather look than read counts.
+    for split, results in (("eval", final), ("test", final.get("test", {}))):
+      if results.get("confusion") and task.labels:
+        writers.plot_confusion(results["confusion"], task.labels,
+                               os.path.join(workdir, f"confusion_{split}.png"),
+                               f"{split} at step {int(state.step) if split == 'eval' else final['best']['step']}")
     if last_eval:
       _write_json(os.path.join(workdir, "final_metrics.json"), final)
   return final

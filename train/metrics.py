@@ -32,6 +32,17 @@ def binary_f1(predictions, labels, positive: int = 1) -> float:
   return float(2 * precision * recall / (precision + recall))
 
 
+def confusion_matrix(predictions, labels, classes: Sequence) -> list[list[int]]:
+  """counts[gold][predicted] over `classes` (ids or tag strings), as nested lists for JSON."""
+  index = {c: i for i, c in enumerate(classes)}
+  counts = np.zeros((len(classes), len(classes)), np.int64)
+  for p, t in zip(np.asarray(predictions).tolist(), np.asarray(labels).tolist()):
+    if t not in index or p not in index:
+      raise ValueError(f"confusion_matrix: {t if t not in index else p!r} is not one of {list(classes)}")
+    counts[index[t], index[p]] += 1
+  return counts.tolist()
+
+
 def matthews_corrcoef(predictions, labels) -> float:
   """Matthews correlation, multi-class form (Gorodkin 2004); 0 when undefined.
 

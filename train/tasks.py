@@ -265,7 +265,10 @@ def build_classification(config, workdir: str) -> Task:
   def score(split: str, outputs: dict) -> dict:
     logits = outputs["logits"][:len(gold[split])]
     predictions = logits[:, 0] if data.regression else logits.argmax(-1)
-    return metrics.classification_scores(list(data.metrics), predictions, gold[split])
+    scores = metrics.classification_scores(list(data.metrics), predictions, gold[split])
+    if not data.regression:
+      scores["confusion"] = metrics.confusion_matrix(predictions, gold[split], range(len(labels)))
+    return scores
 
   return _finetune_task(
       config, model_config, arrays, score, tokenizer, labels,
@@ -295,8 +298,11 @@ def build_token_classification(config, workdir: str) -> Task:
     tags = [ner.word_tags(predicted[i], positions[split][i], labels) for i in range(len(gold))]
     result = metrics.entity_scores(gold, tags)
     per_type = {f"f1_{kind}": row["f1"] for kind, row in result["report"].items()}
+    confusion = metrics.confusion_matrix([t for s in tags for t in s],
+                                         [t for s in gold for t in s], labels)
     return {**{k: result[k] for k in ("precision", "recall", "f1")}, **per_type,
-            "report": result["report"], "report_text": result["report_text"]}
+            "report": result["report"], "report_text": result["report_text"],
+            "confusion": confusion}
 
   return _finetune_task(
       config, model_config, arrays, score, tokenizer, labels,

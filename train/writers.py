@@ -172,6 +172,31 @@ def plot_loss_curves(workdir, out_png=None, keys=("loss",)) -> str:
   return out_png
 
 
+def plot_confusion(counts, labels, out_png, title: str) -> str:
+  """A confusion matrix as a heatmap: rows gold, columns predicted, each row in % of its gold."""
+  counts = np.asarray(counts, np.float64)
+  share = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  size = 1.6 + 0.55 * len(labels)
+  fig = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+  ax.set_xticks(range(len(labels)), [str(x) for x in labels], rotation=45, ha="right")
+  ax.set_yticks(range(len(labels)), [str(x) for x in labels])
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("gold")
+  ax.set_title(title)
+  for i in range(len(labels)):
+    for j in range(len(labels)):
+      ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+              color="white" if share[i, j] > 60 else "black")
+  fig.colorbar(image, ax=ax, label="% of the gold row")
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
+  epath.Path(out_png).write_bytes(png.getvalue())
+  return str(out_png)
+
+
 def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
   """A tqdm bar with rate and ETA; in a log file (no TTY) it prints every ~5 s.
 
