@@ -34,14 +34,15 @@ TASKS = {
                   ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"), "f1"),
 }
 
-# method: (peak lr, peft overrides). LoRA: Hu et al. 2021 (r 8, alpha 16, query/value,
-# lr 4e-4-5e-4 for BERT/RoBERTa-base); AdaLoRA: Zhang et al. 2023 (budget from r 12 to 8);
+# method: (peak lr, peft overrides). LoRA: Hu et al. 2021 (r 8, alpha 16, query/value; they
+# use 4e-4-5e-4 for RoBERTa-base, on MiniLM 2e-3 beat 5e-4 on SST-2 dev, 83.72 vs 79.82);
+# AdaLoRA: Zhang et al. 2023 (budget from r 12 to an average of 8), LoRA's lr;
 # BitFit: Ben Zaken et al. 2022 (1e-4-1e-3); Houlsby adapters (size 64, 1e-4-1e-3);
 # prefix tuning (P-tuning v2: 5e-3-1e-2, 16 tokens); prompt tuning needs the largest lr.
 METHODS = {
     "none": (5e-5, {}),
-    "lora": (5e-4, {"rank": 8, "alpha": 16.0}),
-    "adalora": (5e-4, {"rank": 12, "alpha": 16.0, "adalora.target_rank": 8}),
+    "lora": (2e-3, {"rank": 8, "alpha": 16.0}),
+    "adalora": (2e-3, {"rank": 12, "alpha": 16.0, "adalora.target_rank": 8}),
     "bitfit": (1e-3, {}),
     "adapter": (5e-4, {"adapter_size": 64}),
     "prefix": (5e-3, {"num_virtual_tokens": 16}),
@@ -91,7 +92,7 @@ def mean_step_time(workdir: str) -> float:
 
 
 def run(method: str, root: str, hf_dir: str) -> dict:
-  workdir = os.path.join(root, method + (f"_lr{FLAGS.lr:g}" if FLAGS.lr else ""))
+  workdir = os.path.join(root, f"{method}_lr{FLAGS.lr or METHODS[method][0]:g}")
   args = command(method, workdir, hf_dir)
   final = os.path.join(workdir, "final_metrics.json")
   wall = None

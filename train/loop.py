@@ -42,7 +42,7 @@ from train.finetuned import BEST_DIR
 from train.state import create_train_state
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
-RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft")
+RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc")
 RUN_FILES = ("config.json", "labels.json", "tokenizer")
 
 
@@ -58,6 +58,8 @@ def _fingerprint(config) -> dict:
     if peft["method"] != "adalora":
       peft.pop("adalora", None)  # the schedule binds AdaLoRA runs only
     fingerprint["peft"] = peft
+  if config.get("ewc") and config.ewc.weight:
+    fingerprint["ewc"] = config.ewc.to_dict()  # a resumed stage keeps its penalty
   return fingerprint
 
 
