@@ -215,15 +215,15 @@ def run(config, workdir: str) -> dict:
   return result
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/continual/*.py file.")
-flags.DEFINE_string("workdir", None, "Where every task's run and the forgetting table go.")
-
-
 def main(argv):
-  del argv
-  run(_CONFIG.value, flags.FLAGS.workdir)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  # Defined here, not on import: tests import this module beside train.main's flags.
+  config_flags.DEFINE_config_file("config", None, "A configs/continual/*.py file.")
+  flags.DEFINE_string("workdir", None, "Where every task's run and the forgetting table go.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
