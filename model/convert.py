@@ -106,13 +106,15 @@ def _head_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
   return rows
 
 
-def _set(tree: Tree, path, value):
+def set_path(tree: Tree, path, value):
+  """tree[path[0]][path[1]]... = value, making the dicts on the way."""
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
 
 
-def _get(tree: Tree, path):
+def get_path(tree: Tree, path):
+  """tree[path[0]][path[1]]..."""
   for key in path:
     tree = tree[key]
   return tree
@@ -143,12 +145,12 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
   missing = []
   for name, path, to_ours, _ in _top_map():
     if name in hf:
-      _set(tree, path, to_ours(hf[name]).astype(np.float32))
+      set_path(tree, path, to_ours(hf[name]).astype(np.float32))
     else:
       missing.append(name)
   for name, path, to_ours, _ in _head_map():
     if name in hf:
-      _set(tree, path, to_ours(hf[name]).astype(np.float32))
+      set_path(tree, path, to_ours(hf[name]).astype(np.float32))
   per_layer: list[dict] = []
   for i in range(config.num_hidden_layers):
     layer: Tree = {}
@@ -156,16 +158,16 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
       if name not in hf:
         missing.append(name)
         continue
-      _set(layer, path, to_ours(hf[name]).astype(np.float32))
+      set_path(layer, path, to_ours(hf[name]).astype(np.float32))
     per_layer.append(layer)
   flat_paths = [path for _, path, _, _ in _layer_map(0, config)]
   stacked: Tree = {}
   for path in flat_paths:
     try:
-      _set(stacked, path, np.stack([_get(layer, path) for layer in per_layer]))
+      set_path(stacked, path, np.stack([get_path(layer, path) for layer in per_layer]))
     except KeyError:
       pass
-  _set(tree, LAYERS_PATH, stacked)
+  set_path(tree, LAYERS_PATH, stacked)
   extra = sorted(set(hf) - _all_hf_names(config) - {"cls.predictions.decoder.weight",
                                                     "cls.predictions.decoder.bias"})
   if extra:
@@ -193,12 +195,12 @@ def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
   for name, path, _, to_hf in _top_map() + _head_map():
     if path[0] != "bert" and path[0] not in params:
       continue  # a head this model does not have
-    out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(params, path), np.float32)))
+    out[name] = np.ascontiguousarray(to_hf(np.asarray(get_path(params, path), np.float32)))
     mapped.add(path)
-  stacked = _get(params, LAYERS_PATH)
+  stacked = get_path(params, LAYERS_PATH)
   for i in range(config.num_hidden_layers):
     for name, path, _, to_hf in _layer_map(i, config):
-      out[name] = np.ascontiguousarray(to_hf(np.asarray(_get(stacked, path)[i], np.float32)))
+      out[name] = np.ascontiguousarray(to_hf(np.asarray(get_path(stacked, path)[i], np.float32)))
   mapped |= {LAYERS_PATH + path for _, path, _, _ in _layer_map(0, config)}
   unmapped = ["/".join(p) for p in leaf_paths(params) if p not in mapped]
   if unmapped:

@@ -31,9 +31,10 @@ def continual_config(tmp_path, method="naive", weight=0.0):
 
 def penalised_drift(workdir, fisher) -> float:
   """sum F (theta_2 - theta_1)^2 over the encoder: the forgetting EWC penalises."""
-  first = ewc.encoder_params(continual.final_params(os.path.join(workdir, "0_sentiment")))
-  second = ewc.encoder_params(continual.final_params(os.path.join(workdir, "1_ner")))
-  return float(sum(np.sum(fisher[k] * (second[k] - first[k]) ** 2) for k in fisher))
+  first = continual.final_params(os.path.join(workdir, "0_sentiment"))["bert"]
+  second = continual.final_params(os.path.join(workdir, "1_ner"))["bert"]
+  return float(sum(jax.tree.leaves(jax.tree.map(lambda f, a, b: np.sum(f * (b - a) ** 2),
+                                                fisher, first, second))))
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,11 @@ def test_second_task_starts_from_the_first_encoder_and_ewc_holds_it(runs):
   naive_dir, _ = runs["naive"]
   ewc_dir, _ = runs["ewc"]
   anchor, fisher = ewc.load(os.path.join(ewc_dir, "ewc.npz"))
-  first = ewc.encoder_params(continual.final_params(os.path.join(ewc_dir, "0_sentiment")))
-  assert anchor.keys() == first.keys() == fisher.keys()
-  for k in first:  # the anchor is the first task's final encoder, bit for bit
-    np.testing.assert_array_equal(anchor[k], first[k])
-  mean = np.mean(np.concatenate([v.ravel() for v in fisher.values()]))
+  first = continual.final_params(os.path.join(ewc_dir, "0_sentiment"))["bert"]
+  assert jax.tree.structure(anchor) == jax.tree.structure(first) == jax.tree.structure(fisher)
+  for a, f in zip(jax.tree.leaves(anchor), jax.tree.leaves(first)):
+    np.testing.assert_array_equal(a, f)  # the anchor is the first task's final encoder, bit for bit
+  mean = np.mean(np.concatenate([v.ravel() for v in jax.tree.leaves(fisher)]))
   assert mean == pytest.approx(1.0, rel=1e-4)  # normalised
   # Both second tasks started from the same encoder (same seeds, same first task); the
   # penalty keeps the weights that mattered to the first task far closer to it.
@@ -118,14 +119,12 @@ def test_fisher_is_the_mean_squared_per_example_gradient(tmp_path):
     return task.objective(model, one, None, task.objective.normalizers(one))[0]
 
   rows = [i for i in range(len(batch["weight"])) if batch["weight"][i] > 0]
-  expected = None
-  for i in rows:
-    g = ewc.encoder_params(jax.grad(loss)(state.params, i))
-    expected = {k: v ** 2 for k, v in g.items()} if expected is None else {
-        k: expected[k] + v ** 2 for k, v in g.items()}
-  assert fisher.keys() == expected.keys()
-  for k in fisher:
-    np.testing.assert_allclose(fisher[k], expected[k] / len(rows), rtol=1e-4, atol=1e-10)
+  squares = [jax.tree.map(lambda g: np.asarray(g) ** 2,
+                          nnx.to_pure_dict(jax.grad(loss)(state.params, i))["bert"]) for i in rows]
+  expected = jax.tree.map(lambda *s: sum(s) / len(rows), *squares)
+  assert jax.tree.structure(fisher) == jax.tree.structure(expected)
+  for f, e in zip(jax.tree.leaves(fisher), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(f, e, rtol=1e-4, atol=1e-10)
 
 
 def test_bad_continual_configs(tmp_path):

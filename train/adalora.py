@@ -110,7 +110,7 @@ def rank_allocation(inner: optax.GradientTransformation, peft: PeftConfig,
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return AdaLoraState(inner=inner.init(params), count=jnp.zeros((), jnp.int32),
-                        sensitivity=zeros, uncertainty=jax.tree.map(jnp.zeros_like, params))
+                        sensitivity=zeros, uncertainty=zeros)
 
   def update(grads, state, params):
     if schedule.orth_reg_weight:

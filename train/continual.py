@@ -87,37 +87,41 @@ def final_params(workdir: str) -> dict:
   return parts["params"]
 
 
-def score(stage, workdir: str, params: dict) -> dict:
-  """Dev metrics of `stage`'s task with `params` (encoder + that task's head)."""
-  task = tasks.build_task(stage, workdir)
-  mesh = mesh_lib.make_mesh(stage.mesh.shape)
-  rules = mesh_lib.rules_from_config(stage.mesh.rules)
-  tx = optax.identity()
-  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, stage.seed)
-  state, frozen = load_params(state, frozen, params, tx)
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective,
-                                              with_outputs=task.score is not None))
-  with mesh_lib.activate(mesh, rules):
-    return loop.evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
-                         task.objective, task.score, "eval")
+class StageModel:
+  """A stage's task, built once (data tokenised, model sharded, eval step compiled).
 
+  Scoring a task after each later one and estimating its Fisher only load
+  other parameters into it.
+  """
 
-def fisher_of(stage, workdir: str, params: dict, examples: int) -> dict:
-  """The normalised diagonal Fisher of a finished stage's task, from its training data."""
-  task = tasks.build_task(stage, workdir)
-  mesh = mesh_lib.make_mesh(stage.mesh.shape)
-  rules = mesh_lib.rules_from_config(stage.mesh.rules)
-  tx = optax.identity()
-  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, stage.seed)
-  state, frozen = load_params(state, frozen, params, tx)
-  batches, seen, step = [], 0, 0
-  while seen < examples:
-    batch = task.train_data.batch(step, 0, 1)
-    batches.append(batch)
-    seen += int(np.sum(batch["weight"]))
-    step += 1
-  fisher = ewc.fisher_diagonal(graphdef, state.params, frozen, task.objective, batches, mesh, rules)
-  return ewc.normalised(fisher)
+  def __init__(self, stage, workdir: str):
+    self.task = tasks.build_task(stage, workdir)
+    self.mesh = mesh_lib.make_mesh(stage.mesh.shape)
+    self.rules = mesh_lib.rules_from_config(stage.mesh.rules)
+    self.tx = optax.identity()
+    self.graphdef, self.state, self.frozen, _ = create_train_state(
+        self.task.model_factory, self.tx, self.mesh, self.rules, stage.seed)
+    self.eval_step = jax.jit(step_lib.make_eval_step(
+        self.graphdef, self.task.objective, with_outputs=self.task.score is not None))
+
+  def load(self, params: dict) -> None:
+    self.state, self.frozen = load_params(self.state, self.frozen, params, self.tx)
+
+  def score(self) -> dict:
+    """Dev metrics with the loaded parameters."""
+    with mesh_lib.activate(self.mesh, self.rules):
+      return loop.evaluate(self.eval_step, self.state.params, self.frozen, self.task.eval_batches,
+                           self.mesh, self.rules, self.task.objective, self.task.score, "eval")
+
+  def fisher(self, examples: int) -> dict:
+    """The normalised diagonal Fisher of the encoder, from >= `examples` training examples."""
+    batches, seen, step = [], 0, 0
+    while seen < examples:
+      batches.append(self.task.train_data.batch(step, 0, 1))
+      seen += int(np.sum(batches[-1]["weight"]))
+      step += 1
+    return ewc.normalised(ewc.fisher_diagonal(self.graphdef, self.state.params, self.frozen,
+                                              self.task.objective, batches, self.mesh, self.rules))
 
 
 def forgetting(matrix: list[list[float | None]]) -> list[float | None]:
@@ -172,7 +176,7 @@ def run(config, workdir: str) -> dict:
   matrix: list[list[float | None]] = []
   if epath.Path(results_path).exists():
     matrix = json.loads(epath.Path(results_path).read_text())["matrix"]
-  previous, heads = None, {}
+  previous, heads, models = None, {}, {}
   fisher_sum: dict | None = None
   for index, (name, stage) in enumerate(stages):
     stage = prepare(stage, index, previous, config.init, vocab, ewc_path, weight)
@@ -182,27 +186,28 @@ def run(config, workdir: str) -> dict:
       loop.train_and_evaluate(stage, wd)
     params = final_params(wd)
     heads[name] = {k: v for k, v in params.items() if k in warm_start.TASK_HEADS}
-    encoder = {"bert": params["bert"]}
+    encoder = params["bert"]
     if index >= len(matrix):
       row = [None] * len(stages)
-      for j in range(index + 1):
-        earlier_name, earlier_stage = stages[j]
-        earlier = prepare(earlier_stage, j, None, config.init, vocab, "", 0.0)
-        result = score(earlier, stage_dir(workdir, j, earlier_name),
-                       dict(encoder, **heads[earlier_name]))
-        row[j] = float(result[metrics[j]])
-        logging.info("continual: after %s, %s %s = %.4f", name, earlier_name, metrics[j], row[j])
+      for j, (earlier, earlier_stage) in enumerate(stages[:index + 1]):
+        if earlier not in models:
+          models[earlier] = StageModel(prepare(earlier_stage, j, None, config.init, vocab, "", 0.0),
+                                       stage_dir(workdir, j, earlier))
+        models[earlier].load(dict(heads[earlier], bert=encoder))
+        row[j] = float(models[earlier].score()[metrics[j]])
+        logging.info("continual: after %s, %s %s = %.4f", name, earlier, metrics[j], row[j])
       matrix.append(row)
       epath.Path(results_path).write_text(json.dumps(
           {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix}, indent=2))
     if weight and index < len(stages) - 1:
       fisher_path = os.path.join(wd, "fisher.npz")
       if not epath.Path(fisher_path).exists():
-        ewc.save(fisher_path, ewc.encoder_params(encoder),
-                 fisher_of(stage, wd, params, config.fisher_examples))
+        if name not in models:
+          models[name] = StageModel(stage, wd)
+        models[name].load(params)
+        ewc.save(fisher_path, encoder, models[name].fisher(config.fisher_examples))
       anchor, fisher = ewc.load(fisher_path)
-      fisher_sum = fisher if fisher_sum is None else {
-          k: fisher_sum[k] + fisher[k] for k in fisher}
+      fisher_sum = fisher if fisher_sum is None else jax.tree.map(np.add, fisher_sum, fisher)
       ewc.save(ewc_path, anchor, fisher_sum)  # online EWC: the latest anchor, Fishers summed
     previous = wd
   result = {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix,

@@ -28,8 +28,9 @@ import optax
 from etils import epath
 from flax import nnx
 
+from model import convert
 from train import mesh as mesh_lib
-from train.optim import path_names
+from train.state import place_tree
 
 ENCODER = "bert"
 
@@ -61,7 +62,7 @@ def with_penalty(tx: optax.GradientTransformation, weight: float) -> optax.Gradi
 
 def fisher_diagonal(graphdef, params, frozen, objective, batches, mesh, rules,
                     chunk: int = 8) -> dict:
-  """{encoder path: F} with F = mean over examples of (d log p(y | x) / d theta)^2.
+  """The encoder's tree (nested numpy dicts) of F = mean over examples of (d log p(y | x) / d theta)^2.
 
   Per-example gradients (vmap over `chunk` examples at a time, dropout off)
   of the task's own loss on its labels, i.e. the empirical Fisher; rows with
@@ -90,75 +91,59 @@ def fisher_diagonal(graphdef, params, frozen, objective, batches, mesh, rules,
         count += float(np.sum(part["weight"]))
   if total is None or count == 0:
     raise ValueError("fisher_diagonal: no examples to estimate the Fisher from")
-  fisher = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(total)[0]:
-    names = path_names(path)
-    if names[0] == ENCODER:
-      fisher["/".join(names)] = np.asarray(value, np.float32) / count
-  return fisher
+  return jax.tree.map(lambda x: np.asarray(x, np.float32) / count,
+                      nnx.to_pure_dict(total)[ENCODER])
 
 
 def normalised(fisher: dict) -> dict:
   """F scaled to mean 1 over every encoder entry."""
-  size = sum(v.size for v in fisher.values())
-  mean = sum(float(np.sum(v, dtype=np.float64)) for v in fisher.values()) / size
+  leaves = jax.tree.leaves(fisher)
+  mean = sum(float(np.sum(v, dtype=np.float64)) for v in leaves) / sum(v.size for v in leaves)
   if not mean > 0:
     raise ValueError("the Fisher is zero everywhere: the task's loss has no gradient")
-  return {k: v / mean for k, v in fisher.items()}
+  return jax.tree.map(lambda v: v / mean, fisher)
 
 
 def save(path: str, anchor: dict, fisher: dict) -> None:
-  """anchor / fisher: {encoder path: array}; one .npz, written whole or not at all."""
+  """anchor / fisher: encoder trees (nested numpy dicts); one .npz, written whole or not at all."""
   path = epath.Path(path)
   partial = path.parent / (path.name + ".partial")
+  arrays = {}
+  for name, tree in (("anchor", anchor), ("fisher", fisher)):
+    arrays.update({"/".join((name,) + key): convert.get_path(tree, key)
+                   for key in convert.leaf_paths(tree)})
   with partial.open("wb") as f:
-    np.savez(f, **{f"anchor:{k}": v for k, v in anchor.items()},
-             **{f"fisher:{k}": v for k, v in fisher.items()})
+    np.savez(f, **arrays)
   partial.rename(path)
 
 
 def load(path: str) -> tuple[dict, dict]:
+  """(anchor, fisher) encoder trees, as `save` wrote them."""
+  trees: dict = {"anchor": {}, "fisher": {}}
   with epath.Path(path).open("rb") as f:
     data = np.load(f)
-    anchor = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("anchor:")}
-    fisher = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("fisher:")}
-  return anchor, fisher
-
-
-def encoder_params(params) -> dict:
-  """{encoder path: numpy array} of an nnx.State or pure dict of parameters."""
-  out = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
-    names = path_names(path)
-    if names[0] == ENCODER:
-      out["/".join(names)] = np.asarray(jax.device_get(value))
-  return out
+    for key in data.files:
+      convert.set_path(trees, key.split("/"), data[key])
+  return trees["anchor"], trees["fisher"]
 
 
 def load_into(opt_state, path: str):
-  """The optimizer state of `with_penalty` with anchor and Fisher from `path` (encoder leaves)."""
+  """The optimizer state of `with_penalty` with anchor and Fisher from `path` (the encoder's)."""
   anchor, fisher = load(path)
   ewc_state = opt_state[0]
   if not isinstance(ewc_state, EwcState):
     raise TypeError("load_into expects the state of ewc.with_penalty(tx, weight)")
 
-  def fill(tree, values, what):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    seen, leaves = set(), []
-    for leaf_path, leaf in flat:
-      name = "/".join(path_names(leaf_path))
-      if name in values:
-        value = values[name]
-        if value.shape != leaf.shape:
-          raise ValueError(f"{path}: {what} {name} has shape {value.shape}, the model {leaf.shape}")
-        leaf = jax.device_put(value.astype(np.float32), leaf.sharding)
-        seen.add(name)
-      leaves.append(leaf)
-    encoder = {"/".join(path_names(p)) for p, _ in flat if path_names(p)[0] == ENCODER}
-    missing = sorted(encoder - seen)
+  def fill(part, encoder, what):
+    model = nnx.to_pure_dict(part)
+    missing = sorted(set(convert.leaf_paths(model[ENCODER])) - set(convert.leaf_paths(encoder)))
     if missing:
-      raise ValueError(f"{path}: no {what} for encoder parameters {missing[:3]}...")
-    return jax.tree.unflatten(treedef, leaves)
+      raise ValueError(f"{path}: no {what} for encoder parameters "
+                       f"{['/'.join(m) for m in missing[:3]]}")
+    try:
+      return place_tree(part, convert.merge_trees(model, {ENCODER: encoder}))
+    except ValueError as e:
+      raise ValueError(f"{path} ({what}): {e}") from None
 
   ewc_state = EwcState(anchor=fill(ewc_state.anchor, anchor, "anchor"),
                        fisher=fill(ewc_state.fisher, fisher, "fisher"))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -209,6 +210,20 @@ def save_run_files(config, task, workdir: str) -> None:
       writers.copy_dir(local, epath.Path(workdir) / "tokenizer")
 
 
+def _optimizer(opt_config, peft, ewc_config) -> optax.GradientTransformation:
+  """The run's optimizer, wrapped by what acts on parameters besides the loss gradient.
+
+  AdaLoRA's rank budget (train/adalora.py) and EWC's penalty (train/ewc.py)
+  live here rather than in the train step, so every job runs the same step.
+  """
+  tx = optim.make_optimizer(opt_config)
+  if peft.method == "adalora":
+    tx = adalora.rank_allocation(tx, peft, opt_config.total_steps)
+  if ewc_config and ewc_config.weight:
+    tx = ewc.with_penalty(tx, ewc_config.weight)
+  return tx
+
+
 def _log_eval(step: int, split: str, results: dict) -> None:
   logging.info("step %d %s %s", step, split,
                {k: round(v, 4) for k, v in _scalars(results).items()})
@@ -231,12 +246,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # runs to total_steps and the next invocation picks up from the checkpoint.
   end_step = min(config.stop_at_step or total_steps, total_steps)
   trainable = peft_lib.trainable(task.peft)
-  tx = optim.make_optimizer(opt_config)
-  if task.peft.method == "adalora":
-    tx = adalora.rank_allocation(tx, task.peft, max(total_steps, 1))
   ewc_config = config.get("ewc")
-  if ewc_config and ewc_config.weight:
-    tx = ewc.with_penalty(tx, ewc_config.weight)
+  tx = _optimizer(opt_config, task.peft, ewc_config)
   graphdef, state, frozen, shardings = create_train_state(task.model_factory, tx, mesh, rules,
                                                           config.seed, trainable)
 
@@ -385,11 +396,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     curve_keys = ["loss"] + ([accuracy_key] if accuracy_key else [])
     writers.plot_loss_curves(workdir, keys=curve_keys)
     # Labels against predictions, where a person would rather look than read counts.
-    for split, results in (("eval", final), ("test", final.get("test", {}))):
+    plots = [("eval", final, final["step"]), ("test", final.get("test", {}),
+                                               final.get("best", {}).get("step"))]
+    for split, results, step in plots:
       if results.get("confusion") and task.labels:
         writers.plot_confusion(results["confusion"], task.labels,
                                os.path.join(workdir, f"confusion_{split}.png"),
-                               f"{split} at step {int(state.step) if split == 'eval' else final['best']['step']}")
+                               f"{split} at step {step}")
     if last_eval:
       _write_json(os.path.join(workdir, "final_metrics.json"), final)
   return final

@@ -115,6 +115,17 @@ def _take(tree: dict, like: dict) -> dict:
   return {k: _take(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
 
 
+def place_tree(part: nnx.State, tree: dict) -> nnx.State:
+  """A copy of `part` holding `tree`'s values (numpy; every key of `part`), each on its sharding."""
+  pure = nnx.to_pure_dict(part)
+  values = jax.tree.map(
+      lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
+      _take(tree, pure), pure)
+  part = jax.tree.map(lambda x: x, part)  # a copy: replace_by_pure_dict mutates
+  nnx.replace_by_pure_dict(part, values)
+  return part
+
+
 def load_params(state: TrainState, frozen: nnx.State, tree: dict,
                 tx: optax.GradientTransformation) -> tuple[TrainState, nnx.State]:
   """Puts a converted parameter tree (numpy, any subset of the model) into the parameters.
@@ -126,17 +137,7 @@ def load_params(state: TrainState, frozen: nnx.State, tree: dict,
   """
   pure_train, pure_frozen = nnx.to_pure_dict(state.params), nnx.to_pure_dict(frozen)
   merged = convert.merge_trees(convert.union_trees(pure_train, pure_frozen), tree)
-
-  def place(part: nnx.State, pure: dict) -> nnx.State:
-    values = jax.tree.map(
-        lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
-        _take(merged, pure), pure)
-    part = jax.tree.map(lambda x: x, part)  # a copy: replace_by_pure_dict mutates
-    nnx.replace_by_pure_dict(part, values)
-    return part
-
-  params, frozen = place(state.params, pure_train), place(frozen, pure_frozen)
+  params, frozen = place_tree(state.params, merged), place_tree(frozen, merged)
   opt_shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   return state.replace(params=params, opt_state=opt_state), frozen
-

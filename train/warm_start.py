@@ -4,9 +4,9 @@ Either source gives a tree with the encoder under 'bert', the name every
 model in model/heads.py keeps its encoder under; parts the model lacks (the
 MLM / NSP heads, when fine-tuning) are dropped, and a task head stays freshly
 initialised, also when the source is a fine-tuned run (continual learning
-starts each task from the previous task's encoder this way). An architecture that differs from the config stops the run
-naming each differing key; a vocab that differs shows up as a shape error on
-'bert/embeddings/word'.
+starts each task from the previous task's encoder this way). An architecture
+that differs from the config stops the run naming each differing key; a vocab
+that differs shows up as a shape error on 'bert/embeddings/word'.
 
 Checkpoints are read with `train.checkpoint.read_on_host`: the parameters
 alone, onto the host, whatever mesh or device count they were saved from.

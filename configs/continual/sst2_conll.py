@@ -23,24 +23,24 @@ from configs.finetune import common, conll2003, sst2
 def get_config(data_dir: str = "data"):
   c = ml_collections.ConfigDict()
   c.method = "ewc"             # naive | ewc
-  c.ewc_weight = 1.0           # the penalty on the Fisher-normalised squared drift
+  # The penalty on the Fisher-normalised squared drift. Measured (README): 1.0 keeps all of
+  # SST-2 but costs 20 points of NER F1; 0.1 keeps all but 3 points and costs 7.
+  c.ewc_weight = 0.1
   c.fisher_examples = 512      # training examples per task for its Fisher
   c.order = ("sst2", "conll2003")
   c.init = ml_collections.ConfigDict(dict(hf_dir=common.HF_CHECKPOINTS["minilm"], checkpoint=""))
 
-  steps = 300
   c.stages = ml_collections.ConfigDict()
-  s = sst2.get_config("minilm")
-  s.data.update(train_path=os.path.join(data_dir, "sst2/train.tsv"),
-                eval_path=os.path.join(data_dir, "sst2/dev.tsv"), max_seq_length=64)
+  c.stages.sst2 = _stage(sst2, data_dir, "sst2/train.tsv", "sst2/dev.tsv")
+  c.stages.conll2003 = _stage(conll2003, data_dir, "conll2003/train.txt", "conll2003/dev.txt")
+  return c
+
+
+def _stage(module, data_dir: str, train: str, dev: str, steps: int = 300):
+  """A task's fine-tuning config from MiniLM at sequence length 64, `steps` steps, lr 5e-5."""
+  s = module.get_config("minilm")
+  s.data.update(train_path=os.path.join(data_dir, train), eval_path=os.path.join(data_dir, dev),
+                max_seq_length=64)
   s.optimizer.update(lr=5e-5, total_steps=steps)
   s.eval_every_steps = steps
-  c.stages.sst2 = s
-
-  n = conll2003.get_config("minilm")
-  n.data.update(train_path=os.path.join(data_dir, "conll2003/train.txt"),
-                eval_path=os.path.join(data_dir, "conll2003/dev.txt"), max_seq_length=64)
-  n.optimizer.update(lr=5e-5, total_steps=steps)
-  n.eval_every_steps = steps
-  c.stages.conll2003 = n
-  return c
+  return s
