@@ -45,6 +45,7 @@ from flax import nnx
 
 from shared import DATA_FILES, mean_step_time, minilm_dir
 from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
+from train.writers import read_metrics
 from train.state import create_train_state
 
 FLAGS = flags.FLAGS
@@ -153,9 +154,10 @@ def run_ours(config, workdir: str) -> dict:
     wall = time.perf_counter() - start
   finally:
     loop.evaluate = evaluate
+  train_losses = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
   return {"dev": pick(final), "test": pick(final.get("test", {})),
           "train_wall": wall - sum(eval_seconds), "step_time": mean_step_time(workdir),
-          "eval_wall": sum(eval_seconds)}
+          "eval_wall": sum(eval_seconds), "train_losses": train_losses}
 
 
 # --------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
       {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}]
   optimizer = torch.optim.AdamW(groups, lr=FLAGS.lr, betas=(0.9, 0.999), eps=1e-6)
   schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * FLAGS.steps), FLAGS.steps)
-  step_times = []
+  step_times, losses, train_losses = [], [], []
   for step in range(FLAGS.steps):
     step_start = time.perf_counter()
     loss = torch_forward(model, task.train_data.batch(step), True).loss
@@ -274,8 +276,11 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
     step_times.append(time.perf_counter() - step_start)
-    if (step + 1) % LOG_EVERY == 0:
-      logging.info("torch step %d: loss %.4f, %.3f s/step", step + 1, loss.item(),
+    losses.append(loss.item())
+    if (step + 1) % LOG_EVERY == 0 or step + 1 == FLAGS.steps:
+      train_losses.append((step + 1, float(np.mean(losses))))  # interval mean, as our log's
+      losses = []
+      logging.info("torch step %d: loss %.4f, %.3f s/step", *train_losses[-1],
                    float(np.mean(step_times[-LOG_EVERY:])))
   train_wall = time.perf_counter() - start + setup
 
@@ -285,7 +290,7 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   eval_wall = time.perf_counter() - start
   return {"dev": dev, "test": test, "train_wall": train_wall,
           "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
-          "eval_wall": eval_wall, "step0_max_diff": step0_diff,
+          "eval_wall": eval_wall, "step0_max_diff": step0_diff, "train_losses": train_losses,
           "eval_rows": len(task.eval_batches) * config.batch_size}
 
 
@@ -304,7 +309,8 @@ def _scores(row: dict) -> list[str]:
 def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) -> str:
   names = [f"dev {k}" for k in TASKS[FLAGS.task][2]] + (
       ["test f1"] if FLAGS.task == "conll2003" else [])
-  header = ["seed", "framework"] + names + ["train wall s", "s/step", "eval wall s"]
+  header = ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step",
+                                            "eval wall s"]
   lines = [
       f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
       f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)", "",
@@ -312,7 +318,7 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
   for seed, ours, torch_row in runs:
     for name, row in (("ours (JAX/Flax)", ours), ("PyTorch", torch_row)):
       lines.append("| " + " | ".join(
-          [str(seed), name] + _scores(row) +
+          [str(seed), name] + _scores(row) + [f"{row['train_losses'][-1][1]:.3f}"] +
           [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
   if len(runs) > 1:
     for name, index in (("ours (JAX/Flax)", 1), ("PyTorch", 2)):
@@ -321,6 +327,7 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
       lines.append("| " + " | ".join(
           ["mean ± std", name] + cells +
+          [f"{np.mean([r['train_losses'][-1][1] for r in rows]):.3f}"] +
           [f"{np.mean([r['train_wall'] for r in rows]):.0f}",
            f"{np.mean([r['step_time'] for r in rows]):.3f}",
            f"{np.mean([r['eval_wall'] for r in rows]):.0f}"]) + " |")
@@ -333,6 +340,8 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
       "batches in the same order, the same dev/test batches and metric code.",
       f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
       "dropout 0.1 (each framework its own masks), fp32.",
+      f"- Last train loss: the mean training loss over the last {LOG_EVERY} steps (dropout on); "
+      "both frameworks' curves are in the .json.",
       "- Train wall includes tokenising and loading the weights; ours also XLA compilation and "
       f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
       "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",

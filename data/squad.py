@@ -9,8 +9,12 @@
 Long contexts are cut into windows as in google-research/bert's run_squad.py:
 each holds [CLS] question [SEP] context tokens [SEP], and consecutive windows
 start `doc_stride` context tokens apart. A window without the (first) answer
-points both positions at [CLS]. Answers are read back through the tokenizer's
-character offsets, so a predicted answer is an exact substring of the context.
+points both positions at [CLS]. A context token seen by several windows may
+start an answer only in the window where it has the most context on both
+sides (run_squad.py's "max context" rule), so a span is never picked at a
+window's edge when another window sees it from the middle. Answers are read
+back through the tokenizer's character offsets, so a predicted answer is an
+exact substring of the context.
 """
 
 from __future__ import annotations
@@ -109,8 +113,9 @@ def tfds_qa_examples(name: str, split: str, data_dir: str | None = None) -> list
 @dataclasses.dataclass
 class Windows:
   """Host-side facts about each window, row-aligned with the encoded arrays."""
-  example: np.ndarray   # [W] index of the window's example
-  offsets: np.ndarray   # [W, T, 2] character span of each context token; -1 elsewhere
+  example: np.ndarray      # [W] index of the window's example
+  offsets: np.ndarray      # [W, T, 2] character span of each context token; -1 elsewhere
+  max_context: np.ndarray  # [W, T] the token has its most context in this window
 
 
 def _token_offsets(tokenizer, texts: list[str], max_length: int | None = None):
@@ -129,6 +134,24 @@ def _answer_tokens(offsets, start_char: int, end_char: int, origin: str) -> tupl
   return inside[0], inside[-1]
 
 
+def max_context_windows(spans: list[tuple[int, int]], doc_length: int) -> np.ndarray:
+  """For each context token, the window (index into `spans`) where it has the most context.
+
+  `spans` are (first token, length) of one example's windows. A token's score
+  in a window is min(tokens left of it, tokens right of it) + 0.01 * length;
+  the first window wins ties (run_squad.py's _check_is_max_context).
+  """
+  best = np.full(doc_length, -1, np.int32)
+  best_score = np.full(doc_length, -np.inf)
+  for index, (start, length) in enumerate(spans):
+    position = np.arange(start, start + length)
+    score = np.minimum(position - start, start + length - 1 - position) + 0.01 * length
+    better = score > best_score[position]
+    best[position[better]] = index
+    best_score[position[better]] = score[better]
+  return best
+
+
 def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, doc_stride: int,
                    max_query_length: int = 64) -> tuple[dict[str, np.ndarray], Windows, dict]:
   """Windows over every example's context; start/end positions from its first answer."""
@@ -141,7 +164,7 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
   context_ids, context_offsets = _token_offsets(tokenizer, contexts)
   context_index = {c: i for i, c in enumerate(contexts)}
   cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-  rows, owners, offsets_rows = [], [], []
+  rows, owners, offsets_rows, max_context_rows = [], [], [], []
   for index, example in enumerate(examples):
     query = questions[index]
     if not query:
@@ -155,11 +178,12 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
       text, start = example.answers[0]
       answer = _answer_tokens(doc_offsets, start, start + len(text), example.origin)
     room = max_seq_length - len(query) - 3
-    window_start = 0
+    first_doc = len(query) + 2
+    window_start, spans = 0, []
     while True:
       length = min(len(doc_ids) - window_start, room)
       ids = [cls, *query, sep, *doc_ids[window_start:window_start + length], sep]
-      first_doc = len(query) + 2
+      spans.append((window_start, length))
       row = np.full(max_seq_length, pad, np.int32)
       row[:len(ids)] = ids
       types = np.zeros(max_seq_length, np.int32)
@@ -179,6 +203,11 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
       if window_start + length >= len(doc_ids):
         break
       window_start += min(length, doc_stride)
+    best_window = max_context_windows(spans, len(doc_ids))
+    for window, (start, length) in enumerate(spans):
+      mask = np.zeros(max_seq_length, bool)
+      mask[first_doc:first_doc + length] = best_window[start:start + length] == window
+      max_context_rows.append(mask)
   arrays = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
   arrays["weight"] = np.ones(len(rows), np.float32)
   truncated = sum(len(u) > len(q) for u, q in zip(untruncated, questions))
@@ -186,23 +215,27 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
     logging.warning("%d of %d questions are longer than max_query_length=%d tokens and were "
                     "truncated", truncated, len(examples), max_query_length)
   stats = {"examples": len(examples), "windows": len(rows), "truncated_questions": truncated}
-  return arrays, Windows(np.asarray(owners, np.int32), np.stack(offsets_rows)), stats
+  windows = Windows(np.asarray(owners, np.int32), np.stack(offsets_rows),
+                    np.stack(max_context_rows))
+  return arrays, windows, stats
 
 
-def best_answer(context: str, start_logits, end_logits, offsets, n_best: int = 20,
-                max_answer_length: int = 30) -> dict:
+def best_answer(context: str, start_logits, end_logits, offsets, max_context,
+                n_best: int = 20, max_answer_length: int = 30) -> dict:
   """The highest start+end logit span over an example's windows, as context text.
 
   Candidates are the n_best starts and ends of each window that lie on
-  context tokens, end >= start and at most max_answer_length tokens long
+  context tokens, start where the window gives its token the most context
+  (`max_context`), end >= start and at most max_answer_length tokens long
   (run_squad.py's rules). Returns {'text', 'start', 'end', 'score'} with
   text == context[start:end]; an empty answer when no span qualifies.
   """
   best = {"text": "", "start": 0, "end": 0, "score": float("-inf")}
-  for starts, ends, window_offsets in zip(start_logits, end_logits, offsets):
+  for starts, ends, window_offsets, window_max_context in zip(start_logits, end_logits, offsets,
+                                                              max_context):
     starts, ends = np.asarray(starts), np.asarray(ends)
     on_context = window_offsets[:, 0] >= 0
-    top_starts = [i for i in np.argsort(-starts)[:n_best] if on_context[i]]
+    top_starts = [i for i in np.argsort(-starts)[:n_best] if window_max_context[i]]
     top_ends = [i for i in np.argsort(-ends)[:n_best] if on_context[i]]
     for s in top_starts:
       for e in top_ends:
@@ -226,5 +259,6 @@ def predict_answers(examples: list[QAExample], windows: Windows, start_logits, e
   for index, rows in by_example.items():
     example = examples[index]
     answers[example.qid] = best_answer(example.context, start_logits[rows], end_logits[rows],
-                                       windows.offsets[rows], n_best, max_answer_length)
+                                       windows.offsets[rows], windows.max_context[rows],
+                                       n_best, max_answer_length)
   return answers

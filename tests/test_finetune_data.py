@@ -250,8 +250,16 @@ def test_windows_follow_doc_stride_and_answers_map_back_to_the_exact_text(tmp_pa
   for w in with_answer:
     s, e = arrays["start_positions"][w], arrays["end_positions"][w]
     assert CONTEXT[windows.offsets[w][s][0]:windows.offsets[w][e][1]] == "Zürich"
-  # Logits peaked on the answer of one window: best_answer returns the exact span.
-  w = with_answer[-1]
+  # Every context token may start an answer in exactly one window, and only on context.
+  q0 = windows.example == 0
+  starts_allowed = [tuple(o) for o in windows.offsets[q0][windows.max_context[q0]]]
+  assert sorted(starts_allowed) == sorted(set(map(tuple, windows.offsets[q0].reshape(-1, 2)))
+                                          - {(-1, -1)})
+  # Logits peaked on the answer in the window that owns its start: best_answer
+  # returns the exact span.
+  owners = [w for w in with_answer if windows.max_context[w, arrays["start_positions"][w]]]
+  assert len(owners) == 1
+  w = owners[0]
   start_logits = np.zeros((stats["windows"], 16))
   end_logits = np.zeros((stats["windows"], 16))
   start_logits[w, arrays["start_positions"][w]] = 5.0
@@ -263,12 +271,38 @@ def test_windows_follow_doc_stride_and_answers_map_back_to_the_exact_text(tmp_pa
 
 def test_best_answer_respects_max_answer_length_and_context_only():
   offsets = np.array([[-1, -1], [-1, -1], [0, 3], [4, 7], [8, 11], [-1, -1]])
+  max_context = offsets[:, 0] >= 0
   context = "abc def ghi"
   start = np.array([9.0, 0, 1, 0, 0, 0])   # [CLS] scores highest but is not context
   end = np.array([0, 0, 0, 0, 3.0, 9.0])   # the final [SEP] too
-  assert squad.best_answer(context, [start], [end], [offsets])["text"] == "abc def ghi"
-  assert squad.best_answer(context, [start], [end], [offsets], max_answer_length=2)["text"] in (
-      "abc def", "def ghi", "ghi")
+  assert squad.best_answer(context, [start], [end], [offsets], [max_context])["text"] == \
+      "abc def ghi"
+  assert squad.best_answer(context, [start], [end], [offsets], [max_context],
+                           max_answer_length=2)["text"] in ("def ghi", "ghi")  # tied at 3
+
+
+def test_max_context_window_is_the_one_with_most_context_on_both_sides():
+  # Windows over context tokens 0..5 and 3..8: token 3 has 2 tokens right of it in
+  # the first and 0 left in the second; token 4 ties (1 and 1), the first wins.
+  assert squad.max_context_windows([(0, 6), (3, 6)], 9).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+  assert squad.max_context_windows([(0, 4)], 4).tolist() == [0, 0, 0, 0]
+  # A longer window wins a tie, by 0.01 a token: token 1 has min(1, 3) = min(1, 5) = 1.
+  assert squad.max_context_windows([(0, 5), (0, 7)], 7).tolist()[1] == 1
+
+
+def test_best_answer_starts_a_span_only_where_its_token_has_most_context():
+  context = "aa bb cc"
+  # Two windows, each [CLS] q [SEP] then its context tokens: window 0 sees "aa bb",
+  # window 1 "bb cc"; "bb" is at window 0's right edge, so window 1 owns it.
+  offsets = np.array([[[-1, -1], [-1, -1], [-1, -1], [0, 2], [3, 5], [-1, -1]],
+                      [[-1, -1], [-1, -1], [-1, -1], [3, 5], [6, 8], [-1, -1]]])
+  max_context = np.array([[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0]], bool)
+  start = np.array([[0, 0, 0, -20.0, 9.0, 0], [0, 0, 0, 2.0, 0, 0]])  # "bb" in window 0: 9
+  end = np.array([[0, 0, 0, 0, 9.0, 0], [0, 0, 0, 0, 2.0, 0]])
+  best = squad.best_answer(context, start, end, offsets, max_context)
+  assert best["text"] == "bb cc" and best["score"] == 4.0
+  # Without the rule window 0's "bb" (9 + 9) would win.
+  assert squad.best_answer(context, start, end, offsets, offsets[..., 0] >= 0)["text"] == "bb"
 
 
 # --------------------------------------------------------------------------

@@ -105,7 +105,8 @@ class Predictor:
                                               data.doc_stride, data.max_query_length)
     outputs = self._outputs(arrays)
     best = squad.best_answer(context, outputs["start_logits"], outputs["end_logits"],
-                             windows.offsets, data.n_best_size, data.max_answer_length)
+                             windows.offsets, windows.max_context, data.n_best_size,
+                             data.max_answer_length)
     return {"question": question, "answer": best["text"], "start": best["start"],
             "end": best["end"], "score": best["score"]}
 
