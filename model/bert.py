@@ -132,7 +132,12 @@ class Embeddings(nnx.Module):
     c = self.config
     if position_ids is None:
       position_ids = jnp.arange(input_ids.shape[1])[None, :]
-    x = (jnp.take(self.word[...], input_ids, axis=0)
+    word = jnp.take(self.word[...], input_ids, axis=0)
+    # transformers' padding_idx: looking up [PAD] gives its row no gradient (the tied
+    # MLM decoder still trains it). Only span QA sees a difference: its loss reads
+    # logits at padded positions.
+    word = jnp.where((input_ids == c.pad_token_id)[..., None], jax.lax.stop_gradient(word), word)
+    x = (word
          + jnp.take(self.position[...], position_ids, axis=0)
          + jnp.take(self.token_type[...], token_type_ids, axis=0))
     if prompt is not None:

@@ -55,3 +55,49 @@ def test_masked_positions_give_the_gathered_full_logits():
   full = np.asarray(ours(ids, types, mask)["mlm_logits"])
   gathered = np.asarray(ours(ids, types, mask, masked_positions=positions)["mlm_logits"])
   np.testing.assert_allclose(gathered, np.take_along_axis(full, positions[..., None], 1), atol=1e-5)
+
+
+def test_gradients_match_transformers_with_padding_and_the_tied_decoder():
+  """MLM (every position, padding too, as a span loss reads them) + NSP: every
+  gradient equals torch's.
+
+  The [PAD] row of the word embeddings takes no gradient from its lookups
+  (transformers' padding_idx) but does from the tied MLM decoder.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  from transformers import BertForPreTraining
+  from model.config import BertConfig
+  from model.convert import params_to_hf
+
+  torch.manual_seed(3)
+  torch_model = BertForPreTraining(tiny_hf_config(hidden_dropout_prob=0.0,
+                                                  attention_probs_dropout_prob=0.0))
+  ours = flax_from_torch(torch_model)
+  ids, types, mask = random_batch(3, 4, 20, torch_model.config.vocab_size)
+  assert (ids == 0).any()  # padded rows look up [PAD]
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, torch_model.config.vocab_size, ids.shape)
+  nsp = rng.integers(0, 2, ids.shape[0])
+
+  def loss_fn(model):
+    out = model(ids, types, mask)
+    mlm = optax.softmax_cross_entropy_with_integer_labels(out["mlm_logits"], labels)
+    return (mlm.mean()
+            + optax.softmax_cross_entropy_with_integer_labels(out["nsp_logits"], nsp).mean())
+
+  loss, grads = nnx.value_and_grad(loss_fn)(ours)
+  as_long = lambda a: torch.tensor(np.asarray(a), dtype=torch.long)
+  ref = torch_model(as_long(ids), token_type_ids=as_long(types), attention_mask=as_long(mask),
+                    labels=as_long(labels), next_sentence_label=as_long(nsp))
+  ref.loss.backward()
+  np.testing.assert_allclose(float(loss), ref.loss.item(), rtol=1e-5)
+  config = BertConfig.from_hf_dict(torch_model.config.to_dict())
+  ours_hf = params_to_hf(jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(grads, nnx.Param))),
+                         config)
+  for name, parameter in torch_model.named_parameters():
+    np.testing.assert_allclose(ours_hf[name], parameter.grad.numpy(), atol=1e-6, err_msg=name)
+  pad_row = ours_hf["bert.embeddings.word_embeddings.weight"][0]
+  assert np.abs(pad_row).max() > 1e-4  # the decoder's gradient reaches it

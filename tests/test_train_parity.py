@@ -1,9 +1,10 @@
 """Fine-tuning dynamics equal transformers + torch.optim.AdamW step for step (dropout off).
 
 The forward pass is tested against transformers elsewhere; this checks the rest
-of a training run: the loss, AdamW with decoupled decay off biases and
-LayerNorm, eps 1e-6, global-norm clipping, warmup then linear decay, and the
-classification head, so a score gap to PyTorch cannot come from the recipe.
+of a training run: each head and its loss (sequence classification, token
+classification with labels on first sub-tokens only, span QA), AdamW with
+decoupled decay off biases and LayerNorm, eps 1e-6, global-norm clipping,
+warmup then linear decay, so a score gap to PyTorch cannot come from the recipe.
 """
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import jax
 import numpy as np
 import optax
+import pytest
 import torch
 from flax import nnx
 
@@ -23,10 +25,31 @@ from train.tasks import build_task
 
 STEPS, WARMUP = 6, 2
 
+# task -> (our config, transformers class, the head's attribute name)
+TASKS = {
+    "sequence": (ff.classification_config, "BertForSequenceClassification", "classifier"),
+    "token": (ff.ner_config, "BertForTokenClassification", "classifier"),
+    "span": (ff.squad_config, "BertForQuestionAnswering", "qa_outputs"),
+}
 
-def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path):
-  from transformers import BertForSequenceClassification, BertModel, get_linear_schedule_with_warmup
-  config = ff.classification_config(tmp_path, **{
+
+def torch_labels(kind: str, batch: dict) -> dict:
+  """Our batch's targets as transformers' forward takes them."""
+  as_long = lambda key: torch.from_numpy(np.asarray(batch[key], np.int64))
+  if kind == "sequence":
+    return {"labels": as_long("label")}
+  if kind == "token":
+    return {"labels": torch.where(torch.from_numpy(batch["label_weights"] > 0),
+                                  as_long("labels"), -100)}
+  return {"start_positions": as_long("start_positions"), "end_positions": as_long("end_positions")}
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind):
+  import transformers
+  from transformers import BertModel, get_linear_schedule_with_warmup
+  make_config, torch_class, head_name = TASKS[kind]
+  config = make_config(tmp_path, **{
       "model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
       "optimizer.total_steps": STEPS, "optimizer.warmup_steps": WARMUP, "optimizer.lr": 1e-3,
       "log_every_steps": 1, "eval_every_steps": STEPS})
@@ -45,18 +68,20 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path):
   _, state, frozen, _ = create_train_state(task.model_factory, optax.identity(), mesh, rules,
                                            config.seed)
   state, _ = warm_start.initialise(state, frozen, config.init, task.model_config, optax.identity())
-  head = jax.device_get(nnx.to_pure_dict(state.params)["classifier"])
+  head = jax.device_get(nnx.to_pure_dict(state.params)[head_name])
 
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     ours = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
 
-  model = BertForSequenceClassification.from_pretrained(
-      str(hf_dir), num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  extra = {} if kind == "span" else {"num_labels": len(task.labels)}
+  model = getattr(transformers, torch_class).from_pretrained(
+      str(hf_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **extra)
+  torch_head = getattr(model, head_name)
   with torch.no_grad():
-    model.classifier.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
-    model.classifier.bias.copy_(torch.from_numpy(np.array(head["bias"])))
+    torch_head.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
+    torch_head.bias.copy_(torch.from_numpy(np.array(head["bias"])))
   no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name
   optimizer = torch.optim.AdamW(
       [{"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
@@ -67,10 +92,10 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path):
   theirs = []
   model.train()
   for step in range(STEPS):
-    batch = {k: torch.from_numpy(np.asarray(v, np.int64))
-             for k, v in task.train_data.batch(step).items() if k != "weight"}
-    loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                 attention_mask=batch["attention_mask"], labels=batch["label"]).loss
+    batch = task.train_data.batch(step)
+    inputs = {k: torch.from_numpy(np.asarray(batch[k], np.int64))
+              for k in ("input_ids", "token_type_ids", "attention_mask")}
+    loss = model(**inputs, **torch_labels(kind, batch)).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -87,5 +112,5 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path):
   initial = BertModel.from_pretrained(str(hf_dir)).encoder.layer[1].attention.self.query.weight
   assert np.abs(torch_query - initial.detach().numpy().T).max() > 1e-3  # the steps moved it
   np.testing.assert_allclose(query.reshape(32, 32), torch_query, atol=2e-5)
-  np.testing.assert_allclose(params["classifier"]["kernel"],
-                             model.classifier.weight.detach().numpy().T, atol=2e-5)
+  np.testing.assert_allclose(params[head_name]["kernel"],
+                             torch_head.weight.detach().numpy().T, atol=2e-5)
