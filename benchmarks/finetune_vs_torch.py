@@ -309,12 +309,12 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
 # Report
 
 
-def _scores(row: dict) -> list[str]:
-  names = TASKS[FLAGS.task][2]
-  cells = [f"{100 * row['dev'][k]:.2f}" for k in names]
+def _values(row: dict) -> list[float]:
+  """The row's scores in points, in the table's column order."""
+  values = [100 * row["dev"][k] for k in TASKS[FLAGS.task][2]]
   if FLAGS.task == "conll2003":
-    cells.append(f"{100 * row['test'].get('f1', float('nan')):.2f}")
-  return cells
+    values.append(100 * row["test"].get("f1", float("nan")))
+  return values
 
 
 def table(runs: list[dict], hf_dir: str) -> str:
@@ -330,12 +330,12 @@ def table(runs: list[dict], hf_dir: str) -> str:
   for run in runs:
     for name, row in (("ours (JAX/Flax)", run["ours"]), ("PyTorch", run["torch"])):
       lines.append("| " + " | ".join(
-          [str(run["seed"]), name] + _scores(row) + [f"{row['train_losses'][-1][1]:.3f}"] +
+          [str(run["seed"]), name] + [f"{v:.2f}" for v in _values(row)] + [f"{row['train_losses'][-1][1]:.3f}"] +
           [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
   if len(runs) > 1:
     for name, key in (("ours (JAX/Flax)", "ours"), ("PyTorch", "torch")):
       rows = [run[key] for run in runs]
-      scores = np.array([[float(c) for c in _scores(r)] for r in rows])
+      scores = np.array([_values(r) for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
       lines.append("| " + " | ".join(
           ["mean ± std", name] + cells +
@@ -343,6 +343,16 @@ def table(runs: list[dict], hf_dir: str) -> str:
           [f"{np.mean([r['train_wall'] for r in rows]):.0f}",
            f"{np.mean([r['step_time'] for r in rows]):.3f}",
            f"{np.mean([r['eval_wall'] for r in rows]):.0f}"]) + " |")
+    # Seeds pair the rows (same init, head and batches): the per-seed difference
+    # is the quantity to read, with its standard error over seeds.
+    diffs = np.array([np.subtract(_values(run["ours"]), _values(run["torch"])) for run in runs])
+    errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
+    loss_diff = np.mean([run["ours"]["train_losses"][-1][1] - run["torch"]["train_losses"][-1][1]
+                         for run in runs])
+    lines.append("| " + " | ".join(
+        ["paired", "ours − PyTorch, mean ± s.e."] +
+        [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)] +
+        [f"{loss_diff:+.3f}", "", "", ""]) + " |")
   diffs = ", ".join(f"{run['torch']['step0_max_diff']:.1e}" for run in runs)
   benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
   lines += [
@@ -355,6 +365,8 @@ def table(runs: list[dict], hf_dir: str) -> str:
       "dropout 0.1 (each framework its own masks), fp32.",
       f"- Last train loss: the mean training loss over the last {LOG_EVERY} steps (dropout on); "
       "both frameworks' curves are in the .json.",
+      "- Paired: each seed's ours minus PyTorch, then their mean and its standard error "
+      "(sample std / sqrt(seeds)); mean ± std rows use the population std.",
       "- Train wall includes tokenising and loading the weights; ours also XLA compilation and "
       f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
       "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",
