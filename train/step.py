@@ -35,6 +35,11 @@ def _split_micro_batches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
+def step_key(run_key_data: jax.Array, step) -> jax.Array:
+  """The dropout key of train step `step`: the run key folded with the step number."""
+  return jax.random.fold_in(jax.random.wrap_key_data(run_key_data), step)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
                     schedule: Callable | None = None, grad_accum_steps: int = 1,
                     param_shardings=None):
@@ -49,7 +54,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
 
   def train_step(state: TrainState, frozen, batch):
     """frozen: the parameters that do not train (train/state.py); empty when all do."""
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = step_key(state.rng, state.step)
     norm = objective.normalizers(batch)
     if grad_accum_steps == 1:
       (loss, sums), grads = grad_fn(state.params, frozen, batch, rng, norm)
