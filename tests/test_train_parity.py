@@ -1,14 +1,19 @@
-"""Fine-tuning dynamics equal transformers + torch.optim.AdamW step for step (dropout off).
+"""Fine-tuning dynamics equal transformers + torch.optim.AdamW step for step.
 
 The forward pass is tested against transformers elsewhere; this checks the rest
 of a training run: each head and its loss (sequence classification, token
 classification with labels on first sub-tokens only, span QA), AdamW with
 decoupled decay off biases and LayerNorm, eps 1e-6, global-norm clipping,
 warmup then linear decay, so a score gap to PyTorch cannot come from the recipe.
+With dropout off, and with dropout on where torch applies the masks our train
+step draws (benchmarks/torch_dropout.py): dropout in the same places, scaled
+alike.
 """
 import json
 import os
+import pathlib
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -21,9 +26,14 @@ import finetune_fixture as ff
 from conftest import tiny_hf_config
 from train import loop, mesh as mesh_lib, warm_start
 from train.state import create_train_state
+from train.step import step_key
 from train.tasks import build_task
 
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import torch_dropout  # noqa: E402
+
 STEPS, WARMUP = 6, 2
+DROPOUT = {"off": 0.0, "our masks": 0.1}
 
 # task -> (our config, transformers class, the head's attribute name)
 TASKS = {
@@ -44,13 +54,15 @@ def torch_labels(kind: str, batch: dict) -> dict:
   return {"start_positions": as_long("start_positions"), "end_positions": as_long("end_positions")}
 
 
+@pytest.mark.parametrize("dropout", sorted(DROPOUT))
 @pytest.mark.parametrize("kind", sorted(TASKS))
-def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind):
+def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind, dropout):
   import transformers
   from transformers import BertModel, get_linear_schedule_with_warmup
   make_config, torch_class, head_name = TASKS[kind]
+  rate = DROPOUT[dropout]
   config = make_config(tmp_path, **{
-      "model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
+      "model.hidden_dropout_prob": rate, "model.attention_probs_dropout_prob": rate,
       "optimizer.total_steps": STEPS, "optimizer.warmup_steps": WARMUP, "optimizer.lr": 1e-3,
       "log_every_steps": 1, "eval_every_steps": STEPS})
   torch.manual_seed(0)
@@ -65,10 +77,11 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind):
   task = build_task(config, str(tmp_path))
   mesh = mesh_lib.make_mesh(config.mesh.shape)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
-  _, state, frozen, _ = create_train_state(task.model_factory, optax.identity(), mesh, rules,
-                                           config.seed)
+  graphdef, state, frozen, _ = create_train_state(task.model_factory, optax.identity(), mesh,
+                                                  rules, config.seed)
   state, _ = warm_start.initialise(state, frozen, config.init, task.model_config, optax.identity())
   head = jax.device_get(nnx.to_pure_dict(state.params)[head_name])
+  read_masks = torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config)
 
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(config, workdir)
@@ -76,8 +89,10 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind):
     ours = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
 
   extra = {} if kind == "span" else {"num_labels": len(task.labels)}
+  # Eager attention: SDPA would draw its attention-probability masks inside the kernel.
   model = getattr(transformers, torch_class).from_pretrained(
-      str(hf_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **extra)
+      str(hf_dir), hidden_dropout_prob=rate, attention_probs_dropout_prob=rate,
+      attn_implementation="eager", **extra)
   torch_head = getattr(model, head_name)
   with torch.no_grad():
     torch_head.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
@@ -95,8 +110,12 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind):
     batch = task.train_data.batch(step)
     inputs = {k: torch.from_numpy(np.asarray(batch[k], np.int64))
               for k in ("input_ids", "token_type_ids", "attention_mask")}
-    loss = model(**inputs, **torch_labels(kind, batch)).loss
-    loss.backward()
+    with mesh_lib.activate(mesh, rules):
+      masks = [np.asarray(m) for m in read_masks(state.params, batch, step_key(state.rng, step))]
+    assert len(masks) == (0 if rate == 0 else 1 + 3 * 2 + (kind != "span"))
+    with torch_dropout.torch_applies(masks):
+      loss = model(**inputs, **torch_labels(kind, batch)).loss
+      loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     schedule.step()
