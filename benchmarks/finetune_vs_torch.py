@@ -193,28 +193,14 @@ def initial_state(config, task):
   return graphdef, state, frozen, mesh, rules
 
 
-def initial_outputs(config, task) -> tuple[dict, dict]:
+def initial_outputs(task, graphdef, state, frozen, mesh, rules) -> tuple[dict, dict]:
   """Our job's step-0 parameters (pure dict) and its outputs on the first dev batch."""
-  graphdef, state, frozen, mesh, rules = initial_state(config, task)
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective, with_outputs=True))
   with mesh_lib.activate(mesh, rules):
     _, outputs = eval_step(state.params, frozen,
                            mesh_lib.shard_batch(task.eval_batches[0], mesh, rules))
   params = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
   return params, jax.tree.map(np.asarray, outputs)
-
-
-def our_dropout_masks(config, task):
-  """step -> the keep-masks our job's train step draws at that step (torch_dropout.py)."""
-  graphdef, state, frozen, mesh, rules = initial_state(config, task)
-  read = torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config)
-
-  def at_step(step: int) -> list[np.ndarray]:
-    with mesh_lib.activate(mesh, rules):
-      masks = read(state.params, task.train_data.batch(step), step_lib.step_key(state.rng, step))
-    return [np.asarray(m) for m in masks]
-
-  return at_step
 
 
 def torch_model(hf_dir: str, task, head: dict):
@@ -290,7 +276,8 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   torch.manual_seed(config.seed)
   start = time.perf_counter()
   task = tasks.build_task(config, workdir)
-  head, ours_step0 = initial_outputs(config, task)
+  graphdef, state, frozen, mesh, rules = initial_state(config, task)
+  head, ours_step0 = initial_outputs(task, graphdef, state, frozen, mesh, rules)
   setup = time.perf_counter() - start  # ours pays this inside its own job; not counted twice
   start = time.perf_counter()
   model = torch_model(hf_dir, task, head)
@@ -306,13 +293,18 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
       {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}]
   optimizer = torch.optim.AdamW(groups, lr=FLAGS.lr, betas=(0.9, 0.999), eps=1e-6)
   schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * FLAGS.steps), FLAGS.steps)
-  masks_at = our_dropout_masks(config, task) if FLAGS.torch_dropout == "ours" else None
+  read_masks = (torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config,
+                                         mesh, rules)
+                if FLAGS.torch_dropout == "ours" else None)
   step_times, losses, train_losses = [], [], []
   for step in range(FLAGS.steps):
-    masks = masks_at(step) if masks_at else None  # outside the step's timing
+    batch = task.train_data.batch(step)
+    # Our masks are drawn outside the step's timing.
+    same_masks = (torch_dropout.torch_applies(read_masks(state.params, batch, state.rng, step))
+                  if read_masks else contextlib.nullcontext())
     step_start = time.perf_counter()
-    with torch_dropout.torch_applies(masks) if masks_at else contextlib.nullcontext():
-      loss = torch_forward(model, task.train_data.batch(step), True).loss
+    with same_masks:
+      loss = torch_forward(model, batch, True).loss
       loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

@@ -24,16 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import model.bert
+from train import mesh as mesh_lib
+from train.step import step_key
 
-def mask_reader(objective, graphdef, frozen, model_config):
-  """A jitted (params, batch, key) -> [keep-mask, ...] of our objective under `key`.
+
+def mask_reader(objective, graphdef, frozen, model_config, mesh, rules):
+  """(params, batch, run_key, step) -> the keep-masks train step `step` draws, in call order.
 
   The model's own `dropout` is wrapped to also return its mask (the mask of a
-  ones tensor), so these are the masks a train step draws with that key; XLA
-  prunes the rest of the forward pass. Needs the unrolled layer loop.
+  ones tensor), under the step's key (`step_key`), so these are the masks the
+  train step draws (one micro-batch: no gradient accumulation); XLA prunes the
+  rest of the forward pass. Needs the unrolled layer loop.
   """
-  import model.bert
-
   if model_config.scan_layers or model_config.remat_policy != "none":
     raise ValueError("reading dropout masks needs scan_layers=False and remat_policy='none' "
                      f"(got {model_config.scan_layers}, {model_config.remat_policy!r})")
@@ -56,7 +59,13 @@ def mask_reader(objective, graphdef, frozen, model_config):
                 objective.normalizers(batch))
     return kept
 
-  return jax.jit(masks)
+  masks = jax.jit(masks)
+
+  def read(params, batch, run_key, step: int) -> list[np.ndarray]:
+    with mesh_lib.activate(mesh, rules):
+      return [np.asarray(m) for m in masks(params, batch, step_key(run_key, step))]
+
+  return read
 
 
 @contextlib.contextmanager

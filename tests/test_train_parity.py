@@ -26,7 +26,6 @@ import finetune_fixture as ff
 from conftest import tiny_hf_config
 from train import loop, mesh as mesh_lib, warm_start
 from train.state import create_train_state
-from train.step import step_key
 from train.tasks import build_task
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
@@ -81,7 +80,8 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind, dropo
                                                   rules, config.seed)
   state, _ = warm_start.initialise(state, frozen, config.init, task.model_config, optax.identity())
   head = jax.device_get(nnx.to_pure_dict(state.params)[head_name])
-  read_masks = torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config)
+  read_masks = torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config,
+                                         mesh, rules)
 
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(config, workdir)
@@ -110,8 +110,7 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind, dropo
     batch = task.train_data.batch(step)
     inputs = {k: torch.from_numpy(np.asarray(batch[k], np.int64))
               for k in ("input_ids", "token_type_ids", "attention_mask")}
-    with mesh_lib.activate(mesh, rules):
-      masks = [np.asarray(m) for m in read_masks(state.params, batch, step_key(state.rng, step))]
+    masks = read_masks(state.params, batch, state.rng, step)
     assert len(masks) == (0 if rate == 0 else 1 + 3 * 2 + (kind != "span"))
     with torch_dropout.torch_applies(masks):
       loss = model(**inputs, **torch_labels(kind, batch)).loss
