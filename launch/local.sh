@@ -3,6 +3,8 @@
 # at run time: the default job pretrains bert-tiny on the embedded corpus.
 #
 #   bash launch/local.sh            # pretrain bert-tiny into workdirs/bert_tiny
+#   STEPS=30 bash launch/local.sh   # the same job cut to 30 steps (a smoke run)
+#   WORKDIR=/tmp/tiny bash launch/local.sh   # elsewhere (relative paths are fine)
 #   bash launch/local.sh test       # run the test suite
 #   bash launch/local.sh -- --config=configs/pretrain/bert_mini.py --workdir=...   # any job
 set -euo pipefail
@@ -34,7 +36,7 @@ case "${1:-run}" in
     exec "$VENV/bin/python" -m train.main "$@"
     ;;
   run)
-    exec "$VENV/bin/python" -m train.main --config=configs/pretrain/bert_tiny.py \
+    exec "$VENV/bin/python" -m train.main --config="configs/pretrain/bert_tiny.py${STEPS:+:$STEPS}" \
       --workdir="${WORKDIR:-workdirs/bert_tiny}"
     ;;
   *)

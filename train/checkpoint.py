@@ -29,6 +29,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from train.workdir import resolve
+
 
 class Checkpointer:
   """A `CheckpointManager` over <workdir>/checkpoints with (state, meta) items."""
@@ -36,8 +38,8 @@ class Checkpointer:
   def __init__(self, workdir, max_to_keep: int = 3, async_save: bool = True):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
-    self.workdir = str(workdir)
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.workdir = resolve(workdir)  # Orbax takes absolute paths only
+    self.directory = epath.Path(self.workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         save_interval_steps=1,  # the loop decides the cadence; every call saves
@@ -185,7 +187,8 @@ def read_on_host(checkpoints_dir: str, step: int | None = None,
   tests): only `parts` of the state are read (None: all of it), each array
   whole on this host, from the checkpoint's own shape metadata.
   """
-  manager = Checkpointer(os.path.dirname(str(checkpoints_dir).rstrip("/")), async_save=False)
+  checkpoints_dir = resolve(checkpoints_dir)
+  manager = Checkpointer(os.path.dirname(checkpoints_dir), async_save=False)
   try:
     if manager.latest_step() is None:
       raise FileNotFoundError(f"no checkpoints in {checkpoints_dir}")

@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from train import ewc, loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
 from train.checkpoint import read_on_host
 from train.state import create_train_state, load_params
+from train.workdir import resolve as resolve_workdir
 
 METHODS = ("naive", "ewc")
 
@@ -166,6 +167,7 @@ def plot(names: list[str], matrix, path: str, method: str) -> None:
 def run(config, workdir: str) -> dict:
   """Trains the stages in order; returns {'tasks', 'metrics', 'matrix', 'forgetting'}."""
   stages = stage_configs(config)
+  workdir = resolve_workdir(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   vocab = config.stages[config.order[0]].data.vocab or warm_start.init_vocab(config.init)
   weight = config.ewc_weight if config.method == "ewc" else 0.0

@@ -41,6 +41,7 @@ from train import adalora, ewc, mesh as mesh_lib, optim, step as step_lib, tasks
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
 from train.finetuned import BEST_DIR
 from train.state import create_train_state
+from train.workdir import resolve as resolve_workdir
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
 RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc")
@@ -234,6 +235,7 @@ def _log_eval(step: int, split: str, results: dict) -> None:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics."""
+  workdir = resolve_workdir(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   task = tasks.build_task(config, workdir)
@@ -298,7 +300,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = writers.MetricWriter(workdir, enabled=is_main)
   start = int(state.step)
-  writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")
+  if not resuming:
+    writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")
+  if resuming and start >= end_step:
+    logging.info("%s is already at step %d of %d: nothing to train. To go on, raise "
+                 "optimizer.total_steps (or stop_at_step); to start over, use a fresh --workdir.",
+                 workdir, start, end_step)
   if stopping and stopping.should_stop:
     logging.info("early stopping had already ended this run at step %d", start)
     end_step = start
