@@ -7,7 +7,7 @@ are abstract (`nnx.eval_shape`, `jax.ShapeDtypeStruct`), so nothing of the
 110M parameters is ever allocated: only tracing, lowering and compiling are
 timed.
 
-  python benchmarks/compile_time.py --batch_size=8 --seq_len=128
+  python -m benchmarks.compile_time --batch_size=8 --seq_len=128
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ With --torch_dropout=ours the PyTorch row applies our job's dropout masks
 step for step (torch_dropout.py), which leaves kernels and rounding: the
 score gap that remains is the framework's own, the rest was the masks'.
 
-  python benchmarks/finetune_vs_torch.py --task=sst2 --data_dir=/work/shared/data \\
+  python -m benchmarks.finetune_vs_torch --task=sst2 --data_dir=/work/shared/data \\
       --seeds=0,1,2 --steps=300 --batch_size=32 --seq_len=64 --lr=5e-5
 
 Seeds run in separate invocations (or machines) join one table with
@@ -50,8 +50,8 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 
-import torch_dropout
-from shared import DATA_FILES, mean_step_time, minilm_dir
+from benchmarks import torch_dropout
+from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
 from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
 from train.writers import read_metrics
 from train.state import create_train_state

@@ -7,7 +7,7 @@ seed and schedule for every row; each method keeps the learning rate and
 sizes the papers use for BERT-sized models (METHODS), since PEFT methods
 train at 10-1000x full fine-tuning's learning rate.
 
-  python benchmarks/peft_table.py --task=sst2 --data_dir=/work/shared/data \\
+  python -m benchmarks.peft_table --task=sst2 --data_dir=/work/shared/data \\
       --steps=300 --batch_size=32 --seq_len=64
 
 A row whose workdir already holds final_metrics.json is read, not rerun, so
@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from shared import DATA_FILES, mean_step_time, minilm_dir
+from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
 
 # task: (config file, dev metric); the data files are shared.DATA_FILES[task]
 TASKS = {"sst2": ("configs/finetune/sst2.py", "accuracy"),

@@ -7,7 +7,7 @@ data pipeline and its held-out numbers show the model learns. The speed ratio
 against PyTorch is measured in the same process on one synthetic batch of the
 same shape, so both sides see equal inputs and the same machine load.
 
-  python benchmarks/pretrain_cpu.py \
+  python -m benchmarks.pretrain_cpu \
       --squad_json=/work/shared/data/squad_v1/train-subset-v1.1.json \
       --steps=200 --batch_size=32 --seq_len=128
 """
@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-import wiki_text
-from shared import minilm_dir, synthetic_batch
+from benchmarks import wiki_text
+from benchmarks.shared import minilm_dir, synthetic_batch
 from configs.pretrain import common
 from model.config import BertConfig
 from model.heads import BertForPreTraining

@@ -1,7 +1,6 @@
 """What several benchmark scripts use: MiniLM's files, the datasets' files, step times, a batch.
 
-Imported as `shared` by scripts run as `python benchmarks/<script>.py` (their
-folder is first on sys.path).
+Imported as `benchmarks.shared` by the scripts, run as `python -m benchmarks.<script>`.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ alternating ours, torch, ours, torch, ... for `--repeats`, so the peak memory
 is per process and load drift hits both frameworks alike; the table gives the
 median over the repeats.
 
-  python benchmarks/speed.py --sizes=mini --seq_lens=128 --batch_size=32 --steps=15 --warmup=2
+  python -m benchmarks.speed --sizes=mini --seq_lens=128 --batch_size=32 --steps=15 --warmup=2
 
 On a GPU (bf16 by default there; torch under bf16 autocast with SDPA attention;
 attention dropout off, else our model runs einsum attention whatever
 --attention_impl says):
 
-  python benchmarks/speed.py --sizes=base,large --seq_lens=128,512 --batch_size=32 \\
+  python -m benchmarks.speed --sizes=base,large --seq_lens=128,512 --batch_size=32 \\
       --dtype=bfloat16 --attention_impl=cudnn --attention_dropout=0 --steps=50 --warmup=5
 """
 
@@ -39,7 +39,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from shared import synthetic_batch
+from benchmarks.shared import synthetic_batch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["mini"], "BERT sizes from configs/sizes.py "

@@ -5,7 +5,7 @@ encyclopaedic prose, so they stand in for it in CPU benchmarks. One article is
 one document (NSP pairs need document boundaries), each paragraph is split with
 `data.corpus.split_sentences`, the same splitter every other source uses.
 
-  python benchmarks/wiki_text.py --squad_json=/work/shared/data/squad_v1/train-subset-v1.1.json \
+  python -m benchmarks.wiki_text --squad_json=/work/shared/data/squad_v1/train-subset-v1.1.json \
       --out=/tmp/squad_wiki.txt
 """
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import random_batch
+from helpers import random_batch
 from model.config import BertConfig
 from model.heads import BertForSequenceClassification
 from model.peft import AdaLoraConfig, PeftConfig, trainable
@@ -140,7 +140,7 @@ def test_rank_allocation_on_meshes_matches_one_device(shape):
 
 
 def test_loop_runs_adalora_and_reports_the_ranks_reached(tmp_path):
-  import finetune_fixture as ff
+  from helpers import finetune as ff
   from train import loop
   config = ff.classification_config(tmp_path, **{
       "peft.method": "adalora", "peft.rank": 4, "peft.adalora.target_rank": 2,

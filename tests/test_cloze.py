@@ -1,5 +1,5 @@
 """Cloze prompts: rendering, truncation, errors, MLM logits at [MASK], k-shot and zero-shot."""
-import finetune_fixture as ff
+from helpers import finetune as ff
 import ml_collections
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import random_batch
+from helpers import random_batch
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 

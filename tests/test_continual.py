@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-import finetune_fixture as ff
+from helpers import finetune as ff
 from train import continual, ewc, mesh as mesh_lib, tasks
 from train.state import create_train_state
 

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-import finetune_fixture as ff
+from helpers import finetune as ff
 from test_pretraining_run import assert_bitwise_equal, saved_state
 from train import loop, predict
 from train.checkpoint import Checkpointer

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-import finetune_fixture as ff
+from helpers import finetune as ff
 from data import classification, finetune, ner, squad
 from data.tokenizer import load_tokenizer
 

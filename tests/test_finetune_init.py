@@ -10,8 +10,8 @@ import pytest
 import torch
 from flax import nnx
 
-import finetune_fixture as ff
-from conftest import tiny_hf_config
+from helpers import finetune as ff
+from helpers import tiny_hf_config
 from model.config import BertConfig
 from model.convert import hf_to_params
 from model.heads import (BertForPreTraining, BertForQuestionAnswering,

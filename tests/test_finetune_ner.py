@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import finetune_fixture as ff
+from helpers import finetune as ff
 from train import loop, predict
 from train.writers import read_metrics
 

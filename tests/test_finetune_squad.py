@@ -1,7 +1,7 @@
 """SQuAD end to end: windows with a doc stride, EM/F1 on dev, answers as exact spans of the context."""
 import pytest
 
-import finetune_fixture as ff
+from helpers import finetune as ff
 from data import squad
 from train import loop, predict
 from train.writers import read_metrics

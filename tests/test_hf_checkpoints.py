@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
-from conftest import random_batch, tiny_hf_config
+from helpers import random_batch, tiny_hf_config
 from model.config import BertConfig
 from model.convert import merge_trees
 from model.heads import BertForPreTraining

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from conftest import flax_from_torch, random_batch, tiny_hf_config
+from helpers import flax_from_torch, random_batch, tiny_hf_config
 
 TOL = 1e-4
 

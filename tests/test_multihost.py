@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from pretraining_fixture import tiny_config
+from helpers.pretraining import tiny_config
 from test_pretraining_run import REPO, saved_state
 from train import loop
 
@@ -32,7 +32,7 @@ def test_two_processes_reach_the_loss_and_params_of_one(tmp_path):
   processes = []
   for process_id in range(2):
     args = [sys.executable, "-m", "train.main",
-            f"--config={REPO}/tests/pretraining_fixture_config.py", f"--workdir={workdir}",
+            f"--config={REPO}/tests/helpers/pretraining_config.py", f"--workdir={workdir}",
             f"--config.data.paths={config.data.paths}", f"--config.data.vocab={config.data.vocab}",
             f"--config.optimizer.total_steps={steps}", f"--config.eval_every_steps={steps}",
             f"--config.checkpoint.every_steps={steps}",

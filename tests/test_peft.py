@@ -10,8 +10,8 @@ import pytest
 import torch
 from flax import nnx
 
-import finetune_fixture as ff
-from conftest import random_batch, tiny_hf_config
+from helpers import finetune as ff
+from helpers import random_batch, tiny_hf_config
 from model.config import BertConfig
 from model.heads import BertForSequenceClassification, BertForTokenClassification
 from model.peft import PeftConfig, merge_low_rank, trainable

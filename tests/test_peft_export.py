@@ -17,8 +17,8 @@ import pytest
 import torch
 from flax import nnx
 
-import finetune_fixture as ff
-from conftest import random_batch
+from helpers import finetune as ff
+from helpers import random_batch
 from model.config import BertConfig
 from model.convert import hf_to_params, merge_trees, params_to_hf
 from model.peft import trainable

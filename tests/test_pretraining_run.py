@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from pretraining_fixture import tiny_config
+from helpers.pretraining import tiny_config
 from train import hf, loop, mesh as mesh_lib, step as step_lib
 from train.losses import PretrainingObjective
 from train.state import create_train_state
@@ -77,7 +77,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   config = tiny_config(tmp_path, **{"optimizer.total_steps": 60, "checkpoint.every_steps": 5})
   loop.train_and_evaluate(config, str(tmp_path / "straight"))
   workdir = str(tmp_path / "killed")
-  args = [sys.executable, "-m", "train.main", f"--config={REPO}/tests/pretraining_fixture_config.py",
+  args = [sys.executable, "-m", "train.main", f"--config={REPO}/tests/helpers/pretraining_config.py",
           f"--workdir={workdir}", f"--config.data.paths={config.data.paths}",
           f"--config.data.vocab={config.data.vocab}"]
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),

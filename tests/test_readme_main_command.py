@@ -48,6 +48,10 @@ def test_main_command_runs_checkpoints_and_resumes_from_a_fresh_copy(tmp_path):
     pytest.skip(f"{sys.prefix} was not made by launch/local.sh (no .installed marker)")
   tree = str(tmp_path / "fresh")
   copy_tree(tree)
+  # The copy runs on this venv: it must not look newer than the install, or the
+  # launcher would reinstall this venv from the copy.
+  installed = os.path.getmtime(os.path.join(sys.prefix, ".installed"))
+  os.utime(os.path.join(tree, "pyproject.toml"), (installed - 1, installed - 1))
   workdir = os.path.join(tree, "workdirs", "bert_tiny")  # the README's relative default
 
   first = run_main_command(tree)

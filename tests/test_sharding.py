@@ -5,7 +5,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import random_batch
+from helpers import random_batch
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 from train import mesh as mesh_lib

@@ -11,9 +11,7 @@ alike.
 """
 import json
 import os
-import pathlib
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -22,14 +20,13 @@ import pytest
 import torch
 from flax import nnx
 
-import finetune_fixture as ff
-from conftest import tiny_hf_config
+from benchmarks import torch_dropout
+from helpers import finetune as ff
+from helpers import tiny_hf_config
 from train import loop, mesh as mesh_lib, warm_start
 from train.state import create_train_state
 from train.tasks import build_task
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
-import torch_dropout  # noqa: E402
 
 STEPS, WARMUP = 6, 2
 DROPOUT = {"off": 0.0, "our masks": 0.1}

@@ -164,7 +164,7 @@ def test_run_files_go_to_a_bucket_workdir(bucket, tmp_path):
   import ml_collections
   from etils import epath
 
-  import finetune_fixture as ff
+  from helpers import finetune as ff
   from data.tokenizer import load_tokenizer
   from train import loop
   tokenizer = load_tokenizer(ff.write_vocab(tmp_path / "vocab.txt"))

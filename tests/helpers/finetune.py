@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from configs.finetune import common
-from pretraining_fixture import set_keys
+from helpers import set_keys
 
 PEOPLE = ["alice", "bob", "carol", "dave"]
 PLACES = ["paris", "rome", "london", "berlin"]

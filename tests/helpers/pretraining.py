@@ -2,6 +2,7 @@
 import numpy as np
 
 from configs.pretrain import common
+from helpers import set_keys
 
 WORDS = ("the cat dog bird fish sat ran flew swam on under over near a big small red blue "
          "green house tree river hill quickly slowly and then saw heard found").split()
@@ -41,13 +42,3 @@ def tiny_config(tmp_path, **overrides):
   c.mesh.shape = dict(data=-1, fsdp=1, tensor=1)
   return set_keys(c, overrides)
 
-
-def set_keys(c, overrides):
-  """Sets dotted keys ('optimizer.lr') as --config.optimizer.lr would."""
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return c

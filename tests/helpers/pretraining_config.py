@@ -2,7 +2,7 @@
 import pathlib
 import tempfile
 
-from pretraining_fixture import tiny_config
+from helpers.pretraining import tiny_config
 
 
 def get_config():

@@ -1,0 +1,1 @@
+"""Timing and quality scripts that print tables: `python -m benchmarks.<name> --help`."""
