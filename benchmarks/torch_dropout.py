@@ -38,11 +38,16 @@ def mask_reader(objective, graphdef, frozen, model_config, mesh, rules):
   rest of the forward pass. Needs the unrolled layer loop.
   """
   if model_config.scan_layers or model_config.remat_policy != "none":
-    raise ValueError("reading dropout masks needs scan_layers=False and remat_policy='none' "
-                     f"(got {model_config.scan_layers}, {model_config.remat_policy!r})")
+    raise ValueError(
+      "reading dropout masks needs scan_layers=False and remat_policy='none' "
+      f"(got {model_config.scan_layers}, {model_config.remat_policy!r})"
+    )
   original = model.bert.dropout
-  modules = [m for name, m in sys.modules.items()
-             if name.startswith("model.") and getattr(m, "dropout", None) is original]
+  modules = [
+    m
+    for name, m in sys.modules.items()
+    if name.startswith("model.") and getattr(m, "dropout", None) is original
+  ]
 
   def masks(params, batch, key):
     kept = []
@@ -55,8 +60,7 @@ def mask_reader(objective, graphdef, frozen, model_config, mesh, rules):
     with contextlib.ExitStack() as stack:
       for module in modules:
         stack.enter_context(unittest.mock.patch.object(module, "dropout", recording))
-      objective(nnx.merge(graphdef, params, frozen), batch, key,
-                objective.normalizers(batch))
+      objective(nnx.merge(graphdef, params, frozen), batch, key, objective.normalizers(batch))
     return kept
 
   masks = jax.jit(masks)
@@ -87,8 +91,10 @@ def torch_applies(masks: list[np.ndarray]):
       raise RuntimeError(f"torch called dropout more often than our model ({len(masks)} masks)")
     keep = torch.from_numpy(np.array(queue.pop(0)))  # a writable copy: jax's arrays are read-only
     if keep.shape != x.shape:
-      raise RuntimeError(f"dropout call {len(masks) - len(queue)}: torch's tensor is "
-                         f"{tuple(x.shape)}, our mask {tuple(keep.shape)}")
+      raise RuntimeError(
+        f"dropout call {len(masks) - len(queue)}: torch's tensor is "
+        f"{tuple(x.shape)}, our mask {tuple(keep.shape)}"
+      )
     return torch.where(keep, x / (1 - p), torch.zeros((), dtype=x.dtype))
 
   torch.nn.functional.dropout = dropout

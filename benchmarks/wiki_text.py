@@ -17,8 +17,9 @@ import os
 from data.corpus import split_sentences
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SQUAD_JSON = os.path.join(REPO, "..", "shared", "data", "squad_v1",
-                                  "train-subset-v1.1.json")
+DEFAULT_SQUAD_JSON = os.path.join(
+  REPO, "..", "shared", "data", "squad_v1", "train-subset-v1.1.json"
+)
 DEFAULT_OUT = "/tmp/squad_wiki.txt"
 
 
@@ -28,8 +29,11 @@ def squad_documents(squad_json: str) -> list[list[str]]:
     articles = json.load(f)["data"]
   documents = []
   for article in articles:
-    sentences = [sentence for paragraph in article["paragraphs"]
-                 for sentence in split_sentences(paragraph["context"])]
+    sentences = [
+      sentence
+      for paragraph in article["paragraphs"]
+      for sentence in split_sentences(paragraph["context"])
+    ]
     if sentences:
       documents.append(sentences)
   return documents
@@ -53,6 +57,7 @@ def write_wiki_text(squad_json: str = DEFAULT_SQUAD_JSON, out: str = DEFAULT_OUT
 
 if __name__ == "__main__":
   from absl import app, flags
+
   flags.DEFINE_string("squad_json", DEFAULT_SQUAD_JSON, "SQuAD v1.1 JSON to read.")
   flags.DEFINE_string("out", DEFAULT_OUT, "Text file to write.")
   app.run(lambda argv: write_wiki_text(flags.FLAGS.squad_json, flags.FLAGS.out) and None)

@@ -11,13 +11,13 @@ import ml_collections
 
 #          layers  hidden  heads
 SIZES = {
-    "tiny": (2, 128, 2),
-    "mini": (4, 256, 4),
-    "small": (4, 512, 8),
-    "medium": (8, 512, 8),
-    "minilm": (6, 384, 12),
-    "base": (12, 768, 12),
-    "large": (24, 1024, 16),
+  "tiny": (2, 128, 2),
+  "mini": (4, 256, 4),
+  "small": (4, 512, 8),
+  "medium": (8, 512, 8),
+  "minilm": (6, 384, 12),
+  "base": (12, 768, 12),
+  "large": (24, 1024, 16),
 }
 
 
@@ -26,7 +26,8 @@ def bert(size: str, **overrides) -> ml_collections.ConfigDict:
   if size not in SIZES:
     raise ValueError(f"unknown BERT size {size!r}; known: {sorted(SIZES)}")
   layers, hidden, heads = SIZES[size]
-  model = ml_collections.ConfigDict(dict(
+  model = ml_collections.ConfigDict(
+    dict(
       vocab_size=30522,
       hidden_size=hidden,
       num_hidden_layers=layers,
@@ -43,8 +44,9 @@ def bert(size: str, **overrides) -> ml_collections.ConfigDict:
       # How to compute: float32 on CPU, bfloat16 on TPU/GPU; params stay float32.
       dtype="float32",
       scan_layers=False,
-      remat_policy="none",       # 'full' | 'dots' | 'dots_no_batch'
-      attention_impl="einsum",   # 'xla' / 'cudnn': jax.nn.dot_product_attention
-  ))
+      remat_policy="none",  # 'full' | 'dots' | 'dots_no_batch'
+      attention_impl="einsum",  # 'xla' / 'cudnn': jax.nn.dot_product_attention
+    )
+  )
   model.update(overrides)
   return model

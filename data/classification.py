@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class TextExample:
   text_a: str
   text_b: str | None
   label: str | float | None
-  origin: str            # "path:line" or "tfds name[split] #index"
+  origin: str  # "path:line" or "tfds name[split] #index"
 
 
 def parse_columns(spec) -> list[str | int]:
@@ -48,15 +48,18 @@ def _column_index(column, header: list[str] | None, path: str) -> int:
   if isinstance(column, int):
     return column
   if header is None:
-    raise ValueError(f"{path}: column {column!r} is a name but data.has_header is False; "
-                     "give 0-based column numbers")
+    raise ValueError(
+      f"{path}: column {column!r} is a name but data.has_header is False; "
+      "give 0-based column numbers"
+    )
   if column not in header:
     raise ValueError(f"{path}:1: no column {column!r} in the header {header}")
   return header.index(column)
 
 
-def read_tsv(path: str, text_columns, label_column, has_header: bool = True,
-             bad_rows: str = "error") -> list[TextExample]:
+def read_tsv(
+  path: str, text_columns, label_column, has_header: bool = True, bad_rows: str = "error"
+) -> list[TextExample]:
   """Examples from a tab-separated file (GLUE's train.tsv / dev.tsv layout).
 
   Every row must have as many fields as the header (or, without one, as the
@@ -75,12 +78,16 @@ def read_tsv(path: str, text_columns, label_column, has_header: bool = True,
   text_index = [_column_index(c, header, path) for c in parse_columns(text_columns)]
   if not 1 <= len(text_index) <= 2:
     raise ValueError(f"data.text_columns={text_columns!r}: give one column or two (a pair)")
-  label_index = None if label_column in (None, "") else _column_index(
-      parse_columns(label_column)[0], header, path)
+  label_index = (
+    None
+    if label_column in (None, "")
+    else _column_index(parse_columns(label_column)[0], header, path)
+  )
   for index in text_index + ([label_index] if label_index is not None else []):
     if index >= width:
-      raise ValueError(f"{path}:{width_line}: column {index} asked for, but rows have "
-                       f"{width} fields")
+      raise ValueError(
+        f"{path}:{width_line}: column {index} asked for, but rows have {width} fields"
+      )
   examples, skipped = [], []
   for number, text in rows:
     fields = text.split("\t")
@@ -89,8 +96,10 @@ def read_tsv(path: str, text_columns, label_column, has_header: bool = True,
       if bad_rows == "skip":
         skipped.append(number)
         continue
-      raise ValueError(f"{origin}: {len(fields)} tab-separated fields, expected {width} as on "
-                       f"line {width_line} (data.bad_rows='skip' drops such rows)")
+      raise ValueError(
+        f"{origin}: {len(fields)} tab-separated fields, expected {width} as on "
+        f"line {width_line} (data.bad_rows='skip' drops such rows)"
+      )
     texts = [fields[i].strip() for i in text_index]
     for column, value in zip(text_index, texts):
       if not value:
@@ -98,13 +107,19 @@ def read_tsv(path: str, text_columns, label_column, has_header: bool = True,
     label = None if label_index is None else fields[label_index].strip()
     examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label, origin))
   if skipped:
-    logging.warning("%s: skipped %d malformed rows (lines %s%s)", path, len(skipped),
-                    skipped[:10], " ..." if len(skipped) > 10 else "")
+    logging.warning(
+      "%s: skipped %d malformed rows (lines %s%s)",
+      path,
+      len(skipped),
+      skipped[:10],
+      " ..." if len(skipped) > 10 else "",
+    )
   return examples
 
 
-def tfds_examples(name: str, split: str, text_keys, label_key: str = "label",
-                  data_dir: str | None = None) -> tuple[list[TextExample], list[str] | None]:
+def tfds_examples(
+  name: str, split: str, text_keys, label_key: str = "label", data_dir: str | None = None
+) -> tuple[list[TextExample], list[str] | None]:
   """Examples of a TFDS text dataset, and its label names (None for a float label).
 
   An example whose label is -1 (the GLUE test splits) is an error: it has no
@@ -143,8 +158,9 @@ _ENTITY_TAGS = ("<e1>", "</e1>", "<e2>", "</e2>")
 def mark_entities(text: str, markers: Sequence[str], origin: str = "text") -> str:
   """'<e1>x</e1> ... <e2>y</e2>' -> '$ x $ ... # y #' with markers ($, $, #, #)."""
   if len(markers) != 4:
-    raise ValueError(f"data.entity_markers={list(markers)}: give 4 (e1 open, e1 close, "
-                     "e2 open, e2 close)")
+    raise ValueError(
+      f"data.entity_markers={list(markers)}: give 4 (e1 open, e1 close, e2 open, e2 close)"
+    )
   counts = {tag: text.count(tag) for tag in _ENTITY_TAGS}
   if any(count != 1 for count in counts.values()):
     raise ValueError(f"{origin}: each of {list(_ENTITY_TAGS)} must occur once, found {counts}")
@@ -157,8 +173,9 @@ def mark_entities(text: str, markers: Sequence[str], origin: str = "text") -> st
 
 
 def mark_relation_examples(examples: list[TextExample], markers) -> list[TextExample]:
-  return [dataclasses.replace(e, text_a=mark_entities(e.text_a, markers, e.origin))
-          for e in examples]
+  return [
+    dataclasses.replace(e, text_a=mark_entities(e.text_a, markers, e.origin)) for e in examples
+  ]
 
 
 def resolve_labels(configured: Sequence[str], train: list[TextExample]) -> list[str]:
@@ -170,8 +187,9 @@ def resolve_labels(configured: Sequence[str], train: list[TextExample]) -> list[
   return labels
 
 
-def encode_examples(examples: list[TextExample], tokenizer, max_seq_length: int,
-                    labels: Sequence[str] | None) -> tuple[dict[str, np.ndarray], dict]:
+def encode_examples(
+  examples: list[TextExample], tokenizer, max_seq_length: int, labels: Sequence[str] | None
+) -> tuple[dict[str, np.ndarray], dict]:
   """Token ids and labels of every example; `labels` None: a regression task.
 
   Text longer than max_seq_length is truncated (see pack_segments); the stats
@@ -185,10 +203,12 @@ def encode_examples(examples: list[TextExample], tokenizer, max_seq_length: int,
   rows, truncated = [], 0
   for i, example in enumerate(examples):
     if not token_ids[i] or (pairs and not token_ids_b[i]):
-      raise ValueError(f"{example.origin}: the text has no tokens (only spaces or control "
-                       "characters)")
-    packed, cut = pack_segments(token_ids[i], token_ids_b[i] if pairs else None,
-                                max_seq_length, tokenizer)
+      raise ValueError(
+        f"{example.origin}: the text has no tokens (only spaces or control characters)"
+      )
+    packed, cut = pack_segments(
+      token_ids[i], token_ids_b[i] if pairs else None, max_seq_length, tokenizer
+    )
     rows.append(packed)
     truncated += cut
   arrays = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
@@ -201,15 +221,24 @@ def encode_examples(examples: list[TextExample], tokenizer, max_seq_length: int,
     arrays["label"] = label_ids([str(e.label) for e in examples], labels, origins)
   arrays["weight"] = np.ones(len(examples), np.float32)
   if truncated:
-    logging.warning("%d of %d examples (from %s) are longer than max_seq_length=%d and "
-                    "were truncated", truncated, len(examples), examples[0].origin.split(":")[0],
-                    max_seq_length)
+    logging.warning(
+      "%d of %d examples (from %s) are longer than max_seq_length=%d and were truncated",
+      truncated,
+      len(examples),
+      examples[0].origin.split(":")[0],
+      max_seq_length,
+    )
   return arrays, {"examples": len(examples), "truncated": truncated}
 
 
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-  return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                   return_token_type_ids=False, verbose=False)["input_ids"]
+  return tokenizer(
+    texts,
+    add_special_tokens=False,
+    return_attention_mask=False,
+    return_token_type_ids=False,
+    verbose=False,
+  )["input_ids"]
 
 
 def _float_labels(examples: list[TextExample]) -> np.ndarray:
@@ -218,6 +247,7 @@ def _float_labels(examples: list[TextExample]) -> np.ndarray:
     try:
       values[row] = float(example.label)
     except (TypeError, ValueError):
-      raise ValueError(f"{example.origin}: label {example.label!r} is not a number "
-                       "(data.regression is True)") from None
+      raise ValueError(
+        f"{example.origin}: label {example.label!r} is not a number (data.regression is True)"
+      ) from None
   return values

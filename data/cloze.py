@@ -35,8 +35,8 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-  kind: str    # 'literal' | 'text' | 'mask'
-  value: str   # the literal text, the column name, or '[MASK]'
+  kind: str  # 'literal' | 'text' | 'mask'
+  value: str  # the literal text, the column name, or '[MASK]'
 
 
 def parse_template(template: str, columns: Sequence[str]) -> list[Piece]:
@@ -45,8 +45,10 @@ def parse_template(template: str, columns: Sequence[str]) -> list[Piece]:
   `columns` are the config's text column names in order (text_a, then text_b).
   """
   if template.count(MASK) != 1:
-    raise ValueError(f"data.template={template!r} has {template.count(MASK)} {MASK} "
-                     f"tokens: a cloze template needs exactly one")
+    raise ValueError(
+      f"data.template={template!r} has {template.count(MASK)} {MASK} "
+      f"tokens: a cloze template needs exactly one"
+    )
   names = [str(c) for c in columns]
   pieces = []
   for part in re.split(f"({re.escape(MASK)})", template):
@@ -56,15 +58,19 @@ def parse_template(template: str, columns: Sequence[str]) -> list[Piece]:
     start = 0
     for match in _PLACEHOLDER.finditer(part):
       if match.group(1) not in names:
-        raise ValueError(f"data.template={template!r}: placeholder {match.group(0)} is not a "
-                         f"text column; the columns are {names}")
-      pieces += [Piece("literal", part[start:match.start()]), Piece("text", match.group(1))]
+        raise ValueError(
+          f"data.template={template!r}: placeholder {match.group(0)} is not a "
+          f"text column; the columns are {names}"
+        )
+      pieces += [Piece("literal", part[start : match.start()]), Piece("text", match.group(1))]
       start = match.end()
     pieces.append(Piece("literal", part[start:]))
   pieces = [p for p in pieces if p.kind != "literal" or p.value.strip()]
   if not any(p.kind == "text" for p in pieces):
-    raise ValueError(f"data.template={template!r} has no placeholder for the text; use one of "
-                     f"{['{' + n + '}' for n in names]}")
+    raise ValueError(
+      f"data.template={template!r} has no placeholder for the text; use one of "
+      f"{['{' + n + '}' for n in names]}"
+    )
   return pieces
 
 
@@ -79,8 +85,9 @@ def verbalizer_token_ids(verbalizer, labels: Sequence[str], tokenizer) -> list[i
     words = {str(label): word for label, word in verbalizer.items()}
     for label in words:
       if label not in labels:
-        raise ValueError(f"data.verbalizer names label {label!r}, which is not one of the "
-                         f"labels {labels}")
+        raise ValueError(
+          f"data.verbalizer names label {label!r}, which is not one of the labels {labels}"
+        )
     for label in labels:
       if label not in words:
         raise ValueError(f"data.verbalizer has no word for label {label!r} (labels {labels})")
@@ -88,14 +95,18 @@ def verbalizer_token_ids(verbalizer, labels: Sequence[str], tokenizer) -> list[i
   else:
     words = [] if verbalizer is None else list(verbalizer)
     if len(words) != len(labels):
-      raise ValueError(f"data.verbalizer has {len(words)} words {words} for {len(labels)} "
-                       f"labels {labels}: give one word per label, in label order")
+      raise ValueError(
+        f"data.verbalizer has {len(words)} words {words} for {len(labels)} "
+        f"labels {labels}: give one word per label, in label order"
+      )
   ids = []
   for label, word in zip(labels, words):
     pieces = tokenizer.tokenize(str(word))
     if len(pieces) != 1 or pieces[0] == tokenizer.unk_token:
-      raise ValueError(f"data.verbalizer: label {label!r} -> word {word!r} must be a single "
-                       f"token of the vocab, but it tokenises as {pieces}")
+      raise ValueError(
+        f"data.verbalizer: label {label!r} -> word {word!r} must be a single "
+        f"token of the vocab, but it tokenises as {pieces}"
+      )
     ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
   if len(set(ids)) != len(ids):
     raise ValueError(f"data.verbalizer gives two labels the same token: {dict(zip(labels, words))}")
@@ -115,13 +126,21 @@ def first_k_per_class(examples: list, labels: Sequence[str], k: int, seed: int) 
       chosen.append(examples[index])
   short = {label: n for label, n in taken.items() if n < k}
   if short:
-    raise ValueError(f"data.train_examples_per_class={k}, but the training data has only "
-                     f"{short} examples of these labels")
+    raise ValueError(
+      f"data.train_examples_per_class={k}, but the training data has only "
+      f"{short} examples of these labels"
+    )
   return chosen
 
 
-def encode_cloze(examples: list, columns: Sequence[str], template: str, tokenizer,
-                 max_seq_length: int, labels: Sequence[str]) -> tuple[dict[str, np.ndarray], dict]:
+def encode_cloze(
+  examples: list,
+  columns: Sequence[str],
+  template: str,
+  tokenizer,
+  max_seq_length: int,
+  labels: Sequence[str],
+) -> tuple[dict[str, np.ndarray], dict]:
   """`[CLS] template with the texts filled in [SEP]`, padded, and where its [MASK] is.
 
   `examples` carry text_a (and text_b for a second column) as
@@ -129,23 +148,27 @@ def encode_cloze(examples: list, columns: Sequence[str], template: str, tokenize
   """
   pieces = parse_template(template, columns)
   column_of = {str(name): field for name, field in zip(columns, ("text_a", "text_b"))}
-  literal_ids = [_token_ids(tokenizer, [p.value])[0] if p.kind == "literal" else []
-                 for p in pieces]
+  literal_ids = [_token_ids(tokenizer, [p.value])[0] if p.kind == "literal" else [] for p in pieces]
   fixed = 2 + 1 + sum(len(ids) for ids in literal_ids)  # [CLS], [SEP], [MASK], literals
   uses = [p.value for p in pieces if p.kind == "text"]
   if max_seq_length - fixed < len(uses):
-    raise ValueError(f"data.template={template!r} takes {fixed} tokens with [CLS] and [SEP]; "
-                     f"max_seq_length={max_seq_length} leaves no room for the text")
+    raise ValueError(
+      f"data.template={template!r} takes {fixed} tokens with [CLS] and [SEP]; "
+      f"max_seq_length={max_seq_length} leaves no room for the text"
+    )
   if not examples:
     return {}, {"examples": 0, "truncated": 0}
-  text_ids = {name: _token_ids(tokenizer, [getattr(e, column_of[name]) or "" for e in examples])
-              for name in dict.fromkeys(uses)}
+  text_ids = {
+    name: _token_ids(tokenizer, [getattr(e, column_of[name]) or "" for e in examples])
+    for name in dict.fromkeys(uses)
+  }
   rows, truncated = [], 0
   for row, example in enumerate(examples):
     texts = {name: list(ids[row]) for name, ids in text_ids.items()}
     if not all(texts.values()):
-      raise ValueError(f"{example.origin}: the text has no tokens (only spaces or control "
-                       "characters)")
+      raise ValueError(
+        f"{example.origin}: the text has no tokens (only spaces or control characters)"
+      )
     cut = _truncate(texts, {name: uses.count(name) for name in texts}, max_seq_length - fixed)
     truncated += cut
     ids = [tokenizer.cls_token_id]
@@ -157,30 +180,40 @@ def encode_cloze(examples: list, columns: Sequence[str], template: str, tokenize
         ids += texts[piece.value] if piece.kind == "text" else literal
     ids.append(tokenizer.sep_token_id)
     rows.append((ids, mask_position))
-  arrays = {"input_ids": np.full((len(rows), max_seq_length), tokenizer.pad_token_id, np.int32),
-            "token_type_ids": np.zeros((len(rows), max_seq_length), np.int32),
-            "attention_mask": np.zeros((len(rows), max_seq_length), np.int32),
-            "mask_position": np.array([position for _, position in rows], np.int32)}
+  arrays = {
+    "input_ids": np.full((len(rows), max_seq_length), tokenizer.pad_token_id, np.int32),
+    "token_type_ids": np.zeros((len(rows), max_seq_length), np.int32),
+    "attention_mask": np.zeros((len(rows), max_seq_length), np.int32),
+    "mask_position": np.array([position for _, position in rows], np.int32),
+  }
   for row, (ids, _) in enumerate(rows):
-    arrays["input_ids"][row, :len(ids)] = ids
-    arrays["attention_mask"][row, :len(ids)] = 1
+    arrays["input_ids"][row, : len(ids)] = ids
+    arrays["attention_mask"][row, : len(ids)] = 1
   if examples[0].label is None:  # unlabelled text (predict)
     arrays["label"] = np.zeros(len(examples), np.int32)
   else:
-    arrays["label"] = label_ids([str(e.label) for e in examples], labels,
-                                [e.origin for e in examples])
+    arrays["label"] = label_ids(
+      [str(e.label) for e in examples], labels, [e.origin for e in examples]
+    )
   arrays["weight"] = np.ones(len(examples), np.float32)
   if truncated:
-    logger.warning("%d of %d examples (from %s) do not fit max_seq_length=%d with the template "
-                   "and were truncated", truncated, len(examples),
-                   examples[0].origin.split(":")[0], max_seq_length)
+    logger.warning(
+      "%d of %d examples (from %s) do not fit max_seq_length=%d with the template "
+      "and were truncated",
+      truncated,
+      len(examples),
+      examples[0].origin.split(":")[0],
+      max_seq_length,
+    )
   return arrays, {"examples": len(examples), "truncated": truncated}
 
 
 def _truncate(texts: dict[str, list[int]], uses: dict[str, int], room: int) -> bool:
   """Drops end tokens of the longest text until every use fits in `room`; True if any."""
+
   def length():
     return sum(len(ids) * uses[name] for name, ids in texts.items())
+
   cut = length() > room
   while length() > room:
     max(texts.values(), key=len).pop()
@@ -188,5 +221,10 @@ def _truncate(texts: dict[str, list[int]], uses: dict[str, int], room: int) -> b
 
 
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-  return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                   return_token_type_ids=False, verbose=False)["input_ids"]
+  return tokenizer(
+    texts,
+    add_special_tokens=False,
+    return_attention_mask=False,
+    return_token_type_ids=False,
+    verbose=False,
+  )["input_ids"]

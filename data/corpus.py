@@ -7,12 +7,12 @@ needs the order and the document boundaries, so every source keeps both.
 from __future__ import annotations
 
 import glob
-import os
 import importlib
 import inspect
+import os
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 # Paragraphs end at blank lines; single newlines inside one are line wrapping.
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")

@@ -13,7 +13,7 @@ numpy arrays with one row per example (a window, for SQuAD) and a float32
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,8 +32,9 @@ def read_lines(path: str) -> list[tuple[int, str]]:
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start} "
-                         "of the line)") from None
+        raise ValueError(
+          f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)"
+        ) from None
       if number == 1:
         text = text.lstrip("\ufeff")
       lines.append((number, text.rstrip("\r\n")))
@@ -46,14 +47,17 @@ def label_ids(labels: Sequence[str], names: Sequence[str], origins: Sequence[str
   ids = np.empty(len(labels), np.int32)
   for row, (label, origin) in enumerate(zip(labels, origins)):
     if label not in index:
-      raise ValueError(f"{origin}: unknown label {label!r}; the labels are {list(names)} "
-                       "(set data.labels to name every label)")
+      raise ValueError(
+        f"{origin}: unknown label {label!r}; the labels are {list(names)} "
+        "(set data.labels to name every label)"
+      )
     ids[row] = index[label]
   return ids
 
 
-def pack_segments(ids_a: list[int], ids_b: list[int] | None, max_seq_length: int,
-                  tokenizer) -> tuple[dict[str, np.ndarray], bool]:
+def pack_segments(
+  ids_a: list[int], ids_b: list[int] | None, max_seq_length: int, tokenizer
+) -> tuple[dict[str, np.ndarray], bool]:
   """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, padded; and whether it was truncated.
 
   Too long input loses tokens from the end of the longer segment, one at a
@@ -72,13 +76,16 @@ def pack_segments(ids_a: list[int], ids_b: list[int] | None, max_seq_length: int
     ids += [*ids_b, tokenizer.sep_token_id]
     types += [1] * (len(ids_b) + 1)
   input_ids = np.full(max_seq_length, tokenizer.pad_token_id, np.int32)
-  input_ids[:len(ids)] = ids
+  input_ids[: len(ids)] = ids
   token_type_ids = np.zeros(max_seq_length, np.int32)
-  token_type_ids[:len(types)] = types
+  token_type_ids[: len(types)] = types
   attention_mask = np.zeros(max_seq_length, np.int32)
-  attention_mask[:len(ids)] = 1
-  return {"input_ids": input_ids, "token_type_ids": token_type_ids,
-          "attention_mask": attention_mask}, truncated
+  attention_mask[: len(ids)] = 1
+  return {
+    "input_ids": input_ids,
+    "token_type_ids": token_type_ids,
+    "attention_mask": attention_mask,
+  }, truncated
 
 
 def _num_rows(arrays: dict[str, np.ndarray]) -> int:
@@ -122,12 +129,16 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]:
     return []
   padded = -n % batch_size
   if padded:
-    arrays = {key: np.concatenate([value, np.repeat(value[:1], padded, axis=0)])
-              for key, value in arrays.items()}
+    arrays = {
+      key: np.concatenate([value, np.repeat(value[:1], padded, axis=0)])
+      for key, value in arrays.items()
+    }
     arrays["weight"] = arrays["weight"].copy()
     arrays["weight"][n:] = 0.0
-  return [{key: value[start:start + batch_size] for key, value in arrays.items()}
-          for start in range(0, n + padded, batch_size)]
+  return [
+    {key: value[start : start + batch_size] for key, value in arrays.items()}
+    for start in range(0, n + padded, batch_size)
+  ]
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):

@@ -8,7 +8,7 @@ which is what makes the output layer affordable.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

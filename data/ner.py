@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ _TAG = re.compile(r"^(O|[BI]-\S+)$")
 class TaggedSentence:
   words: tuple[str, ...]
   tags: tuple[str, ...] | None
-  origin: str              # "path:line" of the first word, or the TFDS example
+  origin: str  # "path:line" of the first word, or the TFDS example
 
 
 def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
@@ -58,13 +58,15 @@ def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
   and BIO read alike.
   """
   from seqeval.metrics.sequence_labeling import get_entities
+
   return [(kind, start, end) for kind, start, end in get_entities(list(tags))]
 
 
 def _check_tag(tag: str, origin: str) -> None:
   if not _TAG.match(tag):
-    raise ValueError(f"{origin}: tag {tag!r} is not O, B-TYPE or I-TYPE (IOB1 or BIO; "
-                     "IOBES files are not read)")
+    raise ValueError(
+      f"{origin}: tag {tag!r} is not O, B-TYPE or I-TYPE (IOB1 or BIO; IOBES files are not read)"
+    )
 
 
 def read_conll(path: str, tag_column: int = -1) -> list[TaggedSentence]:
@@ -94,8 +96,9 @@ def read_conll(path: str, tag_column: int = -1) -> list[TaggedSentence]:
       if width < 2:
         raise ValueError(f"{path}:{number}: 1 column; a CoNLL line needs the word and its tag")
     elif len(fields) != width:
-      raise ValueError(f"{path}:{number}: {len(fields)} columns, expected {width} as on line "
-                       f"{width_line}")
+      raise ValueError(
+        f"{path}:{number}: {len(fields)} columns, expected {width} as on line {width_line}"
+      )
     tag = fields[tag_column]
     _check_tag(tag, f"{path}:{number}")
     if not words:
@@ -108,8 +111,13 @@ def read_conll(path: str, tag_column: int = -1) -> list[TaggedSentence]:
   return sentences
 
 
-def tfds_sentences(name: str, split: str, data_dir: str | None = None,
-                   words_key: str = "tokens", tags_key: str = "ner") -> list[TaggedSentence]:
+def tfds_sentences(
+  name: str,
+  split: str,
+  data_dir: str | None = None,
+  words_key: str = "tokens",
+  tags_key: str = "ner",
+) -> list[TaggedSentence]:
   """Sentences of a TFDS token-tagging dataset such as conll2003."""
   source, features = tfds_source(name, split, data_dir)
   names = features[tags_key].feature.names
@@ -151,14 +159,22 @@ def first_token_positions(word_ids: Sequence[int | None], num_words: int) -> np.
   return positions
 
 
-def encode_sentences(sentences: list[TaggedSentence], tokenizer, max_seq_length: int,
-                     labels: Sequence[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict]:
+def encode_sentences(
+  sentences: list[TaggedSentence], tokenizer, max_seq_length: int, labels: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict]:
   """(arrays, first sub-token position of every word per sentence, stats)."""
   if not sentences:
     return {}, [], {"sentences": 0, "truncated": 0}
-  encoded = tokenizer([list(s.words) for s in sentences], is_split_into_words=True,
-                      truncation=True, max_length=max_seq_length, padding="max_length",
-                      return_token_type_ids=True, return_attention_mask=True, verbose=False)
+  encoded = tokenizer(
+    [list(s.words) for s in sentences],
+    is_split_into_words=True,
+    truncation=True,
+    max_length=max_seq_length,
+    padding="max_length",
+    return_token_type_ids=True,
+    return_attention_mask=True,
+    verbose=False,
+  )
   n = len(sentences)
   tag_ids = np.zeros((n, max_seq_length), np.int32)
   tag_weights = np.zeros((n, max_seq_length), np.float32)
@@ -168,28 +184,35 @@ def encode_sentences(sentences: list[TaggedSentence], tokenizer, max_seq_length:
     positions.append(first)
     kept = first >= 0
     last_kept = np.flatnonzero(kept)[-1] if kept.any() else -1
-    truncated += bool(np.any(~kept[last_kept + 1:]))  # words lost off the end
+    truncated += bool(np.any(~kept[last_kept + 1 :]))  # words lost off the end
     if sentence.tags is not None:
       origins = [f"{sentence.origin} (word {j + 1})" for j in range(len(sentence.words))]
       ids = label_ids(list(sentence.tags), labels, origins)
       tag_ids[i, first[kept]] = ids[kept]
       tag_weights[i, first[kept]] = 1.0
   arrays = {
-      "input_ids": np.asarray(encoded["input_ids"], np.int32),
-      "token_type_ids": np.asarray(encoded["token_type_ids"], np.int32),
-      "attention_mask": np.asarray(encoded["attention_mask"], np.int32),
-      "labels": tag_ids,
-      "label_weights": tag_weights,
-      "weight": np.ones(n, np.float32),
+    "input_ids": np.asarray(encoded["input_ids"], np.int32),
+    "token_type_ids": np.asarray(encoded["token_type_ids"], np.int32),
+    "attention_mask": np.asarray(encoded["attention_mask"], np.int32),
+    "labels": tag_ids,
+    "label_weights": tag_weights,
+    "weight": np.ones(n, np.float32),
   }
   if truncated:
-    logging.warning("%d of %d sentences (from %s) are longer than max_seq_length=%d and were "
-                    "truncated; their cut words count as 'O'", truncated, n,
-                    sentences[0].origin.rsplit(":", 1)[0], max_seq_length)
+    logging.warning(
+      "%d of %d sentences (from %s) are longer than max_seq_length=%d and were "
+      "truncated; their cut words count as 'O'",
+      truncated,
+      n,
+      sentences[0].origin.rsplit(":", 1)[0],
+      max_seq_length,
+    )
   return arrays, positions, {"sentences": n, "truncated": truncated}
 
 
-def word_tags(token_predictions: np.ndarray, positions: np.ndarray, labels: Sequence[str]) -> list[str]:
+def word_tags(
+  token_predictions: np.ndarray, positions: np.ndarray, labels: Sequence[str]
+) -> list[str]:
   """Tags per word from per-token class ids, read at each word's first sub-token."""
   return [labels[int(token_predictions[p])] if p >= 0 else "O" for p in positions]
 
@@ -204,7 +227,9 @@ def split_words(text: str, tokenizer) -> list[tuple[str, int, int]]:
   return [(word, start, end) for word, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
 
 
-def entities_in_text(text: str, words: list[tuple[str, int, int]], tags: Sequence[str]) -> list[dict]:
+def entities_in_text(
+  text: str, words: list[tuple[str, int, int]], tags: Sequence[str]
+) -> list[dict]:
   """Entities with their character span in `text` and the exact text of that span."""
   out = []
   for kind, first, last in entity_spans(tags):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class MaskingConfig:
   whole_word: bool = False
 
   @classmethod
-  def from_tokenizer(cls, tokenizer, **settings) -> "MaskingConfig":
+  def from_tokenizer(cls, tokenizer, **settings) -> MaskingConfig:
     """Ids from the tokenizer itself, not from a padded embedding table.
 
     All special tokens, [UNK] included, are neither targets nor random
@@ -197,8 +197,12 @@ class PretrainingData:
       missing.append("word_start (needed for whole-word masking)")
     if missing:
       raise ValueError(f"pretraining arrays lack {missing}")
-    self.sampler = EpochSampler(len(arrays["input_ids"]), batch_size, seed,
-                                "pretraining examples (use a bigger corpus or dupe_factor)")
+    self.sampler = EpochSampler(
+      len(arrays["input_ids"]),
+      batch_size,
+      seed,
+      "pretraining examples (use a bigger corpus or dupe_factor)",
+    )
     self.num_examples = self.sampler.num_examples
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.arrays = arrays

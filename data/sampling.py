@@ -19,8 +19,10 @@ class EpochSampler:
 
   def __init__(self, num_examples: int, batch_size: int, seed: int, what: str = "examples"):
     if num_examples < batch_size:
-      raise ValueError(f"{num_examples} {what} cannot fill one batch of batch_size={batch_size}; "
-                       "use more data or a smaller batch")
+      raise ValueError(
+        f"{num_examples} {what} cannot fill one batch of batch_size={batch_size}; "
+        "use more data or a smaller batch"
+      )
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
@@ -36,7 +38,7 @@ class EpochSampler:
       order = np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
       self._cached_order = (epoch, order)
     start = step_in_epoch * self.batch_size
-    return self._cached_order[1][start:start + self.batch_size]
+    return self._cached_order[1][start : start + self.batch_size]
 
 
 def host_share(batch: dict, process_index: int, process_count: int) -> dict:

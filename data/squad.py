@@ -33,7 +33,7 @@ class QAExample:
   qid: str
   question: str
   context: str
-  answers: tuple[tuple[str, int], ...]   # (text, character start in context)
+  answers: tuple[tuple[str, int], ...]  # (text, character start in context)
   origin: str
 
 
@@ -78,12 +78,15 @@ def read_squad(path: str) -> list[QAExample]:
         for a, answer in enumerate(qa.get("answers", [])):
           answer_text, start = answer.get("text"), answer.get("answer_start")
           if not isinstance(answer_text, str) or not answer_text or not isinstance(start, int):
-            raise ValueError(f"{origin}: answers[{a}] needs a non-empty 'text' and an "
-                             "integer 'answer_start'")
-          found = context[start:start + len(answer_text)]
+            raise ValueError(
+              f"{origin}: answers[{a}] needs a non-empty 'text' and an integer 'answer_start'"
+            )
+          found = context[start : start + len(answer_text)]
           if found != answer_text:
-            raise ValueError(f"{origin}: answers[{a}] answer_start {start} gives {found!r}, "
-                             f"not the answer text {answer_text!r}")
+            raise ValueError(
+              f"{origin}: answers[{a}] answer_start {start} gives {found!r}, "
+              f"not the answer text {answer_text!r}"
+            )
           answers.append((answer_text, start))
         examples.append(QAExample(qid, question, context, tuple(answers), origin))
   if not examples:
@@ -102,26 +105,37 @@ def tfds_qa_examples(name: str, split: str, data_dir: str | None = None) -> list
     texts = [as_text(t) for t in np.asarray(record["answers"]["text"]).reshape(-1)]
     starts = [int(s) for s in np.asarray(record["answers"]["answer_start"]).reshape(-1)]
     for text, start in zip(texts, starts):
-      if context[start:start + len(text)] != text:
-        raise ValueError(f"{origin}: answer_start {start} gives "
-                         f"{context[start:start + len(text)]!r}, not {text!r}")
-    examples.append(QAExample(as_text(record["id"]), question, context,
-                              tuple(zip(texts, starts)), origin))
+      if context[start : start + len(text)] != text:
+        raise ValueError(
+          f"{origin}: answer_start {start} gives "
+          f"{context[start : start + len(text)]!r}, not {text!r}"
+        )
+    examples.append(
+      QAExample(as_text(record["id"]), question, context, tuple(zip(texts, starts)), origin)
+    )
   return examples
 
 
 @dataclasses.dataclass
 class Windows:
   """Host-side facts about each window, row-aligned with the encoded arrays."""
-  example: np.ndarray      # [W] index of the window's example
-  offsets: np.ndarray      # [W, T, 2] character span of each context token; -1 elsewhere
+
+  example: np.ndarray  # [W] index of the window's example
+  offsets: np.ndarray  # [W, T, 2] character span of each context token; -1 elsewhere
   max_context: np.ndarray  # [W, T] the token has its most context in this window
 
 
 def _token_offsets(tokenizer, texts: list[str], max_length: int | None = None):
-  encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                      return_attention_mask=False, return_token_type_ids=False,
-                      truncation=max_length is not None, max_length=max_length, verbose=False)
+  encoded = tokenizer(
+    texts,
+    add_special_tokens=False,
+    return_offsets_mapping=True,
+    return_attention_mask=False,
+    return_token_type_ids=False,
+    truncation=max_length is not None,
+    max_length=max_length,
+    verbose=False,
+  )
   return encoded["input_ids"], encoded["offset_mapping"]
 
 
@@ -129,8 +143,9 @@ def _answer_tokens(offsets, start_char: int, end_char: int, origin: str) -> tupl
   """First and last context token overlapping [start_char, end_char)."""
   inside = [i for i, (s, e) in enumerate(offsets) if e > start_char and s < end_char]
   if not inside:
-    raise ValueError(f"{origin}: the answer at characters {start_char}..{end_char} covers no "
-                     "token of the context")
+    raise ValueError(
+      f"{origin}: the answer at characters {start_char}..{end_char} covers no token of the context"
+    )
   return inside[0], inside[-1]
 
 
@@ -152,12 +167,19 @@ def max_context_windows(spans: list[tuple[int, int]], doc_length: int) -> np.nda
   return best
 
 
-def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, doc_stride: int,
-                   max_query_length: int = 64) -> tuple[dict[str, np.ndarray], Windows, dict]:
+def encode_windows(
+  examples: list[QAExample],
+  tokenizer,
+  max_seq_length: int,
+  doc_stride: int,
+  max_query_length: int = 64,
+) -> tuple[dict[str, np.ndarray], Windows, dict]:
   """Windows over every example's context; start/end positions from its first answer."""
   if max_query_length + 3 >= max_seq_length:
-    raise ValueError(f"data.max_query_length={max_query_length} leaves no room for context "
-                     f"in max_seq_length={max_seq_length}")
+    raise ValueError(
+      f"data.max_query_length={max_query_length} leaves no room for context "
+      f"in max_seq_length={max_seq_length}"
+    )
   questions, _ = _token_offsets(tokenizer, [e.question for e in examples], max_query_length)
   untruncated, _ = _token_offsets(tokenizer, [e.question for e in examples])
   contexts = sorted({e.context for e in examples})
@@ -182,22 +204,27 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
     window_start, spans = 0, []
     while True:
       length = min(len(doc_ids) - window_start, room)
-      ids = [cls, *query, sep, *doc_ids[window_start:window_start + length], sep]
+      ids = [cls, *query, sep, *doc_ids[window_start : window_start + length], sep]
       spans.append((window_start, length))
       row = np.full(max_seq_length, pad, np.int32)
-      row[:len(ids)] = ids
+      row[: len(ids)] = ids
       types = np.zeros(max_seq_length, np.int32)
-      types[first_doc:len(ids)] = 1
+      types[first_doc : len(ids)] = 1
       offsets = np.full((max_seq_length, 2), -1, np.int32)
-      offsets[first_doc:first_doc + length] = doc_offsets[window_start:window_start + length]
+      offsets[first_doc : first_doc + length] = doc_offsets[window_start : window_start + length]
       start_position = end_position = 0
       if answer and window_start <= answer[0] and answer[1] < window_start + length:
         start_position = first_doc + answer[0] - window_start
         end_position = first_doc + answer[1] - window_start
-      rows.append({"input_ids": row, "token_type_ids": types,
-                   "attention_mask": (np.arange(max_seq_length) < len(ids)).astype(np.int32),
-                   "start_positions": np.int32(start_position),
-                   "end_positions": np.int32(end_position)})
+      rows.append(
+        {
+          "input_ids": row,
+          "token_type_ids": types,
+          "attention_mask": (np.arange(max_seq_length) < len(ids)).astype(np.int32),
+          "start_positions": np.int32(start_position),
+          "end_positions": np.int32(end_position),
+        }
+      )
       owners.append(index)
       offsets_rows.append(offsets)
       if window_start + length >= len(doc_ids):
@@ -206,22 +233,34 @@ def encode_windows(examples: list[QAExample], tokenizer, max_seq_length: int, do
     best_window = max_context_windows(spans, len(doc_ids))
     for window, (start, length) in enumerate(spans):
       mask = np.zeros(max_seq_length, bool)
-      mask[first_doc:first_doc + length] = best_window[start:start + length] == window
+      mask[first_doc : first_doc + length] = best_window[start : start + length] == window
       max_context_rows.append(mask)
   arrays = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
   arrays["weight"] = np.ones(len(rows), np.float32)
   truncated = sum(len(u) > len(q) for u, q in zip(untruncated, questions))
   if truncated:
-    logging.warning("%d of %d questions are longer than max_query_length=%d tokens and were "
-                    "truncated", truncated, len(examples), max_query_length)
+    logging.warning(
+      "%d of %d questions are longer than max_query_length=%d tokens and were truncated",
+      truncated,
+      len(examples),
+      max_query_length,
+    )
   stats = {"examples": len(examples), "windows": len(rows), "truncated_questions": truncated}
-  windows = Windows(np.asarray(owners, np.int32), np.stack(offsets_rows),
-                    np.stack(max_context_rows))
+  windows = Windows(
+    np.asarray(owners, np.int32), np.stack(offsets_rows), np.stack(max_context_rows)
+  )
   return arrays, windows, stats
 
 
-def best_answer(context: str, start_logits, end_logits, offsets, max_context,
-                n_best: int = 20, max_answer_length: int = 30) -> dict:
+def best_answer(
+  context: str,
+  start_logits,
+  end_logits,
+  offsets,
+  max_context,
+  n_best: int = 20,
+  max_answer_length: int = 30,
+) -> dict:
   """The highest start+end logit span over an example's windows, as context text.
 
   Candidates are the n_best starts and ends of each window that lie on
@@ -231,8 +270,9 @@ def best_answer(context: str, start_logits, end_logits, offsets, max_context,
   text == context[start:end]; an empty answer when no span qualifies.
   """
   best = {"text": "", "start": 0, "end": 0, "score": float("-inf")}
-  for starts, ends, window_offsets, window_max_context in zip(start_logits, end_logits, offsets,
-                                                              max_context):
+  for starts, ends, window_offsets, window_max_context in zip(
+    start_logits, end_logits, offsets, max_context
+  ):
     starts, ends = np.asarray(starts), np.asarray(ends)
     on_context = window_offsets[:, 0] >= 0
     top_starts = [i for i in np.argsort(-starts)[:n_best] if window_max_context[i]]
@@ -244,13 +284,23 @@ def best_answer(context: str, start_logits, end_logits, offsets, max_context,
         score = float(starts[s] + ends[e])
         if score > best["score"]:
           start_char, end_char = int(window_offsets[s, 0]), int(window_offsets[e, 1])
-          best = {"text": context[start_char:end_char], "start": start_char,
-                  "end": end_char, "score": score}
+          best = {
+            "text": context[start_char:end_char],
+            "start": start_char,
+            "end": end_char,
+            "score": score,
+          }
   return best
 
 
-def predict_answers(examples: list[QAExample], windows: Windows, start_logits, end_logits,
-                    n_best: int = 20, max_answer_length: int = 30) -> dict[str, dict]:
+def predict_answers(
+  examples: list[QAExample],
+  windows: Windows,
+  start_logits,
+  end_logits,
+  n_best: int = 20,
+  max_answer_length: int = 30,
+) -> dict[str, dict]:
   """qid -> best_answer, for model logits of every window (rows as in `windows`)."""
   by_example: dict[int, list[int]] = {}
   for row, owner in enumerate(windows.example):
@@ -258,7 +308,13 @@ def predict_answers(examples: list[QAExample], windows: Windows, start_logits, e
   answers = {}
   for index, rows in by_example.items():
     example = examples[index]
-    answers[example.qid] = best_answer(example.context, start_logits[rows], end_logits[rows],
-                                       windows.offsets[rows], windows.max_context[rows],
-                                       n_best, max_answer_length)
+    answers[example.qid] = best_answer(
+      example.context,
+      start_logits[rows],
+      end_logits[rows],
+      windows.offsets[rows],
+      windows.max_context[rows],
+      n_best,
+      max_answer_length,
+    )
   return answers

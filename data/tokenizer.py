@@ -9,7 +9,7 @@ step.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from transformers import BertTokenizerFast
 

@@ -5,7 +5,9 @@
 #   bash launch/local.sh            # pretrain bert-tiny into workdirs/bert_tiny
 #   STEPS=30 bash launch/local.sh   # the same job cut to 30 steps (a smoke run)
 #   WORKDIR=/tmp/tiny bash launch/local.sh   # elsewhere (relative paths are fine)
-#   bash launch/local.sh test       # run the test suite
+#   bash launch/local.sh test       # run the test suite (what CI runs)
+#   bash launch/local.sh test-fast  # the inner loop: every test not marked slow
+#   bash launch/local.sh lint       # ruff check + ruff format --check (CI runs it first)
 #   bash launch/local.sh -- --config=configs/pretrain/bert_mini.py --workdir=...   # any job
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,14 @@ case "${1:-run}" in
     shift
     exec "$VENV/bin/python" -m pytest -q tests "$@"
     ;;
+  test-fast)
+    shift
+    exec "$VENV/bin/python" -m pytest -q -m "not slow" tests "$@"
+    ;;
+  lint)
+    "$VENV/bin/ruff" check .
+    exec "$VENV/bin/ruff" format --check .
+    ;;
   --)
     shift
     exec "$VENV/bin/python" -m train.main "$@"
@@ -40,7 +50,7 @@ case "${1:-run}" in
       --workdir="${WORKDIR:-workdirs/bert_tiny}"
     ;;
   *)
-    echo "usage: bash launch/local.sh [run | test [pytest args] | -- main.py flags]" >&2
+    echo "usage: bash launch/local.sh [run | test [pytest args] | test-fast | lint | -- main.py flags]" >&2
     exit 2
     ;;
 esac

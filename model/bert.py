@@ -12,10 +12,10 @@ sees a mesh.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
-import flax.linen as nn
 
 from model.config import BertConfig
 from model.peft import Adapter, LowRank, PeftConfig, Prefix
@@ -57,12 +57,12 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
 
 def activation(name: str):
   return {
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-      "relu": jax.nn.relu,
-      "silu": jax.nn.silu,
-      "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
   }[name]
 
 
@@ -94,14 +94,26 @@ class Dense(nnx.Module):
   LoRA / AdaLoRA `peft` that targets `name`, a low-rank branch is added.
   """
 
-  def __init__(self, spec: str, kernel_shape, kernel_names, bias_names, rngs, std,
-               name: str = "", peft: PeftConfig = NO_PEFT):
+  def __init__(
+    self,
+    spec: str,
+    kernel_shape,
+    kernel_names,
+    bias_names,
+    rngs,
+    std,
+    name: str = "",
+    peft: PeftConfig = NO_PEFT,
+  ):
     self.spec = spec
     self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
-    bias_shape = kernel_shape[len(kernel_shape) - len(bias_names):]
+    bias_shape = kernel_shape[len(kernel_shape) - len(bias_names) :]
     self.bias = param(rngs, bias_shape, bias_names, "zeros")
-    self.low_rank = (LowRank(spec, kernel_shape, kernel_names, name, peft, rngs)
-                     if peft.targets_module(name) else None)
+    self.low_rank = (
+      LowRank(spec, kernel_shape, kernel_names, name, peft, rngs)
+      if peft.targets_module(name)
+      else None
+    )
 
   def __call__(self, x: Array, rng: Array | None = None) -> Array:
     """rng: dropout key of the low-rank branch (None: no dropout)."""
@@ -121,10 +133,10 @@ class Embeddings(nnx.Module):
     word = std * jax.random.normal(rngs.params(), (c.vocab_size, c.hidden_size))
     word = word.at[c.pad_token_id].set(0.0)  # as transformers' padding_idx init
     self.word = nnx.Param(word, out_sharding=("vocab", "embed"), eager_sharding=False)
-    self.position = param(rngs, (c.max_position_embeddings, c.hidden_size),
-                          (None, "embed"), std=std)
-    self.token_type = param(rngs, (c.type_vocab_size, c.hidden_size),
-                            (None, "embed"), std=std)
+    self.position = param(
+      rngs, (c.max_position_embeddings, c.hidden_size), (None, "embed"), std=std
+    )
+    self.token_type = param(rngs, (c.type_vocab_size, c.hidden_size), (None, "embed"), std=std)
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
   def __call__(self, input_ids, token_type_ids, position_ids=None, rng=None, prompt=None):
@@ -137,9 +149,11 @@ class Embeddings(nnx.Module):
     # MLM decoder still trains it). Only span QA sees a difference: its loss reads
     # logits at padded positions.
     word = jnp.where((input_ids == c.pad_token_id)[..., None], jax.lax.stop_gradient(word), word)
-    x = (word
-         + jnp.take(self.position[...], position_ids, axis=0)
-         + jnp.take(self.token_type[...], token_type_ids, axis=0))
+    x = (
+      word
+      + jnp.take(self.position[...], position_ids, axis=0)
+      + jnp.take(self.token_type[...], token_type_ids, axis=0)
+    )
     if prompt is not None:
       prompt = jnp.broadcast_to(prompt[None].astype(x.dtype), (x.shape[0],) + prompt.shape)
       x = jnp.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
@@ -172,15 +186,25 @@ class SelfAttention(nnx.Module):
     self.peft = peft
     shape = (c.hidden_size, c.num_attention_heads, c.head_dim)
     names = ("embed", "heads", "kv")
-    dense = lambda name: Dense("btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std,
-                               f"attention.{name}", peft)
+    dense = lambda name: Dense(
+      "btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std, f"attention.{name}", peft
+    )
     self.query = dense("query")
     self.key = dense("key")
     self.value = dense("value")
-    self.output = Dense("bthk,hkd->btd", (c.num_attention_heads, c.head_dim, c.hidden_size),
-                        ("heads", "kv", "embed"), ("embed",), rngs, std, "attention.output", peft)
-    self.adapter = (Adapter(c.hidden_size, peft.adapter_size, rngs)
-                    if peft.method == "adapter" else None)
+    self.output = Dense(
+      "bthk,hkd->btd",
+      (c.num_attention_heads, c.head_dim, c.hidden_size),
+      ("heads", "kv", "embed"),
+      ("embed",),
+      rngs,
+      std,
+      "attention.output",
+      peft,
+    )
+    self.adapter = (
+      Adapter(c.hidden_size, peft.adapter_size, rngs) if peft.method == "adapter" else None
+    )
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
   def __call__(self, x, mask, rng=None, prefix=None):
@@ -204,7 +228,8 @@ class SelfAttention(nnx.Module):
       ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
     else:
       ctx = jax.nn.dot_product_attention(
-          q, k, v, mask=mask[:, None, None, :], implementation=c.attention_impl)
+        q, k, v, mask=mask[:, None, None, :], implementation=c.attention_impl
+      )
     ctx = constrain(ctx, heads)
     out = dropout(self.output(ctx, rng_o), c.hidden_dropout_prob, rng_out)
     if self.adapter is not None:
@@ -217,12 +242,29 @@ class FeedForward(nnx.Module):
     c, std = config, config.initializer_range
     self.config = c
     self.peft = peft
-    self.intermediate = Dense("btd,df->btf", (c.hidden_size, c.intermediate_size),
-                              ("embed", "mlp"), ("mlp",), rngs, std, "ffn.intermediate", peft)
-    self.output = Dense("btf,fd->btd", (c.intermediate_size, c.hidden_size),
-                        ("mlp", "embed"), ("embed",), rngs, std, "ffn.output", peft)
-    self.adapter = (Adapter(c.hidden_size, peft.adapter_size, rngs)
-                    if peft.method == "adapter" else None)
+    self.intermediate = Dense(
+      "btd,df->btf",
+      (c.hidden_size, c.intermediate_size),
+      ("embed", "mlp"),
+      ("mlp",),
+      rngs,
+      std,
+      "ffn.intermediate",
+      peft,
+    )
+    self.output = Dense(
+      "btf,fd->btd",
+      (c.intermediate_size, c.hidden_size),
+      ("mlp", "embed"),
+      ("embed",),
+      rngs,
+      std,
+      "ffn.output",
+      peft,
+    )
+    self.adapter = (
+      Adapter(c.hidden_size, peft.adapter_size, rngs) if peft.method == "adapter" else None
+    )
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
 
   def __call__(self, x, rng=None):
@@ -251,9 +293,9 @@ class Layer(nnx.Module):
 
 
 _REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole layer
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": None,  # save nothing, recompute the whole layer
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -286,17 +328,21 @@ class Encoder(nnx.Module):
       return nnx.merge(graphdef, layer_state)(h, mask, layer_rng, layer_prefix)
 
     if c.remat_policy != "none":
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy],
-                            prevent_cse=not c.scan_layers)
+      body = jax.checkpoint(
+        body, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers
+      )
     if c.scan_layers:
+
       def step(h, xs):
         return body(h, *xs), None
+
       x, _ = jax.lax.scan(step, x, (stacked, rngs, prefix))
     else:
       for i in range(n):
         layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
-        x = body(x, layer_state, None if rngs is None else rngs[i],
-                 None if prefix is None else prefix[i])
+        x = body(
+          x, layer_state, None if rngs is None else rngs[i], None if prefix is None else prefix[i]
+        )
     return x
 
 
@@ -304,8 +350,14 @@ class Pooler(nnx.Module):
   """tanh(W h_[CLS] + b): the sentence vector NSP and classifiers read."""
 
   def __init__(self, config: BertConfig, rngs: nnx.Rngs):
-    self.dense = Dense("bd,de->be", (config.hidden_size, config.hidden_size),
-                       ("embed", None), (None,), rngs, config.initializer_range)
+    self.dense = Dense(
+      "bd,de->be",
+      (config.hidden_size, config.hidden_size),
+      ("embed", None),
+      (None,),
+      rngs,
+      config.initializer_range,
+    )
 
   def __call__(self, sequence_output):
     return jnp.tanh(self.dense(sequence_output[:, 0]))
@@ -325,13 +377,28 @@ class BertModel(nnx.Module):
     self.embeddings = Embeddings(c, rngs)
     self.encoder = Encoder(c, rngs, peft)
     self.pooler = Pooler(c, rngs)
-    self.prefix = (Prefix(c.num_hidden_layers, c.num_attention_heads, c.head_dim, c.hidden_size,
-                          peft, rngs) if peft.method == "prefix" else None)
-    self.prompt = (param(rngs, (peft.num_virtual_tokens, c.hidden_size), (None, "embed"),
-                         std=c.initializer_range) if peft.method == "prompt" else None)
+    self.prefix = (
+      Prefix(c.num_hidden_layers, c.num_attention_heads, c.head_dim, c.hidden_size, peft, rngs)
+      if peft.method == "prefix"
+      else None
+    )
+    self.prompt = (
+      param(
+        rngs, (peft.num_virtual_tokens, c.hidden_size), (None, "embed"), std=c.initializer_range
+      )
+      if peft.method == "prompt"
+      else None
+    )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-               position_ids=None, dropout_rng=None):
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    *,
+    position_ids=None,
+    dropout_rng=None,
+  ):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
@@ -341,10 +408,11 @@ class BertModel(nnx.Module):
     prompt = None if self.prompt is None else self.prompt[...]
     x = self.embeddings(input_ids, token_type_ids, position_ids, rng_embed, prompt)
     if prompt is not None:
-      mask = jnp.concatenate([mask[:, :1], jnp.ones((mask.shape[0], prompt.shape[0]), bool),
-                              mask[:, 1:]], axis=1)
+      mask = jnp.concatenate(
+        [mask[:, :1], jnp.ones((mask.shape[0], prompt.shape[0]), bool), mask[:, 1:]], axis=1
+      )
     prefix = None if self.prefix is None else self.prefix(x.dtype)
     x = self.encoder(x, mask, rng_layers, prefix)
     if prompt is not None:
-      x = jnp.concatenate([x[:, :1], x[:, 1 + prompt.shape[0]:]], axis=1)
+      x = jnp.concatenate([x[:, :1], x[:, 1 + prompt.shape[0] :]], axis=1)
     return x, self.pooler(x)

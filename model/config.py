@@ -9,7 +9,8 @@ XLA should run the same maths and never change the parameter tree.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -44,30 +45,43 @@ class BertConfig:
       if not ok:
         raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
 
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers",
-                "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size"):
-      check(isinstance(getattr(self, key), int) and getattr(self, key) > 0,
-            key, "must be a positive integer")
-    check(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
-          f"must be divisible by num_attention_heads={self.num_attention_heads}")
+    for key in (
+      "vocab_size",
+      "hidden_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "intermediate_size",
+      "max_position_embeddings",
+      "type_vocab_size",
+    ):
+      check(
+        isinstance(getattr(self, key), int) and getattr(self, key) > 0,
+        key,
+        "must be a positive integer",
+      )
+    check(
+      self.hidden_size % self.num_attention_heads == 0,
+      "hidden_size",
+      f"must be divisible by num_attention_heads={self.num_attention_heads}",
+    )
     check(self.hidden_act in HIDDEN_ACTS, "hidden_act", f"one of {HIDDEN_ACTS}")
     check(self.dtype in COMPUTE_DTYPES, "dtype", f"one of {COMPUTE_DTYPES}")
-    check(self.remat_policy in REMAT_POLICIES, "remat_policy",
-          f"one of {REMAT_POLICIES}")
-    check(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
-          f"one of {ATTENTION_IMPLS}")
+    check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}")
+    check(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
       check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
-    check(0 <= self.pad_token_id < self.vocab_size, "pad_token_id",
-          f"must be a token id below vocab_size={self.vocab_size}")
+    check(
+      0 <= self.pad_token_id < self.vocab_size,
+      "pad_token_id",
+      f"must be a token id below vocab_size={self.vocab_size}",
+    )
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "BertConfig":
+  def from_dict(cls, values: Mapping[str, Any]) -> BertConfig:
     """Builds from a config section; an unknown key is an error, not ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -76,22 +90,28 @@ class BertConfig:
     return cls(**dict(values))
 
   @classmethod
-  def from_hf_dict(cls, hf: Mapping[str, Any], **compute: Any) -> "BertConfig":
+  def from_hf_dict(cls, hf: Mapping[str, Any], **compute: Any) -> BertConfig:
     """Reads the architecture from an HF `config.json` dict; extra HF keys are ignored."""
     if hf.get("model_type", "bert") != "bert":
       raise ValueError(f"config.json has model_type={hf.get('model_type')!r}, expected 'bert'")
-    arch = {f.name: hf[f.name] for f in dataclasses.fields(cls)
-            if f.name in hf and f.name not in ("dtype",)}
+    arch = {
+      f.name: hf[f.name]
+      for f in dataclasses.fields(cls)
+      if f.name in hf and f.name not in ("dtype",)
+    }
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError("only position_embedding_type='absolute' is supported, "
-                       f"config.json has {hf['position_embedding_type']!r}")
+      raise ValueError(
+        "only position_embedding_type='absolute' is supported, "
+        f"config.json has {hf['position_embedding_type']!r}"
+      )
     return cls(**arch, **compute)
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The architecture part, as transformers' `BertConfig(**d)` takes it."""
     compute = {"dtype", "scan_layers", "remat_policy", "attention_impl"}
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if f.name not in compute}
+    return {
+      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in compute
+    }
 
-  def replace(self, **changes: Any) -> "BertConfig":
+  def replace(self, **changes: Any) -> BertConfig:
     return dataclasses.replace(self, **changes)

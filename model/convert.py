@@ -11,7 +11,8 @@ reads and writes the files.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -55,19 +56,21 @@ def _layer_map(i: int, c: BertConfig) -> list[tuple[str, tuple[str, ...], Any, A
   t, same = (lambda w: w.T), (lambda x: x)
   rows = []
   for name in ("query", "key", "value"):
-    rows += [(p + f"attention.self.{name}.weight", ("attention", name, "kernel"), qkv_in, qkv_out),
-             (p + f"attention.self.{name}.bias", ("attention", name, "bias"), head_bias_in, head_bias_out)]
+    rows += [
+      (p + f"attention.self.{name}.weight", ("attention", name, "kernel"), qkv_in, qkv_out),
+      (p + f"attention.self.{name}.bias", ("attention", name, "bias"), head_bias_in, head_bias_out),
+    ]
   rows += [
-      (p + "attention.output.dense.weight", ("attention", "output", "kernel"), o_in, o_out),
-      (p + "attention.output.dense.bias", ("attention", "output", "bias"), same, same),
-      (p + "attention.output.LayerNorm.weight", ("attention", "norm", "scale"), same, same),
-      (p + "attention.output.LayerNorm.bias", ("attention", "norm", "bias"), same, same),
-      (p + "intermediate.dense.weight", ("ffn", "intermediate", "kernel"), t, t),
-      (p + "intermediate.dense.bias", ("ffn", "intermediate", "bias"), same, same),
-      (p + "output.dense.weight", ("ffn", "output", "kernel"), t, t),
-      (p + "output.dense.bias", ("ffn", "output", "bias"), same, same),
-      (p + "output.LayerNorm.weight", ("ffn", "norm", "scale"), same, same),
-      (p + "output.LayerNorm.bias", ("ffn", "norm", "bias"), same, same),
+    (p + "attention.output.dense.weight", ("attention", "output", "kernel"), o_in, o_out),
+    (p + "attention.output.dense.bias", ("attention", "output", "bias"), same, same),
+    (p + "attention.output.LayerNorm.weight", ("attention", "norm", "scale"), same, same),
+    (p + "attention.output.LayerNorm.bias", ("attention", "norm", "bias"), same, same),
+    (p + "intermediate.dense.weight", ("ffn", "intermediate", "kernel"), t, t),
+    (p + "intermediate.dense.bias", ("ffn", "intermediate", "bias"), same, same),
+    (p + "output.dense.weight", ("ffn", "output", "kernel"), t, t),
+    (p + "output.dense.bias", ("ffn", "output", "bias"), same, same),
+    (p + "output.LayerNorm.weight", ("ffn", "norm", "scale"), same, same),
+    (p + "output.LayerNorm.bias", ("ffn", "norm", "bias"), same, same),
   ]
   return rows
 
@@ -76,20 +79,20 @@ def _top_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
   t, same = (lambda w: w.T), (lambda x: x)
   e = "bert.embeddings."
   return [
-      (e + "word_embeddings.weight", ("bert", "embeddings", "word"), same, same),
-      (e + "position_embeddings.weight", ("bert", "embeddings", "position"), same, same),
-      (e + "token_type_embeddings.weight", ("bert", "embeddings", "token_type"), same, same),
-      (e + "LayerNorm.weight", ("bert", "embeddings", "norm", "scale"), same, same),
-      (e + "LayerNorm.bias", ("bert", "embeddings", "norm", "bias"), same, same),
-      ("bert.pooler.dense.weight", ("bert", "pooler", "dense", "kernel"), t, t),
-      ("bert.pooler.dense.bias", ("bert", "pooler", "dense", "bias"), same, same),
-      ("cls.predictions.transform.dense.weight", ("mlm", "transform", "kernel"), t, t),
-      ("cls.predictions.transform.dense.bias", ("mlm", "transform", "bias"), same, same),
-      ("cls.predictions.transform.LayerNorm.weight", ("mlm", "norm", "scale"), same, same),
-      ("cls.predictions.transform.LayerNorm.bias", ("mlm", "norm", "bias"), same, same),
-      ("cls.predictions.bias", ("mlm", "bias"), same, same),
-      ("cls.seq_relationship.weight", ("nsp", "kernel"), t, t),
-      ("cls.seq_relationship.bias", ("nsp", "bias"), same, same),
+    (e + "word_embeddings.weight", ("bert", "embeddings", "word"), same, same),
+    (e + "position_embeddings.weight", ("bert", "embeddings", "position"), same, same),
+    (e + "token_type_embeddings.weight", ("bert", "embeddings", "token_type"), same, same),
+    (e + "LayerNorm.weight", ("bert", "embeddings", "norm", "scale"), same, same),
+    (e + "LayerNorm.bias", ("bert", "embeddings", "norm", "bias"), same, same),
+    ("bert.pooler.dense.weight", ("bert", "pooler", "dense", "kernel"), t, t),
+    ("bert.pooler.dense.bias", ("bert", "pooler", "dense", "bias"), same, same),
+    ("cls.predictions.transform.dense.weight", ("mlm", "transform", "kernel"), t, t),
+    ("cls.predictions.transform.dense.bias", ("mlm", "transform", "bias"), same, same),
+    ("cls.predictions.transform.LayerNorm.weight", ("mlm", "norm", "scale"), same, same),
+    ("cls.predictions.transform.LayerNorm.bias", ("mlm", "norm", "bias"), same, same),
+    ("cls.predictions.bias", ("mlm", "bias"), same, same),
+    ("cls.seq_relationship.weight", ("nsp", "kernel"), t, t),
+    ("cls.seq_relationship.bias", ("nsp", "bias"), same, same),
   ]
 
 
@@ -101,8 +104,10 @@ def _head_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
   t, same = (lambda w: w.T), (lambda x: x)
   rows = []
   for head in ("classifier", "qa_outputs"):
-    rows += [(f"{head}.weight", (head, "kernel"), t, t),
-             (f"{head}.bias", (head, "bias"), same, same)]
+    rows += [
+      (f"{head}.weight", (head, "kernel"), t, t),
+      (f"{head}.bias", (head, "bias"), same, same),
+    ]
   return rows
 
 
@@ -168,12 +173,17 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
     except KeyError:
       pass
   set_path(tree, LAYERS_PATH, stacked)
-  extra = sorted(set(hf) - _all_hf_names(config) - {"cls.predictions.decoder.weight",
-                                                    "cls.predictions.decoder.bias"})
+  extra = sorted(
+    set(hf)
+    - _all_hf_names(config)
+    - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+  )
   if extra:
-    raise ValueError(f"checkpoint has tensors this BERT does not: {extra[:5]}"
-                     f"{' ...' if len(extra) > 5 else ''} (num_hidden_layers="
-                     f"{config.num_hidden_layers}; is it a BERT checkpoint of this size?)")
+    raise ValueError(
+      f"checkpoint has tensors this BERT does not: {extra[:5]}"
+      f"{' ...' if len(extra) > 5 else ''} (num_hidden_layers="
+      f"{config.num_hidden_layers}; is it a BERT checkpoint of this size?)"
+    )
   return tree, missing
 
 
@@ -204,10 +214,12 @@ def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
   mapped |= {LAYERS_PATH + path for _, path, _, _ in _layer_map(0, config)}
   unmapped = ["/".join(p) for p in leaf_paths(params) if p not in mapped]
   if unmapped:
-    raise ValueError(f"parameters with no HF BERT tensor: {unmapped[:5]}"
-                     f"{' ...' if len(unmapped) > 5 else ''} (merge LoRA / AdaLoRA branches "
-                     "first with model.peft.merge_low_rank; adapter, prefix and prompt "
-                     "parameters have no place in transformers' BERT)")
+    raise ValueError(
+      f"parameters with no HF BERT tensor: {unmapped[:5]}"
+      f"{' ...' if len(unmapped) > 5 else ''} (merge LoRA / AdaLoRA branches "
+      "first with model.peft.merge_low_rank; adapter, prefix and prompt "
+      "parameters have no place in transformers' BERT)"
+    )
   if "cls.predictions.bias" in out:
     out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
   return out
@@ -222,8 +234,10 @@ def check_shapes(reference: Tree, loaded: Tree, prefix: str = "") -> None:
     if isinstance(value, dict):
       check_shapes(reference[key], value, where)
     elif tuple(np.shape(reference[key])) != tuple(np.shape(value)):
-      raise ValueError(f"shape mismatch at {where!r}: checkpoint {tuple(np.shape(value))}, "
-                       f"model {tuple(np.shape(reference[key]))}")
+      raise ValueError(
+        f"shape mismatch at {where!r}: checkpoint {tuple(np.shape(value))}, "
+        f"model {tuple(np.shape(reference[key]))}"
+      )
 
 
 def union_trees(a: Tree, b: Tree) -> Tree:

@@ -25,8 +25,14 @@ class MaskedLMHead(nnx.Module):
   def __init__(self, config: BertConfig, rngs: nnx.Rngs):
     c = config
     self.config = c
-    self.transform = Dense("...d,de->...e", (c.hidden_size, c.hidden_size),
-                           ("embed", None), (None,), rngs, c.initializer_range)
+    self.transform = Dense(
+      "...d,de->...e",
+      (c.hidden_size, c.hidden_size),
+      ("embed", None),
+      (None,),
+      rngs,
+      c.initializer_range,
+    )
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs, axis_name=None)
     self.bias = param(rngs, (c.vocab_size,), ("vocab",), "zeros")
 
@@ -38,8 +44,9 @@ class MaskedLMHead(nnx.Module):
     """
     h = activation(self.config.hidden_act)(self.transform(hidden))
     h = self.norm(h)
-    logits = jnp.einsum("...d,vd->...v", h, word_embeddings.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "...d,vd->...v", h, word_embeddings.astype(h.dtype), preferred_element_type=jnp.float32
+    )
     return logits + self.bias[...]
 
 
@@ -50,27 +57,38 @@ class BertForPreTraining(nnx.Module):
     self.config = config
     self.bert = BertModel(config, rngs, peft)
     self.mlm = MaskedLMHead(config, rngs)
-    self.nsp = Dense("bd,dc->bc", (config.hidden_size, 2), ("embed", None), (None,),
-                     rngs, config.initializer_range)
+    self.nsp = Dense(
+      "bd,dc->bc", (config.hidden_size, 2), ("embed", None), (None,), rngs, config.initializer_range
+    )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-               masked_positions=None, dropout_rng=None):
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    *,
+    masked_positions=None,
+    dropout_rng=None,
+  ):
     """Returns a dict with sequence/pooled outputs, MLM logits and NSP logits.
 
     With `masked_positions` [batch, predictions] the MLM logits are computed at
     those positions only, shape [batch, predictions, vocab]; without, at every
     position, [batch, length, vocab].
     """
-    sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask,
-                                 dropout_rng=dropout_rng)
+    sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=dropout_rng)
     hidden = sequence
     if masked_positions is not None:
       hidden = jnp.take_along_axis(sequence, masked_positions[..., None], axis=1)
     mlm_logits = self.mlm(hidden, self.bert.embeddings.word[...])
     mlm_logits = constrain(mlm_logits, ("batch", "length", "act_vocab"))
     nsp_logits = self.nsp(pooled).astype(jnp.float32)
-    return {"sequence_output": sequence, "pooled_output": pooled,
-            "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+    return {
+      "sequence_output": sequence,
+      "pooled_output": pooled,
+      "mlm_logits": mlm_logits,
+      "nsp_logits": nsp_logits,
+    }
 
 
 class BertForSequenceClassification(nnx.Module):
@@ -80,14 +98,21 @@ class BertForSequenceClassification(nnx.Module):
   classifier_dropout is unset.
   """
 
-  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs,
-               peft: PeftConfig = NO_PEFT):
+  def __init__(
+    self, config: BertConfig, num_labels: int, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT
+  ):
     if num_labels < 1:
       raise ValueError(f"num_labels={num_labels}: need at least 1 (1 means regression)")
     self.config = config
     self.bert = BertModel(config, rngs, peft)
-    self.classifier = Dense("bd,dc->bc", (config.hidden_size, num_labels), ("embed", None),
-                            (None,), rngs, config.initializer_range)
+    self.classifier = Dense(
+      "bd,dc->bc",
+      (config.hidden_size, num_labels),
+      ("embed", None),
+      (None,),
+      rngs,
+      config.initializer_range,
+    )
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
     """Returns logits [batch, num_labels] (float32)."""
@@ -100,14 +125,21 @@ class BertForSequenceClassification(nnx.Module):
 class BertForTokenClassification(nnx.Module):
   """Every token's vector -> dropout -> Dense: per-token tag logits (NER)."""
 
-  def __init__(self, config: BertConfig, num_labels: int, rngs: nnx.Rngs,
-               peft: PeftConfig = NO_PEFT):
+  def __init__(
+    self, config: BertConfig, num_labels: int, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT
+  ):
     if num_labels < 2:
       raise ValueError(f"num_labels={num_labels}: token classification needs at least 2 tags")
     self.config = config
     self.bert = BertModel(config, rngs, peft)
-    self.classifier = Dense("btd,dc->btc", (config.hidden_size, num_labels), ("embed", None),
-                            (None,), rngs, config.initializer_range)
+    self.classifier = Dense(
+      "btd,dc->btc",
+      (config.hidden_size, num_labels),
+      ("embed", None),
+      (None,),
+      rngs,
+      config.initializer_range,
+    )
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
     """Returns logits [batch, length, num_labels] (float32)."""
@@ -127,8 +159,14 @@ class BertForQuestionAnswering(nnx.Module):
   def __init__(self, config: BertConfig, rngs: nnx.Rngs, peft: PeftConfig = NO_PEFT):
     self.config = config
     self.bert = BertModel(config, rngs, peft)
-    self.qa_outputs = Dense("btd,dc->btc", (config.hidden_size, 2), ("embed", None), (None,),
-                            rngs, config.initializer_range)
+    self.qa_outputs = Dense(
+      "btd,dc->btc",
+      (config.hidden_size, 2),
+      ("embed", None),
+      (None,),
+      rngs,
+      config.initializer_range,
+    )
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
     """Returns (start_logits, end_logits), each [batch, length] (float32)."""

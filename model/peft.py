@@ -32,32 +32,39 @@ import numpy as np
 from flax import nnx
 
 METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit")
-LAYER_MODULES = ("attention.query", "attention.key", "attention.value", "attention.output",
-                 "ffn.intermediate", "ffn.output")
+LAYER_MODULES = (
+  "attention.query",
+  "attention.key",
+  "attention.value",
+  "attention.output",
+  "ffn.intermediate",
+  "ffn.output",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaLoraConfig:
   """The rank budget schedule (train/adalora.py); the paper's GLUE values as defaults."""
-  target_rank: int = 4           # average non-zero singular values per matrix at the end
-  warmup_ratio: float = 0.1      # t_i / total steps: every rank trains before any is cut
-  final_ratio: float = 0.2       # t_f / total steps: the last stretch at the final pattern
-  mask_interval: int = 10        # steps between reallocations (Delta T)
-  beta1: float = 0.85            # EMA of the sensitivity |w * grad|
-  beta2: float = 0.85            # EMA of its uncertainty
-  orth_reg_weight: float = 0.1   # gamma: weight of the P / Q orthogonality regulariser
+
+  target_rank: int = 4  # average non-zero singular values per matrix at the end
+  warmup_ratio: float = 0.1  # t_i / total steps: every rank trains before any is cut
+  final_ratio: float = 0.2  # t_f / total steps: the last stretch at the final pattern
+  mask_interval: int = 10  # steps between reallocations (Delta T)
+  beta1: float = 0.85  # EMA of the sensitivity |w * grad|
+  beta2: float = 0.85  # EMA of its uncertainty
+  orth_reg_weight: float = 0.1  # gamma: weight of the P / Q orthogonality regulariser
 
 
 @dataclasses.dataclass(frozen=True)
 class PeftConfig:
   method: str = "none"
-  rank: int = 8                  # lora; adalora: the starting rank of every target
-  alpha: float = 16.0            # the update is scaled by alpha / rank
-  dropout: float = 0.0           # lora / adalora: dropout on the low-rank branch's input
+  rank: int = 8  # lora; adalora: the starting rank of every target
+  alpha: float = 16.0  # the update is scaled by alpha / rank
+  dropout: float = 0.0  # lora / adalora: dropout on the low-rank branch's input
   targets: tuple[str, ...] = ("attention.query", "attention.value")
-  adapter_size: int = 64         # adapter bottleneck width
-  num_virtual_tokens: int = 16   # prefix / prompt length
-  prefix_projection: int = 0     # >0: prefixes come from an MLP of this width (reparameterised)
+  adapter_size: int = 64  # adapter bottleneck width
+  num_virtual_tokens: int = 16  # prefix / prompt length
+  prefix_projection: int = 0  # >0: prefixes come from an MLP of this width (reparameterised)
   adalora: AdaLoraConfig = AdaLoraConfig()
 
   def __post_init__(self):
@@ -67,19 +74,23 @@ class PeftConfig:
       if self.rank < 1:
         raise ValueError(f"peft.rank={self.rank}: must be at least 1")
       if not self.targets:
-        raise ValueError("peft.targets is empty: name the modules to adapt, e.g. "
-                         "('attention.query', 'attention.value')")
+        raise ValueError(
+          "peft.targets is empty: name the modules to adapt, e.g. "
+          "('attention.query', 'attention.value')"
+        )
       unknown = [p for p in self.targets if not any(_matches(p, m) for m in LAYER_MODULES)]
       if unknown:
-        raise ValueError(f"peft.targets {unknown} match no module; the modules of a layer are "
-                         f"{LAYER_MODULES}")
+        raise ValueError(
+          f"peft.targets {unknown} match no module; the modules of a layer are {LAYER_MODULES}"
+        )
       if not 0.0 <= self.dropout < 1.0:
         raise ValueError(f"peft.dropout={self.dropout}: must be in [0, 1)")
     if self.method == "adalora":
       schedule = self.adalora
       if not 1 <= schedule.target_rank <= self.rank:
-        raise ValueError(f"peft.adalora.target_rank={schedule.target_rank}: must lie in "
-                         f"[1, peft.rank={self.rank}]")
+        raise ValueError(
+          f"peft.adalora.target_rank={schedule.target_rank}: must lie in [1, peft.rank={self.rank}]"
+        )
       for key in ("warmup_ratio", "final_ratio", "beta1", "beta2"):
         if not 0.0 <= getattr(schedule, key) < 1.0:
           raise ValueError(f"peft.adalora.{key}={getattr(schedule, key)}: must be in [0, 1)")
@@ -108,8 +119,9 @@ class PeftConfig:
       values["adalora"] = AdaLoraConfig(**schedule)
     if "targets" in values:
       targets = values["targets"]
-      values["targets"] = tuple(t for t in (targets.split(",") if isinstance(targets, str)
-                                            else targets) if t)
+      values["targets"] = tuple(
+        t for t in (targets.split(",") if isinstance(targets, str) else targets) if t
+      )
     return cls(**values)
 
   @property
@@ -133,12 +145,14 @@ def check_sequence_fits(peft: PeftConfig, max_seq_length: int, max_positions: in
   """Prefix / prompt vectors take attention positions: the total must fit the model."""
   if peft.virtual_tokens and peft.virtual_tokens + max_seq_length > max_positions:
     raise ValueError(
-        f"peft.num_virtual_tokens={peft.virtual_tokens} + data.max_seq_length={max_seq_length} "
-        f"exceeds model.max_position_embeddings={max_positions}: shorten one of them")
+      f"peft.num_virtual_tokens={peft.virtual_tokens} + data.max_seq_length={max_seq_length} "
+      f"exceeds model.max_position_embeddings={max_positions}: shorten one of them"
+    )
 
 
 def trainable(peft: PeftConfig):
   """An nnx filter (path, value) -> bool: the parameters this method trains."""
+
   def keep(path, _value) -> bool:
     names = [str(p) for p in path]
     if names[0] != "bert" or peft.method == "none":
@@ -150,6 +164,7 @@ def trainable(peft: PeftConfig):
     if peft.method in ("prefix", "prompt"):
       return names[1] == peft.method
     return names[-1] == "bias"  # bitfit
+
   return keep
 
 
@@ -164,8 +179,9 @@ class LowRank(nnx.Module):
   its input side (A maps them to r), the rest its output side (B maps r to them).
   """
 
-  def __init__(self, spec: str, kernel_shape, kernel_names, name: str, peft: PeftConfig,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, spec: str, kernel_shape, kernel_names, name: str, peft: PeftConfig, rngs: nnx.Rngs
+  ):
     x_letters, rest = spec.split(",")
     kernel_letters, y_letters = rest.split("->")
     n_in = sum(1 for c in kernel_letters if c in x_letters)
@@ -175,8 +191,9 @@ class LowRank(nnx.Module):
     fan_in = math.prod(kernel_shape[:n_in])
     fan_out = math.prod(kernel_shape[n_in:])
     if peft.rank > min(fan_in, fan_out):
-      raise ValueError(f"peft.rank={peft.rank} exceeds {name}'s smaller side "
-                       f"({fan_in} in, {fan_out} out)")
+      raise ValueError(
+        f"peft.rank={peft.rank} exceeds {name}'s smaller side ({fan_in} in, {fan_out} out)"
+      )
     mid = "".join(c for c in x_letters if c not in in_letters) + "r"
     self.down_spec = f"{x_letters},{in_letters}r->{mid}"
     self.up_spec = f"{mid},r{out_letters}->{y_letters}"
@@ -217,9 +234,15 @@ class Adapter(nnx.Module):
     self.up_bias = _param(jnp.zeros((hidden,)), ("embed",))
 
   def __call__(self, h):
-    z = jnp.einsum("btd,da->bta", h, self.down[...].astype(h.dtype)) + self.down_bias[...].astype(h.dtype)
+    z = jnp.einsum("btd,da->bta", h, self.down[...].astype(h.dtype)) + self.down_bias[...].astype(
+      h.dtype
+    )
     z = jax.nn.gelu(z, approximate=False)
-    return h + jnp.einsum("bta,ad->btd", z, self.up[...].astype(h.dtype)) + self.up_bias[...].astype(h.dtype)
+    return (
+      h
+      + jnp.einsum("bta,ad->btd", z, self.up[...].astype(h.dtype))
+      + self.up_bias[...].astype(h.dtype)
+    )
 
 
 class Prefix(nnx.Module):
@@ -230,32 +253,35 @@ class Prefix(nnx.Module):
   Li & Liang found trains more stably; only the MLP's output is used at inference.
   """
 
-  def __init__(self, layers: int, heads: int, head_dim: int, hidden: int, peft: PeftConfig,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, layers: int, heads: int, head_dim: int, hidden: int, peft: PeftConfig, rngs: nnx.Rngs
+  ):
     self.shape = (layers, 2, peft.num_virtual_tokens, heads, head_dim)
     n = peft.num_virtual_tokens
     width = peft.prefix_projection
     if width:
       self.tokens = _param(jax.random.normal(rngs.params(), (n, hidden)), (None, "embed"))
-      self.hidden = _param(0.02 * jax.random.normal(rngs.params(), (hidden, width)), ("embed", None))
+      self.hidden = _param(
+        0.02 * jax.random.normal(rngs.params(), (hidden, width)), ("embed", None)
+      )
       self.hidden_bias = _param(jnp.zeros((width,)), (None,))
       out = layers * 2 * heads * head_dim
       self.out = _param(0.02 * jax.random.normal(rngs.params(), (width, out)), (None, None))
       self.out_bias = _param(jnp.zeros((out,)), (None,))
       self.prefix = None
     else:
-      self.prefix = _param(jax.random.normal(rngs.params(), self.shape),
-                           ("layers", None, None, "heads", "kv"))
+      self.prefix = _param(
+        jax.random.normal(rngs.params(), self.shape), ("layers", None, None, "heads", "kv")
+      )
 
   def __call__(self, dtype):
     if self.prefix is not None:
       return self.prefix[...].astype(dtype)
     h = jnp.tanh(self.tokens[...] @ self.hidden[...] + self.hidden_bias[...])
-    flat = h @ self.out[...] + self.out_bias[...]                    # [P, L*2*H*D]
+    flat = h @ self.out[...] + self.out_bias[...]  # [P, L*2*H*D]
     layers, two, n, heads, head_dim = self.shape
     kv = flat.reshape(n, layers, two, heads, head_dim).transpose(1, 2, 0, 3, 4)
     return kv.astype(dtype)
-
 
 
 def merge_low_rank(tree: dict, peft: PeftConfig) -> dict:

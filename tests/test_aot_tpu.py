@@ -1,4 +1,5 @@
 """Configs compile for real TPU slices on this CPU machine, and fit their HBM."""
+
 import pytest
 
 pytest.importorskip("libtpu", reason="pip install -e '.[tpu]' for ahead-of-time TPU compiles")
@@ -11,11 +12,12 @@ from train import aot
 def test_flop_count_matches_the_6nd_rule_for_bert_base():
   model = BertConfig()
   flops = aot.pretraining_flops_per_step(model, batch=256, length=128, predictions=20)
-  params_in_matmuls = 12 * (4 * 768 ** 2 + 2 * 768 * 3072)
+  params_in_matmuls = 12 * (4 * 768**2 + 2 * 768 * 3072)
   six_n_d = 6 * params_in_matmuls * 256 * 128
   assert 1.0 < flops / six_n_d < 1.2  # attention and the MLM head add the rest
 
 
+@pytest.mark.slow
 def test_bert_base_compiles_for_v5e_4x4_and_fits():
   config = bert_base.get_config("phase1")
   config.model.scan_layers = True  # compile time flat in depth (unscanned: ~7 min on 2 cores)
@@ -25,6 +27,7 @@ def test_bert_base_compiles_for_v5e_4x4_and_fits():
   assert report.fits and 0.5 * 2**30 < report.bytes_per_chip
 
 
+@pytest.mark.slow
 def test_bert_large_compiles_for_v4_and_fits():
   config = bert_large.get_config("phase1")  # scan + remat, fsdp=4 by default
   report = aot.compile_for_topology(config, "v4:2x2x1")
@@ -33,6 +36,7 @@ def test_bert_large_compiles_for_v4_and_fits():
   assert report.fits
 
 
+@pytest.mark.slow
 def test_a_config_too_big_for_the_chip_is_reported():
   config = bert_large.get_config("phase2")
   config.batch_size = 4096

@@ -1,4 +1,5 @@
 """Checkpoints resume exactly, move between meshes and never destroy good ones."""
+
 import logging
 
 import jax
@@ -7,7 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
 
@@ -27,8 +29,12 @@ def train_state(seed: int, as_nnx: bool = False):
     params = nnx.state(Tiny(nnx.Rngs(seed)), nnx.Param)
   else:
     params = {"kernel": jax.random.normal(key, (4, 8)), "bias": jnp.full(8, float(seed))}
-  return {"params": params, "mu": jax.tree.map(lambda p: p * 0.5, params),
-          "rng": jax.random.fold_in(key, 7), "step": jnp.asarray(seed, jnp.int32)}
+  return {
+    "params": params,
+    "mu": jax.tree.map(lambda p: p * 0.5, params),
+    "rng": jax.random.fold_in(key, 7),
+    "step": jnp.asarray(seed, jnp.int32),
+  }
 
 
 def assert_bitwise_equal(a, b):
@@ -66,8 +72,9 @@ def test_max_to_keep_keeps_the_newest(tmp_path):
 def test_orbax_raises_on_an_existing_step_and_skips_older_ones(tmp_path):
   """Pins Orbax 0.12 behaviour our wrapper relies on (and shields the loop from)."""
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
-  args = ocp.args.Composite(state=ocp.args.StandardSave(train_state(1)),
-                            meta=ocp.args.JsonSave(META))
+  args = ocp.args.Composite(
+    state=ocp.args.StandardSave(train_state(1)), meta=ocp.args.JsonSave(META)
+  )
   with ocp.CheckpointManager(tmp_path / "raw", options=options) as manager:
     assert manager.save(5, args=args)
     assert manager.save(5, args=args) is False  # should_save: not after latest
@@ -115,14 +122,18 @@ def test_restore_onto_another_mesh_gets_the_target_sharding(tmp_path):
   line = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   grid = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   value = jnp.arange(8 * 16, dtype=jnp.float32).reshape(8, 16)
-  saved = {"w": jax.device_put(value, NamedSharding(line, P("data"))),
-           "step": jnp.asarray(7, jnp.int32)}
+  saved = {
+    "w": jax.device_put(value, NamedSharding(line, P("data"))),
+    "step": jnp.asarray(7, jnp.int32),
+  }
   with Checkpointer(tmp_path, async_save=False) as ckpt:
     ckpt.save(7, saved, META)
   target = NamedSharding(grid, P("data", "model"))
   replicated = NamedSharding(grid, P())
-  abstract = {"w": jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=target),
-              "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+  abstract = {
+    "w": jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=target),
+    "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+  }
   with Checkpointer(tmp_path) as ckpt:
     restored, _ = ckpt.restore(7, abstract)
   assert restored["w"].sharding == target

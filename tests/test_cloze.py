@@ -1,9 +1,10 @@
 """Cloze prompts: rendering, truncation, errors, MLM logits at [MASK], k-shot and zero-shot."""
-from helpers import finetune as ff
+
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import finetune as ff
 
 from configs.finetune import sst2_prompt
 from data import cloze
@@ -34,10 +35,26 @@ def tokens(tokenizer, arrays, row=0):
 
 
 def test_template_renders_the_text_around_one_mask(tokenizer):
-  arrays, stats = cloze.encode_cloze([example("The cat sat."), example("A dog ran.", "0")],
-                                     ["sentence"], TEMPLATE, tokenizer, 16, ["0", "1"])
-  assert tokens(tokenizer, arrays) == ["[CLS]", "the", "cat", "sat", ".", "then", "saw",
-                                       "[MASK]", ".", "[SEP]"]
+  arrays, stats = cloze.encode_cloze(
+    [example("The cat sat."), example("A dog ran.", "0")],
+    ["sentence"],
+    TEMPLATE,
+    tokenizer,
+    16,
+    ["0", "1"],
+  )
+  assert tokens(tokenizer, arrays) == [
+    "[CLS]",
+    "the",
+    "cat",
+    "sat",
+    ".",
+    "then",
+    "saw",
+    "[MASK]",
+    ".",
+    "[SEP]",
+  ]
   assert arrays["mask_position"].tolist() == [7, 7]
   assert arrays["input_ids"][0, 7] == tokenizer.mask_token_id
   assert arrays["label"].tolist() == [1, 0] and arrays["weight"].tolist() == [1.0, 1.0]
@@ -46,36 +63,73 @@ def test_template_renders_the_text_around_one_mask(tokenizer):
 
 
 def test_a_pair_template_fills_both_columns(tokenizer):
-  arrays, _ = cloze.encode_cloze([example("a cat", text_b="a dog")], ["s1", "s2"],
-                                 "{s1} ? [MASK] , {s2}", tokenizer, 16, ["0", "1"])
-  assert tokens(tokenizer, arrays) == ["[CLS]", "a", "cat", "?", "[MASK]", ",", "a", "dog",
-                                       "[SEP]"]
+  arrays, _ = cloze.encode_cloze(
+    [example("a cat", text_b="a dog")],
+    ["s1", "s2"],
+    "{s1} ? [MASK] , {s2}",
+    tokenizer,
+    16,
+    ["0", "1"],
+  )
+  assert tokens(tokenizer, arrays) == ["[CLS]", "a", "cat", "?", "[MASK]", ",", "a", "dog", "[SEP]"]
   assert arrays["mask_position"].tolist() == [4]
 
 
 def test_truncation_cuts_the_text_never_the_template_or_mask(tokenizer):
   long = "the big red cat sat on a small tree and then ran."
-  arrays, stats = cloze.encode_cloze([example(long)], ["sentence"], TEMPLATE, tokenizer, 10,
-                                     ["0", "1"])
+  arrays, stats = cloze.encode_cloze(
+    [example(long)], ["sentence"], TEMPLATE, tokenizer, 10, ["0", "1"]
+  )
   # 6 tokens go to [CLS], [SEP] and the template: 4 are left for the text
-  assert tokens(tokenizer, arrays) == ["[CLS]", "the", "big", "red", "cat", "then", "saw",
-                                       "[MASK]", ".", "[SEP]"]
+  assert tokens(tokenizer, arrays) == [
+    "[CLS]",
+    "the",
+    "big",
+    "red",
+    "cat",
+    "then",
+    "saw",
+    "[MASK]",
+    ".",
+    "[SEP]",
+  ]
   assert arrays["mask_position"].tolist() == [7] and stats["truncated"] == 1
-  pair, _ = cloze.encode_cloze([example("a cat", text_b="the big red dog ran on")], ["a", "b"],
-                               "{a} [MASK] {b}", tokenizer, 9, ["0", "1"])
-  assert tokens(tokenizer, pair) == ["[CLS]", "a", "cat", "[MASK]", "the", "big", "red", "dog",
-                                     "[SEP]"]  # the longer text lost its end
-  with pytest.raises(ValueError, match=r"data.template='\{sentence\} then saw \[MASK\] \.' "
-                     r"takes 6 tokens .* max_seq_length=6 leaves no room for the text"):
+  pair, _ = cloze.encode_cloze(
+    [example("a cat", text_b="the big red dog ran on")],
+    ["a", "b"],
+    "{a} [MASK] {b}",
+    tokenizer,
+    9,
+    ["0", "1"],
+  )
+  assert tokens(tokenizer, pair) == [
+    "[CLS]",
+    "a",
+    "cat",
+    "[MASK]",
+    "the",
+    "big",
+    "red",
+    "dog",
+    "[SEP]",
+  ]  # the longer text lost its end
+  with pytest.raises(
+    ValueError,
+    match=r"data.template='\{sentence\} then saw \[MASK\] \.' "
+    r"takes 6 tokens .* max_seq_length=6 leaves no room for the text",
+  ):
     cloze.encode_cloze([example(long)], ["sentence"], TEMPLATE, tokenizer, 6, ["0", "1"])
 
 
-@pytest.mark.parametrize("template,message", [
+@pytest.mark.parametrize(
+  "template,message",
+  [
     ("{sentence} it was good .", r"data.template='\{sentence\} it was good \.' has 0 \[MASK\]"),
     ("[MASK] {sentence} [MASK]", r"data.template='\[MASK\] \{sentence\} \[MASK\]' has 2 \[MASK\]"),
     ("{text} [MASK]", r"placeholder \{text\} is not a text column; the columns are \['sentence'\]"),
     ("it was [MASK] .", r"data.template='it was \[MASK\] \.' has no placeholder for the text"),
-])
+  ],
+)
 def test_bad_templates_are_named(template, message):
   with pytest.raises(ValueError, match=message):
     cloze.parse_template(template, ["sentence"])
@@ -87,16 +141,29 @@ def test_verbalizer_gives_one_vocab_id_per_label(tokenizer):
   assert cloze.verbalizer_token_ids({"1": "good", "0": "bad"}, ["0", "1"], tokenizer) == ids
 
 
-@pytest.mark.parametrize("verbalizer,message", [
-    (("bad", "trees"), (r"label '1' -> word 'trees' must be a single token of the vocab, but "
-                        r"it tokenises as \['tree', '##s'\]")),
+@pytest.mark.parametrize(
+  "verbalizer,message",
+  [
+    (
+      ("bad", "trees"),
+      (
+        r"label '1' -> word 'trees' must be a single token of the vocab, but "
+        r"it tokenises as \['tree', '##s'\]"
+      ),
+    ),
     (("bad", "great"), r"label '1' -> word 'great' .* tokenises as \['\[UNK\]'\]"),
-    ({"0": "bad", "2": "good"}, (r"data.verbalizer names label '2', which is not one of the "
-                                 r"labels \['0', '1'\]")),
+    (
+      {"0": "bad", "2": "good"},
+      (
+        r"data.verbalizer names label '2', which is not one of the "
+        r"labels \['0', '1'\]"
+      ),
+    ),
     ({"0": "bad"}, r"data.verbalizer has no word for label '1'"),
     (("bad",), r"data.verbalizer has 1 words \['bad'\] for 2 labels \['0', '1'\]"),
     (("good", "Good"), r"gives two labels the same token"),
-])
+  ],
+)
 def test_bad_verbalizers_are_named(tokenizer, verbalizer, message):
   with pytest.raises(ValueError, match=message):
     cloze.verbalizer_token_ids(verbalizer, ["0", "1"], tokenizer)
@@ -115,22 +182,37 @@ def test_k_shot_takes_the_first_k_of_each_class_by_seed():
   assert sorted(e.label for e in chosen) == ["False"] * 4 + ["True"] * 4
   assert chosen == cloze.first_k_per_class(examples, ["False", "True"], 4, seed=0)
   assert chosen != cloze.first_k_per_class(examples, ["False", "True"], 4, seed=1)
-  with pytest.raises(ValueError, match=r"train_examples_per_class=11, but the training data has "
-                     r"only \{'True': 10\} examples"):
+  with pytest.raises(
+    ValueError,
+    match=r"train_examples_per_class=11, but the training data has "
+    r"only \{'True': 10\} examples",
+  ):
     cloze.first_k_per_class(examples, ["False", "True"], 11, seed=0)
 
 
+@pytest.mark.slow
 def test_class_logits_are_the_mlm_logits_at_the_mask_for_the_verbalizer_ids():
-  config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=16)
+  config = BertConfig(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=16,
+  )
   model = BertForPreTraining(config, nnx.Rngs(3))
   rng = np.random.default_rng(0)
   ids = rng.integers(5, 50, (4, 12)).astype(np.int32)
   mask = np.ones_like(ids)
   mask[1, 9:] = 0
-  batch = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask,
-           "mask_position": np.array([3, 8, 0, 11], np.int32),
-           "label": np.array([0, 1, 2, 1], np.int32), "weight": np.ones(4, np.float32)}
+  batch = {
+    "input_ids": ids,
+    "token_type_ids": np.zeros_like(ids),
+    "attention_mask": mask,
+    "mask_position": np.array([3, 8, 0, 11], np.int32),
+    "label": np.array([0, 1, 2, 1], np.int32),
+    "weight": np.ones(4, np.float32),
+  }
   verbalizer_ids = [7, 42, 13]
   objective = ClozeObjective(verbalizer_ids)
   logits = np.asarray(objective.outputs(model, batch, None)["logits"])
@@ -140,17 +222,22 @@ def test_class_logits_are_the_mlm_logits_at_the_mask_for_the_verbalizer_ids():
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
   _, sums = objective(model, batch, None, objective.normalizers(batch))
   log_probs = expected - np.log(np.exp(expected).sum(-1, keepdims=True))
-  assert float(sums["loss"]) == pytest.approx(-log_probs[np.arange(4), batch["label"]].sum(),
-                                              rel=1e-5)
+  assert float(sums["loss"]) == pytest.approx(
+    -log_probs[np.arange(4), batch["label"]].sum(), rel=1e-5
+  )
   assert objective.metric_names == ("loss", "accuracy")
 
 
 def cloze_config(tmp_path, **overrides):
   c = ff.tiny_config("cloze", tmp_path)
-  c.data.update(train_path=ff.write_tsv(tmp_path / "train.tsv", ff.sentiment_rows(64, 0)),
-                eval_path=ff.write_tsv(tmp_path / "dev.tsv", ff.sentiment_rows(20, 1)),
-                labels=("0", "1"), template=TEMPLATE, verbalizer=VERBALIZER,
-                train_examples_per_class=8)
+  c.data.update(
+    train_path=ff.write_tsv(tmp_path / "train.tsv", ff.sentiment_rows(64, 0)),
+    eval_path=ff.write_tsv(tmp_path / "dev.tsv", ff.sentiment_rows(20, 1)),
+    labels=("0", "1"),
+    template=TEMPLATE,
+    verbalizer=VERBALIZER,
+    train_examples_per_class=8,
+  )
   c.early_stopping.metric = ""
   c.epochs = 20
   c.optimizer.lr = 1e-2
@@ -164,6 +251,7 @@ def k_shot_run(tmp_path_factory):
   return workdir, loop.train_and_evaluate(cloze_config(tmp_path), workdir)
 
 
+@pytest.mark.slow
 def test_k_shot_trains_on_k_per_class_and_its_loss_falls(k_shot_run):
   workdir, final = k_shot_run
   train = [r for r in read_metrics(workdir) if r["split"] == "train"]
@@ -172,11 +260,13 @@ def test_k_shot_trains_on_k_per_class_and_its_loss_falls(k_shot_run):
   assert {"loss", "accuracy"} <= set(final)
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_zero_shot_evaluates_without_a_training_step(k_shot_run, tmp_path):
   """From the k-shot run's weights (MLM head included), zero-shot scores what it scored."""
   trained, trained_final = k_shot_run
-  config = cloze_config(tmp_path, **{"epochs": 0, "data.train_path": "",
-                                     "init.checkpoint": trained})
+  config = cloze_config(
+    tmp_path, **{"epochs": 0, "data.train_path": "", "init.checkpoint": trained}
+  )
   workdir = str(tmp_path / "zero")
   final = loop.train_and_evaluate(config, workdir)
   assert final["step"] == 0
@@ -189,8 +279,9 @@ def test_zero_shot_evaluates_without_a_training_step(k_shot_run, tmp_path):
 def test_training_needs_train_data_unless_epochs_is_zero(tmp_path):
   with pytest.raises(ValueError, match="no train data: set data.train_path .* or epochs=0"):
     tasks.build_task(cloze_config(tmp_path, **{"data.train_path": ""}), str(tmp_path))
-  task = tasks.build_task(cloze_config(tmp_path, **{"data.train_path": "", "epochs": 0}),
-                          str(tmp_path))
+  task = tasks.build_task(
+    cloze_config(tmp_path, **{"data.train_path": "", "epochs": 0}), str(tmp_path)
+  )
   assert task.train_data is None and task.labels == ["0", "1"]
 
 
@@ -203,8 +294,11 @@ def test_peft_is_refused_rather_than_ignored(tmp_path):
 
 def test_a_checkpoint_without_mlm_head_is_detected(tmp_path):
   from safetensors.numpy import save_file
-  save_file({"embeddings.word_embeddings.weight": np.zeros((2, 2), np.float32)},
-            str(tmp_path / "model.safetensors"))
+
+  save_file(
+    {"embeddings.word_embeddings.weight": np.zeros((2, 2), np.float32)},
+    str(tmp_path / "model.safetensors"),
+  )
   assert tasks._mlm_head_missing({"hf_dir": str(tmp_path)})
   save_file({"cls.predictions.bias": np.zeros(2, np.float32)}, str(tmp_path / "model.safetensors"))
   assert not tasks._mlm_head_missing({"hf_dir": str(tmp_path)})

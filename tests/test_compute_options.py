@@ -1,16 +1,23 @@
 """Compute options change how XLA runs the maths, not the maths."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
 from helpers import random_batch
+
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 
-BASE = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=96, max_position_embeddings=32)
+BASE = BertConfig(
+  vocab_size=97,
+  hidden_size=64,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  intermediate_size=96,
+  max_position_embeddings=32,
+)
 
 
 def _params(config):
@@ -27,21 +34,28 @@ def _run(config, params, dropout_seed=None):
   def f(params):
     out = nnx.merge(graphdef, params)(ids, types, mask, dropout_rng=rng)
     return jnp.sum(out["mlm_logits"] ** 2) * 1e-3 + jnp.sum(out["nsp_logits"]), out
+
   (_, out), grads = jax.value_and_grad(f, has_aux=True)(params)
   return out, grads
 
 
 def _max_diff(a, b):
-  return max(float(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).max())
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).max())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
-@pytest.mark.parametrize("changes", [
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "changes",
+  [
     {"scan_layers": True},
     {"remat_policy": "full"},
     {"remat_policy": "dots", "scan_layers": True},
     {"attention_impl": "xla"},
-])
+  ],
+)
 def test_scan_remat_and_fused_attention_match_the_plain_stack(changes):
   params = _params(BASE)
   ref_out, ref_grads = _run(BASE, params)
@@ -50,10 +64,13 @@ def test_scan_remat_and_fused_attention_match_the_plain_stack(changes):
   assert _max_diff(grads, ref_grads) < 1e-5
 
 
+@pytest.mark.slow
 def test_scan_and_loop_draw_the_same_dropout_masks():
   params = _params(BASE)
   loop_out, loop_grads = _run(BASE, params, dropout_seed=7)
-  scan_out, scan_grads = _run(BASE.replace(scan_layers=True, remat_policy="full"), params, dropout_seed=7)
+  scan_out, scan_grads = _run(
+    BASE.replace(scan_layers=True, remat_policy="full"), params, dropout_seed=7
+  )
   no_dropout, _ = _run(BASE, params)
   assert _max_diff(loop_out, scan_out) < 1e-5 and _max_diff(loop_grads, scan_grads) < 1e-5
   assert _max_diff(loop_out, no_dropout) > 1e-2  # dropout really was on
@@ -66,13 +83,16 @@ BF16_TOL_HIDDEN = 0.1
 BF16_TOL_RELATIVE_LOGITS = 0.05
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_params():
   params = _params(BASE)
   ref, _ = _run(BASE, params)
   out, grads = _run(BASE.replace(dtype="bfloat16"), params)
   assert out["sequence_output"].dtype == jnp.bfloat16
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
-  hidden = np.abs(np.asarray(out["sequence_output"], np.float32) - np.asarray(ref["sequence_output"]))
+  hidden = np.abs(
+    np.asarray(out["sequence_output"], np.float32) - np.asarray(ref["sequence_output"])
+  )
   assert hidden.max() < BF16_TOL_HIDDEN, hidden.max()
   logits, ref_logits = np.asarray(out["mlm_logits"]), np.asarray(ref["mlm_logits"])
   relative = np.linalg.norm(logits - ref_logits) / np.linalg.norm(ref_logits)

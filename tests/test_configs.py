@@ -1,4 +1,5 @@
 """Every config file builds, and its model section is a valid BertConfig."""
+
 import glob
 import importlib
 import os
@@ -9,9 +10,17 @@ from model.config import BertConfig
 from train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = [("bert_tiny", None), ("bert_mini", None), ("bert_small", None),
-         ("bert_base", "phase1"), ("bert_base", "phase2"), ("bert_large", "phase1"),
-         ("bert_large", "phase2"), ("bert_large_lamb", "phase1"), ("bert_large_lamb", "phase2")]
+CASES = [
+  ("bert_tiny", None),
+  ("bert_mini", None),
+  ("bert_small", None),
+  ("bert_base", "phase1"),
+  ("bert_base", "phase2"),
+  ("bert_large", "phase1"),
+  ("bert_large", "phase2"),
+  ("bert_large_lamb", "phase1"),
+  ("bert_large_lamb", "phase2"),
+]
 
 
 def test_every_pretraining_config_file_is_covered():
@@ -31,9 +40,18 @@ def test_pretraining_config_builds(name, arg):
 
 def test_paper_numbers_are_the_papers():
   from configs.pretrain import bert_base, bert_large
+
   base = bert_base.get_config("phase1")
-  assert (base.model.num_hidden_layers, base.model.hidden_size, base.model.num_attention_heads) == (12, 768, 12)
+  assert (base.model.num_hidden_layers, base.model.hidden_size, base.model.num_attention_heads) == (
+    12,
+    768,
+    12,
+  )
   assert (base.optimizer.lr, base.optimizer.warmup_steps, base.batch_size) == (1e-4, 10_000, 256)
   large = bert_large.get_config("phase2")
-  assert (large.model.num_hidden_layers, large.model.hidden_size, large.model.intermediate_size) == (24, 1024, 4096)
+  assert (
+    large.model.num_hidden_layers,
+    large.model.hidden_size,
+    large.model.intermediate_size,
+  ) == (24, 1024, 4096)
   assert (large.data.max_seq_length, large.data.max_predictions) == (512, 80)

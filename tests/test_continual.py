@@ -1,4 +1,5 @@
 """Continual learning (train/continual.py) and EWC (train/ewc.py) on the tests' own tiny tasks."""
+
 import json
 import os
 
@@ -9,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-
 from helpers import finetune as ff
-from train import continual, ewc, mesh as mesh_lib, tasks
+
+from train import continual, ewc, tasks
+from train import mesh as mesh_lib
 from train.state import create_train_state
 
 
@@ -33,8 +35,11 @@ def penalised_drift(workdir, fisher) -> float:
   """sum F (theta_2 - theta_1)^2 over the encoder: the forgetting EWC penalises."""
   first = continual.final_params(os.path.join(workdir, "0_sentiment"))["bert"]
   second = continual.final_params(os.path.join(workdir, "1_ner"))["bert"]
-  return float(sum(jax.tree.leaves(jax.tree.map(lambda f, a, b: np.sum(f * (b - a) ** 2),
-                                                fisher, first, second))))
+  return float(
+    sum(
+      jax.tree.leaves(jax.tree.map(lambda f, a, b: np.sum(f * (b - a) ** 2), fisher, first, second))
+    )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,7 @@ def runs(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_forgetting_matrix_scores_each_task_with_its_own_head(runs):
   workdir, result = runs["naive"]
   matrix = result["matrix"]
@@ -62,6 +68,7 @@ def test_forgetting_matrix_scores_each_task_with_its_own_head(runs):
   assert os.path.getsize(os.path.join(workdir, "forgetting.png")) > 1000
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_second_task_starts_from_the_first_encoder_and_ewc_holds_it(runs):
   naive_dir, _ = runs["naive"]
   ewc_dir, _ = runs["ewc"]
@@ -90,37 +97,44 @@ def test_penalty_adds_the_ewc_gradient():
   params = {"bert": {"w": jnp.array([1.0, 2.0, 3.0])}, "classifier": {"w": jnp.array([5.0])}}
   tx = ewc.penalty(0.5)
   state = tx.init(params)
-  state = ewc.EwcState(anchor={"bert": {"w": jnp.array([1.0, 1.0, 1.0])},
-                               "classifier": {"w": jnp.array([0.0])}},
-                       fisher={"bert": {"w": jnp.array([0.0, 2.0, 4.0])},
-                               "classifier": {"w": jnp.array([0.0])}})
+  state = ewc.EwcState(
+    anchor={"bert": {"w": jnp.array([1.0, 1.0, 1.0])}, "classifier": {"w": jnp.array([0.0])}},
+    fisher={"bert": {"w": jnp.array([0.0, 2.0, 4.0])}, "classifier": {"w": jnp.array([0.0])}},
+  )
   grads = jax.tree.map(jnp.ones_like, params)
   out, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(out["bert"]["w"], [1.0, 1.0 + 0.5 * 2 * 1, 1.0 + 0.5 * 4 * 2])
   np.testing.assert_allclose(out["classifier"]["w"], [1.0])
 
 
+@pytest.mark.slow
 def test_fisher_is_the_mean_squared_per_example_gradient(tmp_path):
   config = ff.classification_config(tmp_path)
   task = tasks.build_task(config, str(tmp_path / "run"))
   mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   rules = mesh_lib.DEFAULT_RULES
-  graphdef, state, frozen, _ = create_train_state(task.model_factory, optax.identity(), mesh,
-                                                  rules, 0)
+  graphdef, state, frozen, _ = create_train_state(
+    task.model_factory, optax.identity(), mesh, rules, 0
+  )
   batch = dict(task.eval_batches[0])
   batch["weight"] = np.asarray(batch["weight"]).copy()
   batch["weight"][-1] = 0.0  # a padding row counts for nothing
-  fisher = ewc.fisher_diagonal(graphdef, state.params, frozen, task.objective, [batch], mesh,
-                               rules, chunk=3)
+  fisher = ewc.fisher_diagonal(
+    graphdef, state.params, frozen, task.objective, [batch], mesh, rules, chunk=3
+  )
 
   def loss(p, i):
-    one = {k: np.asarray(v)[i:i + 1] for k, v in batch.items()}
+    one = {k: np.asarray(v)[i : i + 1] for k, v in batch.items()}
     model = nnx.merge(graphdef, p, frozen)
     return task.objective(model, one, None, task.objective.normalizers(one))[0]
 
   rows = [i for i in range(len(batch["weight"])) if batch["weight"][i] > 0]
-  squares = [jax.tree.map(lambda g: np.asarray(g) ** 2,
-                          nnx.to_pure_dict(jax.grad(loss)(state.params, i))["bert"]) for i in rows]
+  squares = [
+    jax.tree.map(
+      lambda g: np.asarray(g) ** 2, nnx.to_pure_dict(jax.grad(loss)(state.params, i))["bert"]
+    )
+    for i in rows
+  ]
   expected = jax.tree.map(lambda *s: sum(s) / len(rows), *squares)
   assert jax.tree.structure(fisher) == jax.tree.structure(expected)
   for f, e in zip(jax.tree.leaves(fisher), jax.tree.leaves(expected)):
@@ -146,6 +160,7 @@ def test_bad_continual_configs(tmp_path):
 
 def test_shipped_config_names_every_stage_and_its_data():
   from configs.continual import sst2_conll
+
   c = sst2_conll.get_config("/data")
   stages = continual.stage_configs(c)
   assert [name for name, _ in stages] == ["sst2", "conll2003"]

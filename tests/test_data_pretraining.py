@@ -14,7 +14,6 @@ from data.pretraining import (
 )
 from data.tokenizer import load_tokenizer
 
-
 WORDS = "the cat dog sat on a mat ran far away and then slept in sun it was warm".split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS + ["##s", "##ed", "##ly"]
 MASKING = MaskingConfig(vocab_size=len(VOCAB), mask_id=4, special_ids=(0, 1, 2, 3, 4))

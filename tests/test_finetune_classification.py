@@ -1,13 +1,14 @@
-"""Sentence classification end to end: learns, stops early, keeps the best, predicts, resumes exactly."""
+"""Sentence classification end to end: learns, stops early, keeps the best, predicts, resumes."""
+
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-
 from helpers import finetune as ff
 from test_pretraining_run import assert_bitwise_equal, saved_state
+
 from train import loop, predict
 from train.checkpoint import Checkpointer
 from train.writers import read_metrics
@@ -18,9 +19,16 @@ STEPS_PER_EPOCH = 8  # 64 training sentences, batch 8
 
 def run_config(tmp_path, **overrides):
   """8 epochs at a high lr: dev accuracy saturates early, so patience runs out."""
-  config = ff.classification_config(tmp_path, **{
-      "epochs": 8, "optimizer.lr": 1e-2, "early_stopping.patience": PATIENCE,
-      "early_stopping.metric": "accuracy", "checkpoint.every_steps": 1000})
+  config = ff.classification_config(
+    tmp_path,
+    **{
+      "epochs": 8,
+      "optimizer.lr": 1e-2,
+      "early_stopping.patience": PATIENCE,
+      "early_stopping.metric": "accuracy",
+      "checkpoint.every_steps": 1000,
+    },
+  )
   config.data.test_path = str(shutil.copy(config.data.eval_path, tmp_path / "test.tsv"))
   return ff.set_keys(config, overrides)
 
@@ -78,8 +86,11 @@ def test_early_stopping_counts_only_evaluations_that_do_not_improve():
   assert resumed.should_stop and resumed.best_step == 2
   lowest = loop.EarlyStopping("loss", "min", 1)
   assert lowest.update(0, {"loss": 2.0}) and lowest.update(1, {"loss": 1.0})
-  with pytest.raises(ValueError, match=r"early_stopping.metric='f1' is not among the "
-                     r"evaluation metrics \['loss'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"early_stopping.metric='f1' is not among the "
+    r"evaluation metrics \['loss'\]",
+  ):
     loop.EarlyStopping("f1").update(0, {"loss": 1.0, "report_text": "x"})
 
 
@@ -110,6 +121,7 @@ def test_predict_gives_class_and_probability_from_a_file(run, tmp_path):
     predict.predict(workdir, texts=["a good cat", " "])
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact_with_early_stopping(run, tmp_path):
   config, straight, final = run
   workdir = str(tmp_path / "resumed")

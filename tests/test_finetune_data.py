@@ -1,10 +1,11 @@
-"""Fine-tuning encoders: labels on the right tokens, spans back to the exact text, bad input named."""
+"""Fine-tuning encoders: labels on the right tokens, spans back to the text, bad input named."""
+
 import logging
 
 import numpy as np
 import pytest
-
 from helpers import finetune as ff
+
 from data import classification, finetune, ner, squad
 from data.tokenizer import load_tokenizer
 
@@ -45,8 +46,11 @@ def test_eval_batches_cover_every_row_once_and_pad_with_weight_zero():
 
 
 def test_pairs_are_packed_with_segment_ids(tmp_path, tokenizer):
-  path = ff.write_tsv(tmp_path / "pairs.tsv", [("1", "the cat sat", "a dog ran", "yes")],
-                      header=("id", "first", "second", "answer"))
+  path = ff.write_tsv(
+    tmp_path / "pairs.tsv",
+    [("1", "the cat sat", "a dog ran", "yes")],
+    header=("id", "first", "second", "answer"),
+  )
   examples = classification.read_tsv(path, "first,second", "answer")
   assert examples[0].origin == f"{path}:2"
   arrays, _ = classification.encode_examples(examples, tokenizer, 16, ["no", "yes"])
@@ -82,7 +86,9 @@ def test_malformed_rows_can_be_skipped_and_are_counted_in_the_log(tmp_path, capl
 def test_unknown_label_names_file_and_line(tmp_path, tokenizer):
   path = ff.write_tsv(tmp_path / "dev.tsv", [("the cat", "1"), ("the dog", "maybe")])
   examples = classification.read_tsv(path, "sentence", "label")
-  with pytest.raises(ValueError, match=rf"{path}:3: unknown label 'maybe'; the labels are \['0', '1'\]"):
+  with pytest.raises(
+    ValueError, match=rf"{path}:3: unknown label 'maybe'; the labels are \['0', '1'\]"
+  ):
     classification.encode_examples(examples, tokenizer, 16, ["0", "1"])
 
 
@@ -119,8 +125,11 @@ def test_non_utf8_bytes_name_file_and_line(tmp_path):
 
 
 def test_regression_labels_must_be_numbers(tmp_path, tokenizer):
-  path = ff.write_tsv(tmp_path / "stsb.tsv", [("a cat", "a dog", "3.8"), ("a cat", "a red", "high")],
-                      header=("sentence1", "sentence2", "score"))
+  path = ff.write_tsv(
+    tmp_path / "stsb.tsv",
+    [("a cat", "a dog", "3.8"), ("a cat", "a red", "high")],
+    header=("sentence1", "sentence2", "score"),
+  )
   examples = classification.read_tsv(path, "sentence1,sentence2", "score")
   with pytest.raises(ValueError, match=rf"{path}:3: label 'high' is not a number"):
     classification.encode_examples(examples, tokenizer, 16, None)
@@ -130,7 +139,10 @@ def test_regression_labels_must_be_numbers(tmp_path, tokenizer):
 
 def test_relation_entities_become_markers(tokenizer):
   text = "The <e1>cat</e1> sat under the <e2>tree</e2>."
-  assert classification.mark_entities(text, ["$", "$", "#", "#"]) == "The $ cat $ sat under the # tree # ."
+  assert (
+    classification.mark_entities(text, ["$", "$", "#", "#"])
+    == "The $ cat $ sat under the # tree # ."
+  )
   with pytest.raises(ValueError, match=r"train.tsv:7: each of .* must occur once"):
     classification.mark_entities("The <e1>cat</e1> sat.", ["$", "$", "#", "#"], "train.tsv:7")
 
@@ -141,8 +153,11 @@ def test_relation_entities_become_markers(tokenizer):
 
 def test_conll_iob1_is_read_as_bio_and_docstart_is_dropped(tmp_path):
   path = tmp_path / "train.conll"
-  path.write_text("-DOCSTART- -X- -X- O\n\nAlice NN I-NP I-PER\nBob NN I-NP B-PER\n"
-                  "sat VB I-VP O\n\nNew NN I-NP I-LOC\nYork NN I-NP I-LOC\n", encoding="utf-8")
+  path.write_text(
+    "-DOCSTART- -X- -X- O\n\nAlice NN I-NP I-PER\nBob NN I-NP B-PER\n"
+    "sat VB I-VP O\n\nNew NN I-NP I-LOC\nYork NN I-NP I-LOC\n",
+    encoding="utf-8",
+  )
   sentences = ner.read_conll(str(path))
   assert [s.tags for s in sentences] == [("B-PER", "B-PER", "O"), ("B-LOC", "I-LOC")]
   assert sentences[1].origin == f"{path}:7"
@@ -164,16 +179,30 @@ def test_conll_unknown_tag_names_file_and_line(tmp_path):
   path.write_text("Alice NN I-NP B-PER\n", encoding="utf-8")
   sentences = ner.read_conll(str(path))
   with pytest.raises(ValueError, match=rf"{path}:1 \(word 1\): unknown label 'B-PER'"):
-    ner.encode_sentences(sentences, load_tokenizer(ff.write_vocab(tmp_path / "v.txt")), 16,
-                         ["O", "B-LOC", "I-LOC"])
+    ner.encode_sentences(
+      sentences, load_tokenizer(ff.write_vocab(tmp_path / "v.txt")), 16, ["O", "B-LOC", "I-LOC"]
+    )
 
 
 def test_tags_sit_on_first_sub_tokens_only(tokenizer):
-  sentence = ner.TaggedSentence(("Alice", "cats", "sat", "Paris"), ("B-PER", "O", "O", "B-LOC"), "x")
+  sentence = ner.TaggedSentence(
+    ("Alice", "cats", "sat", "Paris"), ("B-PER", "O", "O", "B-LOC"), "x"
+  )
   labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
   arrays, positions, _ = ner.encode_sentences([sentence], tokenizer, 10, labels)
   tokens = tokenizer.convert_ids_to_tokens(arrays["input_ids"][0].tolist())
-  assert tokens == ["[CLS]", "alice", "cat", "##s", "sat", "paris", "[SEP]", "[PAD]", "[PAD]", "[PAD]"]
+  assert tokens == [
+    "[CLS]",
+    "alice",
+    "cat",
+    "##s",
+    "sat",
+    "paris",
+    "[SEP]",
+    "[PAD]",
+    "[PAD]",
+    "[PAD]",
+  ]
   assert positions[0].tolist() == [1, 2, 4, 5]
   assert arrays["label_weights"][0].tolist() == [0, 1, 1, 0, 1, 1, 0, 0, 0, 0]
   assert arrays["labels"][0][positions[0]].tolist() == [3, 0, 0, 1]
@@ -183,7 +212,9 @@ def test_long_sentences_are_truncated_counted_and_their_cut_words_read_as_o(toke
   words = ("Alice",) + ("sat",) * 10 + ("Paris",)
   sentence = ner.TaggedSentence(words, ("B-PER",) + ("O",) * 10 + ("B-LOC",), "x.conll:1")
   with caplog.at_level(logging.WARNING):
-    arrays, positions, stats = ner.encode_sentences([sentence], tokenizer, 8, ["O", "B-PER", "B-LOC"])
+    arrays, positions, stats = ner.encode_sentences(
+      [sentence], tokenizer, 8, ["O", "B-PER", "B-LOC"]
+    )
   assert stats["truncated"] == 1 and "1 of 1 sentences" in caplog.text
   assert (positions[0] >= 0).sum() == 6  # [CLS] + 6 words + [SEP]
   predicted = np.full(8, 1)  # the model says B-PER everywhere
@@ -194,15 +225,25 @@ def test_long_sentences_are_truncated_counted_and_their_cut_words_read_as_o(toke
 def test_predicted_entities_map_back_to_the_exact_characters(tokenizer):
   text = "Alice  went to New   York, then  Zürich."
   words = ner.split_words(text, tokenizer)
-  assert [w for w, _, _ in words] == ["Alice", "went", "to", "New", "York", ",", "then", "Zürich", "."]
+  assert [w for w, _, _ in words] == [
+    "Alice",
+    "went",
+    "to",
+    "New",
+    "York",
+    ",",
+    "then",
+    "Zürich",
+    ".",
+  ]
   for word, start, end in words:
     assert text[start:end] == word
   tags = ["B-PER", "O", "O", "B-LOC", "I-LOC", "O", "O", "B-LOC", "O"]
   entities = ner.entities_in_text(text, words, tags)
   assert entities == [
-      {"type": "PER", "start": 0, "end": 5, "text": "Alice"},
-      {"type": "LOC", "start": 15, "end": 25, "text": "New   York"},
-      {"type": "LOC", "start": 33, "end": 39, "text": "Zürich"},
+    {"type": "PER", "start": 0, "end": 5, "text": "Alice"},
+    {"type": "LOC", "start": 15, "end": 25, "text": "New   York"},
+    {"type": "LOC", "start": 33, "end": 39, "text": "Zürich"},
   ]
 
 
@@ -215,17 +256,38 @@ CONTEXT = "The cat sat on a big red house. Alice went to Zürich and then sat un
 
 def squad_file(tmp_path, answer_start=None, answer="Zürich"):
   start = CONTEXT.index(answer) if answer_start is None else answer_start
-  data = {"data": [{"title": "t", "paragraphs": [{"context": CONTEXT, "qas": [
-      {"id": "q0", "question": "Where did Alice go?",
-       "answers": [{"text": answer, "answer_start": start}]}]}]}]}
+  data = {
+    "data": [
+      {
+        "title": "t",
+        "paragraphs": [
+          {
+            "context": CONTEXT,
+            "qas": [
+              {
+                "id": "q0",
+                "question": "Where did Alice go?",
+                "answers": [{"text": answer, "answer_start": start}],
+              }
+            ],
+          }
+        ],
+      }
+    ]
+  }
   return ff.write_squad(tmp_path / "dev.json", data)
 
 
 def test_squad_answer_offset_that_does_not_match_names_file_line_and_question(tmp_path):
   path = squad_file(tmp_path, answer_start=4)
   line = next(i for i, text in enumerate(open(path), 1) if '"q0"' in text)
-  with pytest.raises(ValueError, match=(rf"{path}:{line}: question 'q0' \(data\[0\].paragraphs\[0\]"
-                                        r".qas\[0\]\): answers\[0\] answer_start 4 gives 'cat sa'")):
+  with pytest.raises(
+    ValueError,
+    match=(
+      rf"{path}:{line}: question 'q0' \(data\[0\].paragraphs\[0\]"
+      r".qas\[0\]\): answers\[0\] answer_start 4 gives 'cat sa'"
+    ),
+  ):
     squad.read_squad(path)
 
 
@@ -238,8 +300,9 @@ def test_squad_bad_json_names_the_line(tmp_path):
 
 def test_windows_follow_doc_stride_and_answers_map_back_to_the_exact_text(tmp_path, tokenizer):
   examples = squad.read_squad(squad_file(tmp_path))
-  arrays, windows, stats = squad.encode_windows(examples, tokenizer, max_seq_length=16,
-                                                doc_stride=4, max_query_length=8)
+  arrays, windows, stats = squad.encode_windows(
+    examples, tokenizer, max_seq_length=16, doc_stride=4, max_query_length=8
+  )
   assert stats["windows"] == len(windows.example) > 3
   first_context = [int(np.argmax(windows.offsets[w][:, 0] >= 0)) for w in range(stats["windows"])]
   assert first_context[0] == first_context[1]  # same question length in each window
@@ -249,12 +312,13 @@ def test_windows_follow_doc_stride_and_answers_map_back_to_the_exact_text(tmp_pa
   assert with_answer and len(with_answer) < stats["windows"]  # others point at [CLS]
   for w in with_answer:
     s, e = arrays["start_positions"][w], arrays["end_positions"][w]
-    assert CONTEXT[windows.offsets[w][s][0]:windows.offsets[w][e][1]] == "Zürich"
+    assert CONTEXT[windows.offsets[w][s][0] : windows.offsets[w][e][1]] == "Zürich"
   # Every context token may start an answer in exactly one window, and only on context.
   q0 = windows.example == 0
   starts_allowed = [tuple(o) for o in windows.offsets[q0][windows.max_context[q0]]]
-  assert sorted(starts_allowed) == sorted(set(map(tuple, windows.offsets[q0].reshape(-1, 2)))
-                                          - {(-1, -1)})
+  assert sorted(starts_allowed) == sorted(
+    set(map(tuple, windows.offsets[q0].reshape(-1, 2))) - {(-1, -1)}
+  )
   # Logits peaked on the answer in the window that owns its start: best_answer
   # returns the exact span.
   owners = [w for w in with_answer if windows.max_context[w, arrays["start_positions"][w]]]
@@ -266,19 +330,21 @@ def test_windows_follow_doc_stride_and_answers_map_back_to_the_exact_text(tmp_pa
   end_logits[w, arrays["end_positions"][w]] = 5.0
   answers = squad.predict_answers(examples, windows, start_logits, end_logits)
   best = answers["q0"]
-  assert best["text"] == "Zürich" and CONTEXT[best["start"]:best["end"]] == "Zürich"
+  assert best["text"] == "Zürich" and CONTEXT[best["start"] : best["end"]] == "Zürich"
 
 
 def test_best_answer_respects_max_answer_length_and_context_only():
   offsets = np.array([[-1, -1], [-1, -1], [0, 3], [4, 7], [8, 11], [-1, -1]])
   max_context = offsets[:, 0] >= 0
   context = "abc def ghi"
-  start = np.array([9.0, 0, 1, 0, 0, 0])   # [CLS] scores highest but is not context
-  end = np.array([0, 0, 0, 0, 3.0, 9.0])   # the final [SEP] too
-  assert squad.best_answer(context, [start], [end], [offsets], [max_context])["text"] == \
-      "abc def ghi"
-  assert squad.best_answer(context, [start], [end], [offsets], [max_context],
-                           max_answer_length=2)["text"] in ("def ghi", "ghi")  # tied at 3
+  start = np.array([9.0, 0, 1, 0, 0, 0])  # [CLS] scores highest but is not context
+  end = np.array([0, 0, 0, 0, 3.0, 9.0])  # the final [SEP] too
+  assert (
+    squad.best_answer(context, [start], [end], [offsets], [max_context])["text"] == "abc def ghi"
+  )
+  assert squad.best_answer(context, [start], [end], [offsets], [max_context], max_answer_length=2)[
+    "text"
+  ] in ("def ghi", "ghi")  # tied at 3
 
 
 def test_max_context_window_is_the_one_with_most_context_on_both_sides():
@@ -294,8 +360,12 @@ def test_best_answer_starts_a_span_only_where_its_token_has_most_context():
   context = "aa bb cc"
   # Two windows, each [CLS] q [SEP] then its context tokens: window 0 sees "aa bb",
   # window 1 "bb cc"; "bb" is at window 0's right edge, so window 1 owns it.
-  offsets = np.array([[[-1, -1], [-1, -1], [-1, -1], [0, 2], [3, 5], [-1, -1]],
-                      [[-1, -1], [-1, -1], [-1, -1], [3, 5], [6, 8], [-1, -1]]])
+  offsets = np.array(
+    [
+      [[-1, -1], [-1, -1], [-1, -1], [0, 2], [3, 5], [-1, -1]],
+      [[-1, -1], [-1, -1], [-1, -1], [3, 5], [6, 8], [-1, -1]],
+    ]
+  )
   max_context = np.array([[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0]], bool)
   start = np.array([[0, 0, 0, -20.0, 9.0, 0], [0, 0, 0, 2.0, 0, 0]])  # "bb" in window 0: 9
   end = np.array([[0, 0, 0, 0, 9.0, 0], [0, 0, 0, 0, 2.0, 0]])
@@ -311,6 +381,7 @@ def test_best_answer_starts_a_span_only_where_its_token_has_most_context():
 
 def test_tfds_glue_examples_take_label_names_from_the_dataset():
   import tensorflow_datasets as tfds
+
   with tfds.testing.mock_data(num_examples=6):
     examples, labels = classification.tfds_examples("glue/sst2", "train", "sentence")
   assert labels == ["negative", "positive"] and len(examples) == 6
@@ -320,14 +391,28 @@ def test_tfds_glue_examples_take_label_names_from_the_dataset():
 
 def test_tfds_conll2003_and_squad_read_through_the_same_encoders(tokenizer):
   import tensorflow_datasets as tfds
-  conll = [{"tokens": np.array([b"Alice", b"sat"]), "ner": np.array([1, 0]),
-            "pos": np.array([0, 0]), "chunks": np.array([0, 0])}]
+
+  conll = [
+    {
+      "tokens": np.array([b"Alice", b"sat"]),
+      "ner": np.array([1, 0]),
+      "pos": np.array([0, 0]),
+      "chunks": np.array([0, 0]),
+    }
+  ]
   with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: conll):
     sentences = ner.tfds_sentences("conll2003", "dev")
   assert sentences[0].words == ("Alice", "sat") and sentences[0].tags == ("B-PER", "O")
   start = CONTEXT.index("Zürich")
-  records = [{"id": b"q0", "title": b"t", "context": CONTEXT.encode(), "question": b"Where?",
-              "answers": {"text": np.array(["Zürich".encode()]), "answer_start": np.array([start])}}]
+  records = [
+    {
+      "id": b"q0",
+      "title": b"t",
+      "context": CONTEXT.encode(),
+      "question": b"Where?",
+      "answers": {"text": np.array(["Zürich".encode()]), "answer_start": np.array([start])},
+    }
+  ]
   with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: records):
     examples = squad.tfds_qa_examples("squad/v1.1", "validation")
   assert examples[0].answers == (("Zürich", start),)
@@ -343,11 +428,20 @@ def test_tfds_conll2003_and_squad_read_through_the_same_encoders(tokenizer):
 
 def test_regression_task_scores_pearson_and_spearman(tmp_path):
   from train.tasks import build_task
-  rows = [("a cat sat", "a dog sat", str(score)) for score in (0.5, 1.0, 4.0, 2.5, 3.0, 5.0, 0.0, 1.5)]
+
+  rows = [
+    ("a cat sat", "a dog sat", str(score)) for score in (0.5, 1.0, 4.0, 2.5, 3.0, 5.0, 0.0, 1.5)
+  ]
   path = ff.write_tsv(tmp_path / "stsb.tsv", rows, header=("sentence1", "sentence2", "score"))
   config = ff.tiny_config("classification", tmp_path)
-  config.data.update(train_path=path, eval_path=path, text_columns="sentence1,sentence2",
-                     label_column="score", regression=True, metrics=("pearson", "spearman"))
+  config.data.update(
+    train_path=path,
+    eval_path=path,
+    text_columns="sentence1,sentence2",
+    label_column="score",
+    regression=True,
+    metrics=("pearson", "spearman"),
+  )
   task = build_task(config, str(tmp_path))
   assert task.labels is None and task.objective.regression
   gold = np.array([float(r[2]) for r in rows], np.float32)
@@ -358,12 +452,16 @@ def test_regression_task_scores_pearson_and_spearman(tmp_path):
 
 def test_relation_task_puts_markers_around_both_entities(tmp_path):
   from train.tasks import build_task
-  rows = [("The <e1>cat</e1> sat under the <e2>tree</e2>.", "Under(e1,e2)"),
-          ("The <e1>dog</e1> ran to the <e2>house</e2>.", "To(e1,e2)")] * 4
+
+  rows = [
+    ("The <e1>cat</e1> sat under the <e2>tree</e2>.", "Under(e1,e2)"),
+    ("The <e1>dog</e1> ran to the <e2>house</e2>.", "To(e1,e2)"),
+  ] * 4
   path = ff.write_tsv(tmp_path / "rel.tsv", rows, header=("sentence", "relation"))
   config = ff.tiny_config("classification", tmp_path)
-  config.data.update(train_path=path, eval_path=path, label_column="relation",
-                     entity_markers=("$", "$", "#", "#"))
+  config.data.update(
+    train_path=path, eval_path=path, label_column="relation", entity_markers=("$", "$", "#", "#")
+  )
   task = build_task(config, str(tmp_path))
   assert task.labels == ["To(e1,e2)", "Under(e1,e2)"]
   ids = task.eval_batches[0]["input_ids"][0]
@@ -373,10 +471,13 @@ def test_relation_task_puts_markers_around_both_entities(tmp_path):
 
 def test_tfds_classification_by_name_takes_the_dataset_labels(tmp_path):
   import tensorflow_datasets as tfds
+
   from train.tasks import build_task
+
   config = ff.tiny_config("classification", tmp_path)
-  config.data.update(source="tfds", tfds_name="glue/sst2", text_columns="sentence",
-                     labels=("0", "1"))
+  config.data.update(
+    source="tfds", tfds_name="glue/sst2", text_columns="sentence", labels=("0", "1")
+  )
   with tfds.testing.mock_data(num_examples=16):
     task = build_task(config, str(tmp_path))
   assert task.labels == ["negative", "positive"]

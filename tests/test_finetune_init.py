@@ -1,33 +1,46 @@
-"""Where fine-tuning weights come from (HF directory, pretraining workdir), and the heads' objectives."""
+"""Where fine-tuning weights come from (an HF directory, a pretraining workdir); head objectives."""
+
 import shutil
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 import torch
 from flax import nnx
-
 from helpers import finetune as ff
 from helpers import tiny_hf_config
+
 from model.config import BertConfig
 from model.convert import hf_to_params
-from model.heads import (BertForPreTraining, BertForQuestionAnswering,
-                         BertForSequenceClassification, BertForTokenClassification)
-from train import losses, mesh as mesh_lib, warm_start
+from model.heads import (
+  BertForPreTraining,
+  BertForQuestionAnswering,
+  BertForSequenceClassification,
+  BertForTokenClassification,
+)
+from train import losses, warm_start
+from train import mesh as mesh_lib
 from train.checkpoint import Checkpointer
 from train.loop import _fingerprint
 from train.state import create_train_state
 from train.tasks import build_task, finetune_tokenizer
 
-TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=64)
+TINY = dict(
+  vocab_size=64,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=64,
+)
 
 
 def write_hf_dir(path, vocab_file, **overrides):
   from transformers import BertModel
+
   torch.manual_seed(0)
   model = BertModel(tiny_hf_config(**dict(TINY, **overrides))).eval()
   model.save_pretrained(str(path))
@@ -62,6 +75,7 @@ def init_section(**values):
   return ml_collections.ConfigDict(dict(dict(hf_dir="", checkpoint=""), **values))
 
 
+@pytest.mark.slow
 def test_init_from_an_hf_directory_loads_the_encoder_and_keeps_a_fresh_head(base, tmp_path):
   config, task, state, tx, _ = base
   hf_dir, tensors, torch_model = write_hf_dir(tmp_path / "hf", config.data.vocab)
@@ -76,8 +90,9 @@ def test_init_from_an_hf_directory_loads_the_encoder_and_keeps_a_fresh_head(base
   ours, _ = nnx.merge(graphdef, jax.device_get(loaded.params)).bert(ids, None, mask)
   with torch.no_grad():
     reference = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
-  np.testing.assert_allclose(np.asarray(ours)[:, :5], reference.last_hidden_state.numpy()[:, :5],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(ours)[:, :5], reference.last_hidden_state.numpy()[:, :5], atol=1e-5
+  )
 
 
 def test_an_empty_data_vocab_takes_the_init_sources_vocab(tmp_path):
@@ -86,14 +101,18 @@ def test_an_empty_data_vocab_takes_the_init_sources_vocab(tmp_path):
   hf_dir.mkdir()
   shutil.copy(config.data.vocab, hf_dir / "vocab.txt")
   config = ff.set_keys(config, {"init.hf_dir": str(hf_dir), "data.vocab": ""})
-  assert finetune_tokenizer(config, BertConfig.from_dict(config.model)).name_or_path == \
-      f"{hf_dir}/vocab.txt"
+  assert (
+    finetune_tokenizer(config, BertConfig.from_dict(config.model)).name_or_path
+    == f"{hf_dir}/vocab.txt"
+  )
   workdir = tmp_path / "pre"
   (workdir / "vocab").mkdir(parents=True)
   shutil.copy(config.data.vocab or hf_dir / "vocab.txt", workdir / "vocab" / "vocab.txt")
   config = ff.set_keys(config, {"init.hf_dir": "", "init.checkpoint": str(workdir)})
-  assert finetune_tokenizer(config, BertConfig.from_dict(config.model)).name_or_path == \
-      f"{workdir}/vocab/vocab.txt"
+  assert (
+    finetune_tokenizer(config, BertConfig.from_dict(config.model)).name_or_path
+    == f"{workdir}/vocab/vocab.txt"
+  )
   config = ff.set_keys(config, {"init.checkpoint": ""})
   with pytest.raises(ValueError, match="data.vocab is empty and init gives no vocab.txt"):
     finetune_tokenizer(config, BertConfig.from_dict(config.model))
@@ -101,8 +120,9 @@ def test_an_empty_data_vocab_takes_the_init_sources_vocab(tmp_path):
 
 def test_hf_directory_of_another_size_is_refused_naming_the_keys(base, tmp_path):
   config, task, state, tx, _ = base
-  hf_dir, _, _ = write_hf_dir(tmp_path / "hf", config.data.vocab, hidden_size=48,
-                              num_attention_heads=4)
+  hf_dir, _, _ = write_hf_dir(
+    tmp_path / "hf", config.data.vocab, hidden_size=48, num_attention_heads=4
+  )
   with pytest.raises(ValueError, match=r"model.hidden_size: config 32, checkpoint 48"):
     warm_start.initialise(*state, init_section(hf_dir=hf_dir), task.model_config, tx)[0]
 
@@ -110,8 +130,9 @@ def test_hf_directory_of_another_size_is_refused_naming_the_keys(base, tmp_path)
 def write_pretraining_workdir(path, config, mesh_and_rules):
   """A checkpoint as the pretraining loop writes it (state + meta with the config)."""
   model_config = BertConfig.from_dict(config.model)
-  _, state, _, _ = create_train_state(lambda rngs: BertForPreTraining(model_config, rngs),
-                                   optax.sgd(1e-3), *mesh_and_rules, seed=5)
+  _, state, _, _ = create_train_state(
+    lambda rngs: BertForPreTraining(model_config, rngs), optax.sgd(1e-3), *mesh_and_rules, seed=5
+  )
   with Checkpointer(path, async_save=False) as checkpointer:
     checkpointer.save(7, state, {"config": _fingerprint(config), "total_steps": 7})
   return str(path), pure(state.params)
@@ -125,8 +146,13 @@ def test_init_from_a_pretraining_workdir_loads_its_encoder_and_refuses_another_s
   assert_trees_equal(pure(loaded.params)["bert"], pretrained["bert"])
   assert_trees_equal(pure(loaded.params)["classifier"], pure(state[0].params)["classifier"])
   assert set(pure(loaded.params)) == {"bert", "classifier"}  # no MLM / NSP heads
-  with pytest.raises(ValueError, match=(r"init.checkpoint=.* \(step 7\) was trained with another "
-                                        r"architecture: model.vocab_size: checkpoint 64, config 80")):
+  with pytest.raises(
+    ValueError,
+    match=(
+      r"init.checkpoint=.* \(step 7\) was trained with another "
+      r"architecture: model.vocab_size: checkpoint 64, config 80"
+    ),
+  ):
     warm_start.initialise(*state, init, task.model_config.replace(vocab_size=80), tx)[0]
 
 
@@ -145,8 +171,12 @@ CONFIG = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_pro
 
 def batch_with_padding(rng, n_real=3, n_pad=2, length=8):
   ids = rng.integers(5, 64, (n_real + n_pad, length)).astype(np.int32)
-  return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids),
-          "weight": np.array([1.0] * n_real + [0.0] * n_pad, np.float32)}
+  return {
+    "input_ids": ids,
+    "token_type_ids": np.zeros_like(ids),
+    "attention_mask": np.ones_like(ids),
+    "weight": np.array([1.0] * n_real + [0.0] * n_pad, np.float32),
+  }
 
 
 @pytest.mark.parametrize("kind", ["classes", "regression", "tokens", "spans"])
@@ -154,13 +184,22 @@ def test_padding_rows_of_weight_zero_change_no_loss(kind):
   rng = np.random.default_rng(0)
   batch = batch_with_padding(rng)
   if kind == "classes":
-    model, objective = BertForSequenceClassification(CONFIG, 3, nnx.Rngs(0)), losses.ClassificationObjective(3)
+    model, objective = (
+      BertForSequenceClassification(CONFIG, 3, nnx.Rngs(0)),
+      losses.ClassificationObjective(3),
+    )
     batch["label"] = rng.integers(0, 3, 5).astype(np.int32)
   elif kind == "regression":
-    model, objective = BertForSequenceClassification(CONFIG, 1, nnx.Rngs(0)), losses.ClassificationObjective(1)
+    model, objective = (
+      BertForSequenceClassification(CONFIG, 1, nnx.Rngs(0)),
+      losses.ClassificationObjective(1),
+    )
     batch["label"] = rng.normal(size=5).astype(np.float32)
   elif kind == "tokens":
-    model, objective = BertForTokenClassification(CONFIG, 5, nnx.Rngs(0)), losses.TokenClassificationObjective()
+    model, objective = (
+      BertForTokenClassification(CONFIG, 5, nnx.Rngs(0)),
+      losses.TokenClassificationObjective(),
+    )
     batch["labels"] = rng.integers(0, 5, (5, 8)).astype(np.int32)
     batch["label_weights"] = (rng.random((5, 8)) < 0.5).astype(np.float32)
   else:

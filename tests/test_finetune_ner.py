@@ -1,11 +1,12 @@
-"""NER end to end: CoNLL (IOB1) in, entity F1 with a per-type report out, entities back on the text."""
+"""NER end to end: CoNLL (IOB1) in, entity F1 with a per-type report out, entities on the text."""
+
 import json
 import os
 
 import numpy as np
 import pytest
-
 from helpers import finetune as ff
+
 from train import loop, predict
 from train.writers import read_metrics
 
@@ -13,12 +14,14 @@ from train.writers import read_metrics
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("ner")
-  config = ff.ner_config(tmp_path, **{"epochs": 3, "optimizer.lr": 1e-2,
-                                      "checkpoint.every_steps": 1000})
+  config = ff.ner_config(
+    tmp_path, **{"epochs": 3, "optimizer.lr": 1e-2, "checkpoint.every_steps": 1000}
+  )
   workdir = str(tmp_path / "run")
   return config, workdir, loop.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_entity_f1_is_reported_per_type(run):
   _, workdir, final = run
   records = read_metrics(workdir)
@@ -44,6 +47,9 @@ def test_predicted_entities_carry_exact_character_spans(run):
   (result,) = predict.predict(workdir, texts=[text])
   entities = result["entities"]
   for entity in entities:
-    assert text[entity["start"]:entity["end"]] == entity["text"]
+    assert text[entity["start"] : entity["end"]] == entity["text"]
   assert [(e["type"], e["text"]) for e in entities] == [
-      ("PER", "Alice"), ("PER", "Bob"), ("LOC", "New   York")]
+    ("PER", "Alice"),
+    ("PER", "Bob"),
+    ("LOC", "New   York"),
+  ]

@@ -1,4 +1,5 @@
 """HF checkpoint directories in and out: real weights, round trip, mismatches."""
+
 import os
 
 import jax
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-
 from helpers import random_batch, tiny_hf_config
+
 from model.config import BertConfig
 from model.convert import merge_trees
 from model.heads import BertForPreTraining
@@ -27,14 +28,16 @@ def _minilm_dir():
 
 
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "JAX compiles the whole training step with XLA, once.",
-    "Is this the real life? Is this just fantasy?",
+  "The quick brown fox jumps over the lazy dog.",
+  "JAX compiles the whole training step with XLA, once.",
+  "Is this the real life? Is this just fantasy?",
 ]
 
 
+@pytest.mark.slow
 def test_minilm_real_weights_match_transformers_bert_model():
   from transformers import BertModel, BertTokenizerFast
+
   path = _minilm_dir()
   config, tree, missing = hf.load_hf_checkpoint(path)
   assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (6, 384, 30522)
@@ -52,8 +55,10 @@ def test_minilm_real_weights_match_transformers_bert_model():
   assert seq_diff < 1e-4 and pooled_diff < 1e-4, (seq_diff, pooled_diff)
 
 
+@pytest.mark.slow
 def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
   from transformers import BertForPreTraining as TorchBert
+
   config = BertConfig.from_hf_dict(tiny_hf_config().to_dict())
   ours = _ours(config, seed=3)
   params = nnx.to_pure_dict(nnx.state(ours, nnx.Param))
@@ -62,8 +67,11 @@ def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
   ids, types, mask = random_batch(4, 3, 20, config.vocab_size)
   out = ours(ids, types, mask)
   with torch.no_grad():
-    ref = torch_model(torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(types, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long))
+    ref = torch_model(
+      torch.tensor(ids, dtype=torch.long),
+      token_type_ids=torch.tensor(types, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    )
   real = mask.astype(bool)
   mlm = np.abs(np.asarray(out["mlm_logits"]) - ref.prediction_logits.numpy())[real].max()
   nsp = np.abs(np.asarray(out["nsp_logits"]) - ref.seq_relationship_logits.numpy()).max()
@@ -71,8 +79,10 @@ def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
   # And back again: the re-imported tree is the tree we wrote.
   _, tree, missing = hf.load_hf_checkpoint(str(tmp_path / "hf"), config)
   assert missing == []
-  np.testing.assert_array_equal(tree["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"],
-                                params["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"])
+  np.testing.assert_array_equal(
+    tree["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"],
+    params["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"],
+  )
 
 
 def test_export_refuses_to_overwrite(tmp_path):
@@ -87,6 +97,7 @@ def test_export_refuses_to_overwrite(tmp_path):
 
 def test_pytorch_bin_checkpoints_load_like_safetensors(tmp_path):
   from transformers import BertForPreTraining as TorchBert
+
   torch.manual_seed(5)
   torch_model = TorchBert(tiny_hf_config())
   torch_model.save_pretrained(tmp_path / "st")
@@ -101,9 +112,12 @@ def test_pytorch_bin_checkpoints_load_like_safetensors(tmp_path):
     np.testing.assert_array_equal(leaf_a, leaf_b)
 
 
-@pytest.mark.parametrize("key,value", [("hidden_size", 64), ("vocab_size", 200), ("num_hidden_layers", 3)])
+@pytest.mark.parametrize(
+  "key,value", [("hidden_size", 64), ("vocab_size", 200), ("num_hidden_layers", 3)]
+)
 def test_config_that_does_not_match_checkpoint_names_the_key(tmp_path, key, value):
   from transformers import BertForPreTraining as TorchBert
+
   TorchBert(tiny_hf_config()).save_pretrained(tmp_path)
   config = BertConfig.from_hf_dict(tiny_hf_config().to_dict()).replace(**{key: value})
   with pytest.raises(ValueError, match=f"model.{key}: config {value}, checkpoint"):
@@ -112,16 +126,21 @@ def test_config_that_does_not_match_checkpoint_names_the_key(tmp_path, key, valu
 
 def test_tensor_shape_mismatch_names_the_parameter(tmp_path):
   from transformers import BertForPreTraining as TorchBert
+
   TorchBert(tiny_hf_config()).save_pretrained(tmp_path)
   config = BertConfig.from_hf_dict(tiny_hf_config().to_dict())
   _, tree, _ = hf.load_hf_checkpoint(str(tmp_path), config)
   other = config.replace(intermediate_size=64)
-  with pytest.raises(ValueError, match=r"shape mismatch at 'bert/encoder/layers/ffn/intermediate/kernel'"):
+  with pytest.raises(
+    ValueError, match=r"shape mismatch at 'bert/encoder/layers/ffn/intermediate/kernel'"
+  ):
     _ours(other, tree)
 
 
 def test_unknown_model_config_key_is_named():
   with pytest.raises(ValueError, match=r"unknown model config keys \['hidden_sise'\]"):
     BertConfig.from_dict({"hidden_sise": 3})
-  with pytest.raises(ValueError, match="model.hidden_size=30: must be divisible by num_attention_heads=4"):
+  with pytest.raises(
+    ValueError, match="model.hidden_size=30: must be divisible by num_attention_heads=4"
+  ):
     BertConfig(hidden_size=30, num_attention_heads=4)

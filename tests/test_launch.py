@@ -1,4 +1,5 @@
 """launch/tpu_vm.sh --dry-run: the gcloud sequence for a pod, quoted safely."""
+
 import os
 import shlex
 import subprocess
@@ -14,8 +15,13 @@ def dry_run(*args):
   return result.returncode, result.stdout, result.stderr
 
 
-POD = ["--name=bert-pod", "--zone=us-central2-b", "--accelerator=v4-16",
-       "--workdir=gs://bucket/runs/base", "--config=configs/pretrain/bert_base.py:phase1"]
+POD = [
+  "--name=bert-pod",
+  "--zone=us-central2-b",
+  "--accelerator=v4-16",
+  "--workdir=gs://bucket/runs/base",
+  "--config=configs/pretrain/bert_base.py:phase1",
+]
 
 
 def test_two_worker_pod_dry_run_prints_the_whole_sequence():
@@ -46,11 +52,14 @@ def test_arguments_reach_the_workers_as_single_words():
   assert hostile in shlex.split(command)  # one word on the worker: no `rm` runs
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     ("--name=Bert Pod", "TPU names are lowercase"),
     ("--name=x;reboot", "TPU names are lowercase"),
     ("--workdir=/tmp/run", "give a gs:// path"),
-])
+  ],
+)
 def test_bad_launch_arguments_are_refused(change, message):
   key = change.split("=")[0]
   args = [a for a in POD if not a.startswith(key + "=")] + [change]

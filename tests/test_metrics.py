@@ -1,4 +1,5 @@
 """Task metrics against values worked out by hand (and, where one exists, a reference library)."""
+
 import math
 
 import numpy as np
@@ -18,9 +19,14 @@ def test_accuracy_and_binary_f1_by_hand():
 def test_confusion_matrix_by_hand():
   # gold 0 0 1 1 2, predicted 0 1 1 1 0: rows gold, columns predicted.
   assert metrics.confusion_matrix([0, 1, 1, 1, 0], [0, 0, 1, 1, 2], range(3)) == [
-      [1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    [1, 1, 0],
+    [0, 2, 0],
+    [1, 0, 0],
+  ]
   assert metrics.confusion_matrix(["O", "B-PER"], ["B-PER", "B-PER"], ["O", "B-PER"]) == [
-      [0, 0], [1, 1]]
+    [0, 0],
+    [1, 1],
+  ]
   with pytest.raises(ValueError, match="'B-LOC' is not one of"):
     metrics.confusion_matrix(["B-LOC"], ["O"], ["O", "B-PER"])
 
@@ -34,11 +40,13 @@ def test_matthews_correlation_by_hand():
 
 def test_multiclass_matthews_agrees_with_sklearn():
   from sklearn.metrics import matthews_corrcoef
+
   rng = np.random.default_rng(0)
   labels, predictions = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
   predictions[:25] = labels[:25]
   assert metrics.matthews_corrcoef(predictions, labels) == pytest.approx(
-      matthews_corrcoef(labels, predictions))
+    matthews_corrcoef(labels, predictions)
+  )
 
 
 def test_pearson_and_spearman_by_hand():
@@ -94,8 +102,11 @@ def test_squad_normalisation_exact_match_and_f1_by_hand():
 
 
 def test_squad_scores_take_the_best_gold_answer_and_count_missing_predictions():
-  answers = {"q1": ["Denver Broncos", "Broncos"], "q2": ["the quick fox", "fox jumps"],
-             "q3": ["Paris"]}
+  answers = {
+    "q1": ["Denver Broncos", "Broncos"],
+    "q2": ["the quick fox", "fox jumps"],
+    "q3": ["Paris"],
+  }
   predictions = {"q1": "Denver Broncos", "q2": "a fox"}  # q3 unanswered: scores 0
   scores = metrics.squad_scores(predictions, answers)
   assert scores["exact_match"] == pytest.approx(1 / 3)

@@ -1,4 +1,5 @@
 """Schedules, weight-decay masks, frozen leaves and clipping in train/optim.py."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,9 +13,20 @@ from train import optim
 
 
 def optimizer_config(**overrides):
-  cfg = dict(name="adamw", lr=1.0, warmup_steps=10, total_steps=110, decay="linear",
-             end_lr=0.0, power=1.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-             clip_norm=0.0)
+  cfg = dict(
+    name="adamw",
+    lr=1.0,
+    warmup_steps=10,
+    total_steps=110,
+    decay="linear",
+    end_lr=0.0,
+    power=1.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    weight_decay=0.0,
+    clip_norm=0.0,
+  )
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
 
@@ -22,10 +34,13 @@ def optimizer_config(**overrides):
 def bert_like_params():
   """A plain dict with each kind of BERT leaf: kernel, bias, LayerNorm, embeddings."""
   return {
-      "embeddings": {"word": jnp.ones((6, 4)), "position": jnp.ones((8, 4)),
-                     "token_type": jnp.ones((2, 4)),
-                     "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)}},
-      "dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
+    "embeddings": {
+      "word": jnp.ones((6, 4)),
+      "position": jnp.ones((8, 4)),
+      "token_type": jnp.ones((2, 4)),
+      "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+    },
+    "dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
   }
 
 
@@ -59,13 +74,16 @@ def test_cosine_and_constant_schedules_at_midpoint():
   np.testing.assert_allclose(constant, [0.5, 1.0, 1.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(warmup_steps=200), "optimizer.warmup_steps=200 exceeds optimizer.total_steps=110"),
     (dict(decay="step"), "optimizer.decay='step'"),
     (dict(lr=0.0), "optimizer.lr=0.0"),
     (dict(end_lr=2.0), "optimizer.end_lr=2.0"),
     (dict(total_steps=None), "optimizer.total_steps is missing"),
-])
+  ],
+)
 def test_bad_schedule_config_names_the_key(overrides, message):
   with pytest.raises(ValueError, match=message):
     optim.make_schedule(optimizer_config(**overrides))
@@ -83,13 +101,18 @@ def test_weight_decay_skips_biases_and_layernorm(name):
   tx = optim.make_optimizer(cfg)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
-  moved = {"/".join(optim.path_names(p)): bool(jnp.any(u != 0))
-           for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  moved = {
+    "/".join(optim.path_names(p)): bool(jnp.any(u != 0))
+    for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+  }
   assert moved == {
-      "embeddings/word": True, "embeddings/position": True,
-      "embeddings/token_type": True, "dense/kernel": True,
-      "embeddings/norm/scale": False, "embeddings/norm/bias": False,
-      "dense/bias": False,
+    "embeddings/word": True,
+    "embeddings/position": True,
+    "embeddings/token_type": True,
+    "dense/kernel": True,
+    "embeddings/norm/scale": False,
+    "embeddings/norm/bias": False,
+    "dense/bias": False,
   }
   if name == "adamw":  # decoupled decay: update = -lr * wd * param
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.1, rtol=1e-6)
@@ -98,18 +121,28 @@ def test_weight_decay_skips_biases_and_layernorm(name):
 def test_decay_mask_reads_nnx_state_paths():
   state = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)
   mask = optim.decay_mask(state)
-  flat = {"/".join(optim.path_names(p)): m
-          for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
-  assert flat == {"dense/bias": False, "dense/kernel": True, "head/bias": False,
-                  "head/kernel": True, "norm/bias": False, "norm/scale": False}
+  flat = {
+    "/".join(optim.path_names(p)): m for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+  }
+  assert flat == {
+    "dense/bias": False,
+    "dense/kernel": True,
+    "head/bias": False,
+    "head/kernel": True,
+    "norm/bias": False,
+    "norm/scale": False,
+  }
 
 
 def test_count_params_splits_trainable_from_frozen():
   state = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)
   trainable, frozen = nnx.split_state(state, lambda path, _: path[0] == "head", ...)
   counts = optim.count_params(trainable, frozen)
-  assert counts == {"total": 4 * 2 + 4 * 3 + 3 + 3 * 2 + 2, "trainable": 8,
-                    "percent": pytest.approx(100 * 8 / 31)}
+  assert counts == {
+    "total": 4 * 2 + 4 * 3 + 3 + 3 * 2 + 2,
+    "trainable": 8,
+    "percent": pytest.approx(100 * 8 / 31),
+  }
   assert optim.count_params(state)["percent"] == 100.0
   assert optim.tree_bytes(trainable) == 8 * 4
 

@@ -5,6 +5,7 @@ tokenizer/, best/ checkpoints holding the trainable parameters of a PEFT run),
 with random LoRA branches (B starts at zero) and heads, on an HF base written
 by transformers. transformers / peft must then compute what our model does.
 """
+
 import json
 import os
 import subprocess
@@ -16,30 +17,35 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-
 from helpers import finetune as ff
 from helpers import random_batch
+from test_finetune_init import write_hf_dir
+
 from model.config import BertConfig
 from model.convert import hf_to_params, merge_trees, params_to_hf
 from model.peft import trainable
-from test_finetune_init import write_hf_dir
 from train import hf, loop, tasks, warm_start
 from train.checkpoint import Checkpointer
 from train.state import split_params
 
 pytest.importorskip("peft")
 
-LABELS = {"classification": ["neg", "pos", "mixed"],
-          "token_classification": ["B-LOC", "B-PER", "I-LOC", "O"],
-          "question_answering": None}
-HF_CLASSES = {"classification": "BertForSequenceClassification",
-              "token_classification": "BertForTokenClassification",
-              "question_answering": "BertForQuestionAnswering"}
+LABELS = {
+  "classification": ["neg", "pos", "mixed"],
+  "token_classification": ["B-LOC", "B-PER", "I-LOC", "O"],
+  "question_answering": None,
+}
+HF_CLASSES = {
+  "classification": "BertForSequenceClassification",
+  "token_classification": "BertForTokenClassification",
+  "question_answering": "BertForQuestionAnswering",
+}
 TOLERANCE = 1e-4
 
 
 def _randomise(tree, method, rng):
   """Random LoRA / AdaLoRA branches and heads; bitfit moves the encoder's biases."""
+
   def walk(node, path):
     out = {}
     for key, value in node.items():
@@ -53,15 +59,24 @@ def _randomise(tree, method, rng):
       else:
         out[key] = np.asarray(value)
     return out
+
   return walk(tree, ())
 
 
-def make_workdir(tmp_path, task="classification", method="lora", with_init=True, seed=0,
-                 **peft_values):
+def make_workdir(
+  tmp_path, task="classification", method="lora", with_init=True, seed=0, **peft_values
+):
   """(workdir, our model with every parameter, hf base dir) as the loop leaves them."""
   config = ff.tiny_config(task, tmp_path)
-  config.peft.update({"method": method, "rank": 4, "alpha": 8.0,
-                      "targets": ("attention.query", "attention.value"), **peft_values})
+  config.peft.update(
+    {
+      "method": method,
+      "rank": 4,
+      "alpha": 8.0,
+      "targets": ("attention.query", "attention.value"),
+      **peft_values,
+    }
+  )
   base_dir = ""
   if with_init:
     base_dir, _, _ = write_hf_dir(tmp_path / "base", config.data.vocab)
@@ -101,9 +116,11 @@ def theirs(torch_model, task, vocab_size):
   ids, types_, mask = _inputs(vocab_size)
   torch_model.eval()
   with torch.no_grad():
-    out = torch_model(input_ids=torch.tensor(ids, dtype=torch.long),
-                      token_type_ids=torch.tensor(types_, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long))
+    out = torch_model(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      token_type_ids=torch.tensor(types_, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    )
   if task == "question_answering":
     return np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)
   return out.logits.numpy()
@@ -120,6 +137,7 @@ def assert_close(a, b, task, vocab_size):
 
 def hf_class(task):
   import transformers
+
   return getattr(transformers, HF_CLASSES[task])
 
 
@@ -132,11 +150,20 @@ def num_labels(task):
 
 
 def test_task_heads_map_both_ways_and_pretraining_names_stay():
-  config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
+  config = BertConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   from model.heads import BertForQuestionAnswering, BertForSequenceClassification
-  for model in (BertForSequenceClassification(config, 3, nnx.Rngs(0)),
-                BertForQuestionAnswering(config, nnx.Rngs(0))):
+
+  for model in (
+    BertForSequenceClassification(config, 3, nnx.Rngs(0)),
+    BertForQuestionAnswering(config, nnx.Rngs(0)),
+  ):
     tree = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     head = "qa_outputs" if "qa_outputs" in tree else "classifier"
     tensors = params_to_hf(tree, config)
@@ -148,14 +175,24 @@ def test_task_heads_map_both_ways_and_pretraining_names_stay():
 
 
 def test_unmerged_low_rank_branches_are_not_dropped_silently():
-  config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
+  config = BertConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   from model.heads import BertForSequenceClassification
   from model.peft import PeftConfig
+
   model = BertForSequenceClassification(config, 2, nnx.Rngs(0), PeftConfig(method="lora", rank=2))
   tree = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  with pytest.raises(ValueError, match=r"no HF BERT tensor: \['bert/encoder/layers/attention/"
-                                       r"query/low_rank/a'.*merge_low_rank"):
+  with pytest.raises(
+    ValueError,
+    match=r"no HF BERT tensor: \['bert/encoder/layers/attention/"
+    r"query/low_rank/a'.*merge_low_rank",
+  ):
     params_to_hf(tree, config)
 
 
@@ -163,15 +200,19 @@ def test_unmerged_low_rank_branches_are_not_dropped_silently():
 # LoRA as an HF PEFT adapter
 
 
-@pytest.mark.parametrize("targets, hf_targets", [
+@pytest.mark.parametrize(
+  "targets, hf_targets",
+  [
     (("attention.query", "attention.value"), ["query", "value"]),
     (("attention.output", "ffn.output"), ["attention.output.dense", "output.dense"]),
     # 'output.dense' alone would catch attention.output.dense too: a regex instead.
     (("attention.key", "ffn.intermediate", "ffn.output"), None),
-])
+  ],
+)
 def test_lora_adapter_loads_in_peft_with_our_logits(tmp_path, targets, hf_targets):
   from peft import PeftModel
   from transformers import BertForSequenceClassification
+
   workdir, model, base_dir = make_workdir(tmp_path, targets=targets)
   out = str(tmp_path / "adapter")
   hf.export_finetuned(workdir, out, export_format="peft")
@@ -186,6 +227,7 @@ def test_lora_adapter_loads_in_peft_with_our_logits(tmp_path, targets, hf_target
   else:
     assert sorted(adapter_config["target_modules"]) == sorted(hf_targets)
   from safetensors.numpy import load_file
+
   names = load_file(os.path.join(out, "adapter_model.safetensors"))
   for module in targets:
     prefix = f"base_model.model.bert.encoder.layer.1.{hf.HF_LAYER_MODULES[module]}."
@@ -198,21 +240,25 @@ def test_lora_adapter_loads_in_peft_with_our_logits(tmp_path, targets, hf_target
   peft_model = PeftModel.from_pretrained(base, out)
   lora_layers = [n for n, _ in peft_model.named_modules() if n.endswith(".lora_A.default")]
   assert len(lora_layers) == 2 * len(targets)  # no module more, none less
-  assert_close(theirs(peft_model, "classification", 64), ours(model, "classification"),
-               "classification", 64)
+  assert_close(
+    theirs(peft_model, "classification", 64), ours(model, "classification"), "classification", 64
+  )
   assert os.path.isfile(os.path.join(out, "tokenizer.json"))
 
 
 @pytest.mark.parametrize("task", ["token_classification", "question_answering"])
 def test_lora_adapter_of_other_tasks_loads_in_peft(tmp_path, task):
   from peft import PeftModel
+
   workdir, model, base_dir = make_workdir(tmp_path, task=task)
   out = str(tmp_path / "adapter")
   hf.export_finetuned(workdir, out, export_format="peft")
   with open(os.path.join(out, "adapter_config.json")) as f:
     adapter_config = json.load(f)
-  assert adapter_config["task_type"] == {"token_classification": "TOKEN_CLS",
-                                         "question_answering": "QUESTION_ANS"}[task]
+  assert (
+    adapter_config["task_type"]
+    == {"token_classification": "TOKEN_CLS", "question_answering": "QUESTION_ANS"}[task]
+  )
   base = hf_class(task).from_pretrained(base_dir, num_labels=num_labels(task))
   peft_model = PeftModel.from_pretrained(base, out)
   if task == "question_answering":
@@ -226,10 +272,16 @@ def test_lora_adapter_of_other_tasks_loads_in_peft(tmp_path, task):
 # Merged: a plain transformers model of the task
 
 
-@pytest.mark.parametrize("task, method", [
-    ("classification", "lora"), ("classification", "adalora"), ("classification", "bitfit"),
-    ("token_classification", "lora"), ("question_answering", "none"),
-])
+@pytest.mark.parametrize(
+  "task, method",
+  [
+    ("classification", "lora"),
+    ("classification", "adalora"),
+    ("classification", "bitfit"),
+    ("token_classification", "lora"),
+    ("question_answering", "none"),
+  ],
+)
 def test_merged_export_loads_in_transformers_with_our_logits(tmp_path, task, method):
   workdir, model, _ = make_workdir(tmp_path, task=task, method=method)
   out = str(tmp_path / "merged")
@@ -241,7 +293,7 @@ def test_merged_export_loads_in_transformers_with_our_logits(tmp_path, task, met
   if LABELS[task]:
     assert hf_config["num_labels"] == len(LABELS[task])
     assert torch_model.config.id2label == dict(enumerate(LABELS[task]))
-    assert torch_model.config.label2id == {l: i for i, l in enumerate(LABELS[task])}
+    assert torch_model.config.label2id == {label: i for i, label in enumerate(LABELS[task])}
   assert_close(theirs(torch_model, task, 64), ours(model, task), task, 64)
   if method in ("lora", "adalora"):  # the branches are in the kernels: they moved off the base
     base = hf.read_hf_tensors(str(tmp_path / "base"))["encoder.layer.0.attention.self.query.weight"]
@@ -272,15 +324,30 @@ def test_merged_export_refuses_to_overwrite(tmp_path):
 # What cannot be exported says so
 
 
-@pytest.mark.parametrize("method, export_format, message", [
-    ("adalora", "peft", (r"only LoRA runs have the HF PEFT format here; this run used "
-                         r"peft.method='adalora'; export it with --format=merged")),
+@pytest.mark.parametrize(
+  "method, export_format, message",
+  [
+    (
+      "adalora",
+      "peft",
+      (
+        r"only LoRA runs have the HF PEFT format here; this run used "
+        r"peft.method='adalora'; export it with --format=merged"
+      ),
+    ),
     ("bitfit", "peft", r"only LoRA runs have the HF PEFT format.*'bitfit'"),
     ("prefix", "peft", r"only LoRA runs have the HF PEFT format.*'prefix'$"),
-    ("adapter", "merged", (r"peft.method='adapter' changes BERT's architecture: transformers' "
-                           r"BertForSequenceClassification has no place for its parameters")),
+    (
+      "adapter",
+      "merged",
+      (
+        r"peft.method='adapter' changes BERT's architecture: transformers' "
+        r"BertForSequenceClassification has no place for its parameters"
+      ),
+    ),
     ("prompt", "merged", r"peft.method='prompt' changes BERT's architecture"),
-])
+  ],
+)
 def test_exports_that_do_not_exist_are_refused(tmp_path, method, export_format, message):
   workdir, _, _ = make_workdir(tmp_path, method=method, num_virtual_tokens=2, adapter_size=4)
   with pytest.raises(ValueError, match=message):
@@ -295,27 +362,46 @@ def test_adapter_without_an_hf_base_is_refused(tmp_path):
   config["peft"]["method"] = "lora"  # a LoRA run on random weights, as far as export can tell
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(ValueError, match=r"--format=peft needs the run's base as an HF model "
-                                       r"\(init.hf_dir\).*random weights"):
+  with pytest.raises(
+    ValueError,
+    match=r"--format=peft needs the run's base as an HF model "
+    r"\(init.hf_dir\).*random weights",
+  ):
     hf.export_finetuned(workdir, str(tmp_path / "out"), export_format="peft")
 
 
+@pytest.mark.slow
 def test_command_line_export(tmp_path):
   from peft import PeftModel
   from transformers import BertForSequenceClassification
+
   workdir, model, base_dir = make_workdir(tmp_path)
   out = str(tmp_path / "adapter")
   env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
   result = subprocess.run(
-      [sys.executable, "-m", "train.hf", "export", f"--workdir={workdir}", f"--out={out}",
-       "--format=peft"], check=False, capture_output=True, text=True, env=env,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    [
+      sys.executable,
+      "-m",
+      "train.hf",
+      "export",
+      f"--workdir={workdir}",
+      f"--out={out}",
+      "--format=peft",
+    ],
+    check=False,
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "wrote step 7" in result.stdout and "PEFT LoRA adapter" in result.stdout
   peft_model = PeftModel.from_pretrained(
-      BertForSequenceClassification.from_pretrained(base_dir, num_labels=3), out)
-  assert_close(theirs(peft_model, "classification", 64), ours(model, "classification"),
-               "classification", 64)
+    BertForSequenceClassification.from_pretrained(base_dir, num_labels=3), out
+  )
+  assert_close(
+    theirs(peft_model, "classification", 64), ours(model, "classification"), "classification", 64
+  )
 
 
 # --------------------------------------------------------------------------
@@ -329,9 +415,18 @@ def test_a_trained_lora_run_exports_what_predict_computes(tmp_path):
   from transformers import BertForSequenceClassification
 
   from train.predict import Predictor
-  config = ff.classification_config(tmp_path, **{
-      "epochs": 1, "peft.method": "lora", "peft.rank": 4, "peft.alpha": 16.0,
-      "peft.targets": ("attention.query", "attention.value"), "optimizer.lr": 1e-2})
+
+  config = ff.classification_config(
+    tmp_path,
+    **{
+      "epochs": 1,
+      "peft.method": "lora",
+      "peft.rank": 4,
+      "peft.alpha": 16.0,
+      "peft.targets": ("attention.query", "attention.value"),
+      "optimizer.lr": 1e-2,
+    },
+  )
   base_dir, _, _ = write_hf_dir(tmp_path / "base", config.data.vocab)
   config.init.hf_dir = base_dir
   workdir = str(tmp_path / "run")
@@ -343,8 +438,8 @@ def test_a_trained_lora_run_exports_what_predict_computes(tmp_path):
   hf.export_finetuned(workdir, str(tmp_path / "adapter"), export_format="peft")
   hf.export_finetuned(workdir, str(tmp_path / "merged"))
   peft_model = PeftModel.from_pretrained(
-      BertForSequenceClassification.from_pretrained(base_dir, num_labels=2),
-      str(tmp_path / "adapter"))
+    BertForSequenceClassification.from_pretrained(base_dir, num_labels=2), str(tmp_path / "adapter")
+  )
   merged = BertForSequenceClassification.from_pretrained(str(tmp_path / "merged"))
   assert_close(theirs(peft_model, "classification", 64), expected, "classification", 64)
   assert_close(theirs(merged, "classification", 64), expected, "classification", 64)

@@ -1,4 +1,5 @@
 """The pretraining job end to end: learns, resumes bit for bit, refuses foreign checkpoints."""
+
 import os
 import signal
 import subprocess
@@ -10,13 +11,15 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-
 from helpers.pretraining import tiny_config
-from train import hf, loop, mesh as mesh_lib, step as step_lib
+
+from train import hf, loop
+from train import mesh as mesh_lib
+from train import step as step_lib
+from train.checkpoint import read_on_host
 from train.losses import PretrainingObjective
 from train.state import create_train_state
 from train.tasks import build_task
-from train.checkpoint import read_on_host
 from train.writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,20 +38,31 @@ def assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_logs_are_written(tmp_path):
-  config = tiny_config(tmp_path, **{"optimizer.total_steps": 30, "log_every_steps": 5,
-                                    "eval_every_steps": 15})
+  config = tiny_config(
+    tmp_path, **{"optimizer.total_steps": 30, "log_every_steps": 5, "eval_every_steps": 15}
+  )
   loop.train_and_evaluate(config, str(tmp_path / "run"))
   train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
   assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.5
-  assert {"loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "grad_norm",
-          "tokens_per_second", "step_time"} <= set(train[0])
+  assert {
+    "loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "step_time",
+  } <= set(train[0])
   assert os.path.getsize(tmp_path / "run" / "loss_curves.png") > 5000
   assert os.listdir(tmp_path / "run" / "tensorboard")
 
 
+@pytest.mark.slow
 def test_exported_workdir_loads_in_transformers(tmp_path):
   from transformers import BertForPreTraining
+
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(tmp_path, **{"optimizer.total_steps": 4}), workdir)
   config, params, step = hf.read_workdir_params(workdir)
@@ -56,10 +70,12 @@ def test_exported_workdir_loads_in_transformers(tmp_path):
   hf.save_hf_checkpoint(str(tmp_path / "hf"), params, config)
   torch_model = BertForPreTraining.from_pretrained(str(tmp_path / "hf"))
   np.testing.assert_array_equal(
-      torch_model.bert.encoder.layer[1].intermediate.dense.weight.detach().numpy(),
-      params["bert"]["encoder"]["layers"]["ffn"]["intermediate"]["kernel"][1].T)
+    torch_model.bert.encoder.layer[1].intermediate.dense.weight.detach().numpy(),
+    params["bert"]["encoder"]["layers"]["ffn"]["intermediate"]["kernel"][1].T,
+  )
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(tmp_path):
   config = tiny_config(tmp_path)
   loop.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -72,19 +88,28 @@ def test_resume_is_bitwise_exact(tmp_path):
   assert_bitwise_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   """A process killed mid-run (no chance to save) resumes from its last checkpoint."""
   config = tiny_config(tmp_path, **{"optimizer.total_steps": 60, "checkpoint.every_steps": 5})
   loop.train_and_evaluate(config, str(tmp_path / "straight"))
   workdir = str(tmp_path / "killed")
-  args = [sys.executable, "-m", "train.main", f"--config={REPO}/tests/helpers/pretraining_config.py",
-          f"--workdir={workdir}", f"--config.data.paths={config.data.paths}",
-          f"--config.data.vocab={config.data.vocab}"]
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
-             JAX_PLATFORMS="cpu")
+  args = [
+    sys.executable,
+    "-m",
+    "train.main",
+    f"--config={REPO}/tests/helpers/pretraining_config.py",
+    f"--workdir={workdir}",
+    f"--config.data.paths={config.data.paths}",
+    f"--config.data.vocab={config.data.vocab}",
+  ]
+  env = dict(
+    os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"), JAX_PLATFORMS="cpu"
+  )
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-  process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   checkpoints = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240
   while time.time() < deadline and process.poll() is None:
@@ -103,6 +128,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   assert_bitwise_equal(a, b)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_config_is_refused_and_kept(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(tmp_path, stop_at_step=2), workdir)
@@ -115,14 +141,16 @@ def test_checkpoint_from_another_config_is_refused_and_kept(tmp_path):
   assert_bitwise_equal(saved, saved_state(workdir)[1])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
   """SGD's update is the gradient itself (times lr), so params compare the gradients.
 
   (Adam's first step, g / (|g| + eps), turns float rounding of near-zero
   gradients into O(lr) differences, so it would test Adam, not accumulation.)
   """
-  config = tiny_config(tmp_path, **{"model.hidden_dropout_prob": 0.0,
-                                    "model.attention_probs_dropout_prob": 0.0})
+  config = tiny_config(
+    tmp_path, **{"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
+  )
   task = build_task(config, str(tmp_path))
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
   rules = mesh_lib.DEFAULT_RULES
@@ -131,8 +159,9 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
   results = []
   for accum in (1, 4):
     graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, seed=0)
-    step = jax.jit(step_lib.make_train_step(graphdef, tx, PretrainingObjective(),
-                                            grad_accum_steps=accum))
+    step = jax.jit(
+      step_lib.make_train_step(graphdef, tx, PretrainingObjective(), grad_accum_steps=accum)
+    )
     with mesh_lib.activate(mesh, rules):
       state, metrics = step(state, frozen, batch)
     results.append((jax.device_get(nnx.to_pure_dict(state.params)), jax.device_get(metrics)))

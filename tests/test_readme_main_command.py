@@ -5,6 +5,7 @@ cut to a few steps through the launcher's STEPS variable. A unit test that
 passes an absolute tmp_path cannot see what broke here once: Orbax refusing
 the relative checkpoint path at the first save.
 """
+
 import json
 import os
 import shutil
@@ -21,11 +22,20 @@ STEPS = 12
 
 def copy_tree(destination: str) -> None:
   """The files a clone of this tree would hold: tracked and untracked-but-not-ignored."""
-  listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                          cwd=REPO, capture_output=True)
+  listed = subprocess.run(
+    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd=REPO,
+    capture_output=True,
+  )
   if listed.returncode != 0:  # not a git checkout: copy all but the build outputs
-    shutil.copytree(REPO, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "workdirs", "__pycache__", ".pytest_cache", "*.egg-info"))
+    shutil.copytree(
+      REPO,
+      destination,
+      dirs_exist_ok=True,
+      ignore=shutil.ignore_patterns(
+        ".git", ".venv", "workdirs", "__pycache__", ".pytest_cache", "*.egg-info"
+      ),
+    )
     return
   for relative in filter(None, listed.stdout.decode().split("\0")):
     source = os.path.join(REPO, relative)
@@ -38,8 +48,9 @@ def run_main_command(tree: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, STEPS=str(STEPS), VENV=sys.prefix)
   env.pop("WORKDIR", None)
   env.pop("XLA_FLAGS", None)  # the README's job runs on the machine's one CPU device
-  return subprocess.run(["bash", "launch/local.sh"], cwd=tree, env=env, capture_output=True,
-                        text=True, timeout=900)
+  return subprocess.run(
+    ["bash", "launch/local.sh"], cwd=tree, env=env, capture_output=True, text=True, timeout=900
+  )
 
 
 @pytest.mark.slow
@@ -63,8 +74,9 @@ def test_main_command_runs_checkpoints_and_resumes_from_a_fresh_copy(tmp_path):
   train_rows = [r for r in read_metrics(workdir) if r["split"] == "train"]
   assert train_rows[-1]["step"] == STEPS
   assert train_rows[-1]["mlm_loss"] < train_rows[0]["mlm_loss"]
-  assert any(f.startswith("events.out.tfevents") for f in
-             os.listdir(os.path.join(workdir, "tensorboard")))
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard"))
+  )
   assert os.path.getsize(os.path.join(workdir, "loss_curves.png")) > 5000
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     assert json.load(f)["step"] == STEPS
@@ -75,13 +87,25 @@ def test_main_command_runs_checkpoints_and_resumes_from_a_fresh_copy(tmp_path):
   assert f"resumed from step {STEPS}" in second.stderr
   assert f"is already at step {STEPS} of {STEPS}: nothing to train" in second.stderr
   assert len(read_metrics(workdir)) == rows_before  # nothing logged twice
-  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-                if d.isdigit()) == steps
+  assert (
+    sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == steps
+  )
 
   # The README's export line, relative paths and all.
-  export = subprocess.run([sys.executable, "-m", "train.hf", "export",
-                           "--workdir=workdirs/bert_tiny", "--out=workdirs/bert_tiny_hf"],
-                          cwd=tree, capture_output=True, text=True, timeout=300)
+  export = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "train.hf",
+      "export",
+      "--workdir=workdirs/bert_tiny",
+      "--out=workdirs/bert_tiny_hf",
+    ],
+    cwd=tree,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert export.returncode == 0, export.stderr[-3000:]
   assert f"wrote step {STEPS} of workdirs/bert_tiny" in export.stdout
   assert os.path.isfile(os.path.join(tree, "workdirs", "bert_tiny_hf", "model.safetensors"))

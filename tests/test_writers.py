@@ -1,4 +1,5 @@
-"""Metrics reach TensorBoard, metrics.jsonl and the loss-curve PNG; disabled writers write nothing."""
+"""Metrics reach TensorBoard, metrics.jsonl and the loss-curve PNG; disabled writers write none."""
+
 import glob
 import io
 import math
@@ -37,8 +38,7 @@ def write_a_short_run(workdir):
     for step in range(0, 100, 10):
       writer.write(step, {"loss": np.float32(5.0 - 0.04 * step), "lr": 1e-4})
       if step % 50 == 40:
-        writer.write(step, {"loss": 4.5 - 0.03 * step, "accuracy": 0.5 + step / 400},
-                     split="eval")
+        writer.write(step, {"loss": 4.5 - 0.03 * step, "accuracy": 0.5 + step / 400}, split="eval")
 
 
 def test_metrics_jsonl_reads_back_what_was_written(tmp_path):
@@ -48,8 +48,10 @@ def test_metrics_jsonl_reads_back_what_was_written(tmp_path):
   assert records[0] == {"step": 0, "split": "train", "loss": 5.0, "lr": 1e-4}
   assert records[-2] == {"step": 90, "split": "train", "loss": pytest.approx(1.4), "lr": 1e-4}
   evals = [r for r in records if r["split"] == "eval"]
-  assert evals == [{"step": 40, "split": "eval", "loss": pytest.approx(3.3), "accuracy": 0.6},
-                   {"step": 90, "split": "eval", "loss": pytest.approx(1.8), "accuracy": 0.725}]
+  assert evals == [
+    {"step": 40, "split": "eval", "loss": pytest.approx(3.3), "accuracy": 0.6},
+    {"step": 90, "split": "eval", "loss": pytest.approx(1.8), "accuracy": 0.725},
+  ]
 
 
 def test_nan_loss_survives_the_round_trip(tmp_path):
@@ -142,15 +144,21 @@ def test_a_bucket_workdir_gets_metrics_tensorboard_and_curves(bucket, tmp_path):
   with writers.MetricWriter(workdir) as writer:  # a resumed run appends
     writer.write(3, {"loss": 1.0})
   assert [(r["step"], r["loss"]) for r in writers.read_metrics(workdir)] == [
-      (1, 2.0), (2, 1.5), (3, 1.0)]
+    (1, 2.0),
+    (2, 1.5),
+    (3, 1.0),
+  ]
   events = [p for p in bucket.store if "/runs/sst2/tensorboard/events.out.tfevents" in p]
   assert len(events) == 2  # one event file per writer, copied up from local staging
   local = tmp_path / "events"
   local.mkdir()
   for i, path in enumerate(events):
     (local / f"events.out.tfevents.{i}").write_bytes(bucket.store[path].getvalue())
-  assert read_tensorboard_scalars(local) == {("train/loss", 1): 2.0, ("train/loss", 2): 1.5,
-                                             ("train/loss", 3): 1.0}
+  assert read_tensorboard_scalars(local) == {
+    ("train/loss", 1): 2.0,
+    ("train/loss", 2): 1.5,
+    ("train/loss", 3): 1.0,
+  }
   png = writers.plot_loss_curves(workdir)
   assert png == "gs://runs/sst2/loss_curves.png"
   assert bucket.store["gs://runs/sst2/loss_curves.png"].getvalue()[:4] == b"\x89PNG"
@@ -163,10 +171,11 @@ def test_run_files_go_to_a_bucket_workdir(bucket, tmp_path):
 
   import ml_collections
   from etils import epath
-
   from helpers import finetune as ff
+
   from data.tokenizer import load_tokenizer
   from train import loop
+
   tokenizer = load_tokenizer(ff.write_vocab(tmp_path / "vocab.txt"))
   task = types.SimpleNamespace(labels=["neg", "pos"], tokenizer=tokenizer)
   loop.save_run_files(ml_collections.ConfigDict({"task": "classification"}), task, "gs://runs/c")
@@ -176,4 +185,5 @@ def test_run_files_go_to_a_bucket_workdir(bucket, tmp_path):
   saved = sorted(p.name for p in (tmp_path / "local").iterdir())
   assert saved and sorted(p.name for p in epath.Path("gs://runs/c/tokenizer").iterdir()) == saved
   assert (epath.Path("gs://runs/c/tokenizer") / saved[0]).read_bytes() == (
-      tmp_path / "local" / saved[0]).read_bytes()
+    tmp_path / "local" / saved[0]
+  ).read_bytes()

@@ -36,10 +36,10 @@ from train.optim import path_names
 
 
 class AdaLoraState(NamedTuple):
-  inner: Any             # the wrapped optimizer's state
-  count: jax.Array       # updates applied so far
-  sensitivity: Any       # Ibar, shaped like the parameters (zero outside the branches)
-  uncertainty: Any       # Ubar
+  inner: Any  # the wrapped optimizer's state
+  count: jax.Array  # updates applied so far
+  sensitivity: Any  # Ibar, shaped like the parameters (zero outside the branches)
+  uncertainty: Any  # Ubar
 
 
 def phase_steps(peft: PeftConfig, total_steps: int) -> tuple[int, int]:
@@ -49,8 +49,9 @@ def phase_steps(peft: PeftConfig, total_steps: int) -> tuple[int, int]:
   final = round(schedule.final_ratio * total_steps)
   if total_steps - final - start < 1:
     raise ValueError(
-        f"peft.adalora: warmup_ratio={schedule.warmup_ratio} and final_ratio={schedule.final_ratio} "
-        f"of {total_steps} steps leave no step to reallocate ranks in; lower them")
+      f"peft.adalora: warmup_ratio={schedule.warmup_ratio} and final_ratio={schedule.final_ratio} "
+      f"of {total_steps} steps leave no step to reallocate ranks in; lower them"
+    )
   return start, final
 
 
@@ -79,8 +80,8 @@ def orthogonality_penalty(params) -> jax.Array:
   for branch in _branches(params).values():
     e, a, b = leaves[branch["e"]], leaves[branch["a"]], leaves[branch["b"]]
     lead, r = e.shape[:-1], e.shape[-1]
-    p = a.reshape(lead + (-1, r))                     # [.., fan_in, r]
-    q = b.reshape(lead + (r, -1))                     # [.., r, fan_out]
+    p = a.reshape(lead + (-1, r))  # [.., fan_in, r]
+    q = b.reshape(lead + (r, -1))  # [.., r, fan_out]
     eye = jnp.eye(r, dtype=jnp.float32)
     for gram in (jnp.swapaxes(p, -1, -2) @ p, q @ jnp.swapaxes(q, -1, -2)):
       squares = jnp.sum((gram.astype(jnp.float32) - eye) ** 2, axis=(-2, -1))
@@ -101,16 +102,18 @@ def triplet_scores(sensitivity, uncertainty, params) -> list[jax.Array]:
   return scores
 
 
-def rank_allocation(inner: optax.GradientTransformation, peft: PeftConfig,
-                    total_steps: int) -> optax.GradientTransformation:
+def rank_allocation(
+  inner: optax.GradientTransformation, peft: PeftConfig, total_steps: int
+) -> optax.GradientTransformation:
   """`inner` (the run's optimizer) plus AdaLoRA's regulariser, importance and budget masking."""
   schedule = peft.adalora
   start, final = phase_steps(peft, total_steps)
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return AdaLoraState(inner=inner.init(params), count=jnp.zeros((), jnp.int32),
-                        sensitivity=zeros, uncertainty=zeros)
+    return AdaLoraState(
+      inner=inner.init(params), count=jnp.zeros((), jnp.int32), sensitivity=zeros, uncertainty=zeros
+    )
 
   def update(grads, state, params):
     if schedule.orth_reg_weight:
@@ -129,21 +132,25 @@ def rank_allocation(inner: optax.GradientTransformation, peft: PeftConfig,
     new_ibar = [b1 * i + (1 - b1) * c for i, c in zip(ibar, current)]
     new_ubar = [b2 * u + (1 - b2) * jnp.abs(c - i) for u, c, i in zip(ubar, current, new_ibar)]
     treedef = jax.tree.structure(state.sensitivity)
-    sensitivity = jax.tree.unflatten(treedef, [jnp.where(tracking, n, o)
-                                               for n, o in zip(new_ibar, ibar)])
-    uncertainty = jax.tree.unflatten(treedef, [jnp.where(tracking, n, o)
-                                               for n, o in zip(new_ubar, ubar)])
+    sensitivity = jax.tree.unflatten(
+      treedef, [jnp.where(tracking, n, o) for n, o in zip(new_ibar, ibar)]
+    )
+    uncertainty = jax.tree.unflatten(
+      treedef, [jnp.where(tracking, n, o) for n, o in zip(new_ubar, ubar)]
+    )
 
     # Keep the budget's best triplets; the rest get e = 0.
     scores = triplet_scores(sensitivity, uncertainty, params)
     if scores:
       flat = jnp.concatenate([s.reshape(-1) for s in scores])
-      allowed = budget(step, total_steps, start, final, flat.size,
-                       schedule.target_rank * flat.size // peft.rank)
+      allowed = budget(
+        step, total_steps, start, final, flat.size, schedule.target_rank * flat.size // peft.rank
+      )
       pruned = flat.size - allowed
       threshold = jnp.sort(flat)[jnp.clip(pruned - 1, 0, flat.size - 1)]
-      masking = (step > start) & ((step % schedule.mask_interval == 0)
-                                  | (step > total_steps - final))
+      masking = (step > start) & (
+        (step % schedule.mask_interval == 0) | (step > total_steps - final)
+      )
       leaves, treedef = jax.tree.flatten(updates)
       p_leaves = jax.tree.leaves(params)
       for branch, score in zip(_branches(params).values(), scores):
@@ -159,5 +166,6 @@ def rank_allocation(inner: optax.GradientTransformation, peft: PeftConfig,
 def ranks(params) -> dict[str, Any]:
   """{branch path: non-zero singular values (per stacked layer)}: the allocation reached."""
   leaves = jax.tree.leaves(params)
-  return {"/".join(path): jnp.sum(leaves[b["e"]] != 0, axis=-1)
-          for path, b in _branches(params).items()}
+  return {
+    "/".join(path): jnp.sum(leaves[b["e"]] != 0, axis=-1) for path, b in _branches(params).items()
+  }

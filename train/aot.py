@@ -21,13 +21,21 @@ from ml_collections import config_flags
 
 from model.config import BertConfig
 from model.heads import BertForPreTraining
-from train import mesh as mesh_lib, optim, step as step_lib
+from train import mesh as mesh_lib
+from train import optim
+from train import step as step_lib
 from train.losses import PretrainingObjective
 from train.state import abstract_train_state
 
 # HBM per chip, GiB, by the device_kind jax reports.
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32,
-           "TPU v6e": 32}
+HBM_GIB = {
+  "TPU v4": 32,
+  "TPU v5 lite": 16,
+  "TPU v5": 95,
+  "TPU v5p": 95,
+  "TPU v6 lite": 32,
+  "TPU v6e": 32,
+}
 
 
 @dataclasses.dataclass
@@ -41,26 +49,32 @@ class CompileReport:
   model_flops_per_chip: float
   xla_flops_per_chip: float
   compile_seconds: float
-  compiler_error: str = ""   # set when the TPU compiler itself refused (out of HBM)
+  compiler_error: str = ""  # set when the TPU compiler itself refused (out of HBM)
 
   @property
   def fits(self) -> bool:
     return not self.compiler_error and self.bytes_per_chip <= self.hbm_bytes
 
   def summary(self) -> str:
-    gib = 2 ** 30
+    gib = 2**30
     if self.compiler_error:
-      return (f"{self.topology} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}: "
-              f"DOES NOT FIT: {self.compiler_error}")
-    return (f"{self.topology} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}: "
-            f"{self.bytes_per_chip / gib:.2f} GiB per chip of {self.hbm_bytes / gib:.0f} GiB HBM "
-            f"({'fits' if self.fits else 'DOES NOT FIT'}); "
-            f"{self.model_flops_per_chip / 1e12:.2f} model TFLOP per step per chip "
-            f"(XLA counts {self.xla_flops_per_chip / 1e12:.2f}; it sees a scanned layer once); "
-            f"compiled in {self.compile_seconds:.1f} s")
+      return (
+        f"{self.topology} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}: "
+        f"DOES NOT FIT: {self.compiler_error}"
+      )
+    return (
+      f"{self.topology} ({self.num_devices} x {self.device_kind}), mesh {self.mesh}: "
+      f"{self.bytes_per_chip / gib:.2f} GiB per chip of {self.hbm_bytes / gib:.0f} GiB HBM "
+      f"({'fits' if self.fits else 'DOES NOT FIT'}); "
+      f"{self.model_flops_per_chip / 1e12:.2f} model TFLOP per step per chip "
+      f"(XLA counts {self.xla_flops_per_chip / 1e12:.2f}; it sees a scanned layer once); "
+      f"compiled in {self.compile_seconds:.1f} s"
+    )
 
 
-def pretraining_flops_per_step(model: BertConfig, batch: int, length: int, predictions: int) -> float:
+def pretraining_flops_per_step(
+  model: BertConfig, batch: int, length: int, predictions: int
+) -> float:
   """Model FLOPs of one training step (forward + backward = 3 x forward), attention included.
 
   Per token and layer: Q, K, V, O projections 8H^2, feed-forward 4HI, scores and
@@ -68,7 +82,12 @@ def pretraining_flops_per_step(model: BertConfig, batch: int, length: int, predi
   sequence: pooler 2H^2. XLA's own count sees a scanned layer only once, so
   MFU is computed from this.
   """
-  h, i, v, layers = model.hidden_size, model.intermediate_size, model.vocab_size, model.num_hidden_layers
+  h, i, v, layers = (
+    model.hidden_size,
+    model.intermediate_size,
+    model.vocab_size,
+    model.num_hidden_layers,
+  )
   encoder = batch * length * layers * (8 * h * h + 4 * h * i + 4 * length * h)
   heads = batch * predictions * (2 * h * h + 2 * h * v) + batch * 2 * h * h
   return 3.0 * (encoder + heads)
@@ -78,16 +97,24 @@ def pretraining_batch_shapes(config, mesh, rules) -> dict:
   """Abstract global batch of the pretraining step, with the batch sharding."""
   b, t, p = config.batch_size, config.data.max_seq_length, config.data.max_predictions
   sharding = mesh_lib.batch_sharding(mesh, rules)
-  shapes = {"input_ids": (b, t), "token_type_ids": (b, t), "attention_mask": (b, t),
-            "masked_positions": (b, p), "masked_ids": (b, p), "next_sentence_label": (b,)}
+  shapes = {
+    "input_ids": (b, t),
+    "token_type_ids": (b, t),
+    "attention_mask": (b, t),
+    "masked_positions": (b, p),
+    "masked_ids": (b, p),
+    "next_sentence_label": (b,),
+  }
   batch = {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
   batch["masked_weights"] = jax.ShapeDtypeStruct((b, p), jnp.float32, sharding=sharding)
   return batch
 
 
 def compile_for_topology(config, topology: str) -> CompileReport:
-  from jax.experimental import topologies
   import time
+
+  from jax.experimental import topologies
+
   # Compiling needs no TPU, so libtpu's one-process-per-host lock only gets in the way.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   # v4 and v5p chips hold two TensorCores run as one device ("megacore").
@@ -99,35 +126,59 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   factory = lambda rngs: BertForPreTraining(model_config, rngs)
   tx = optim.make_optimizer(config.optimizer)
   graphdef, state, frozen, shardings = abstract_train_state(factory, tx, mesh, rules)
-  jitted = step_lib.jit_train_step(graphdef, tx, PretrainingObjective(), config.optimizer,
-                                   shardings)
+  jitted = step_lib.jit_train_step(
+    graphdef, tx, PretrainingObjective(), config.optimizer, shardings
+  )
   kind = devices[0].device_kind
   if kind not in HBM_GIB:
     raise ValueError(f"unknown TPU kind {kind!r}: add its HBM to train/aot.py HBM_GIB")
   start = time.perf_counter()
   try:
     with mesh_lib.activate(mesh, rules):
-      compiled = jitted.lower(state, frozen,
-                              pretraining_batch_shapes(config, mesh, rules)).compile()
+      compiled = jitted.lower(
+        state, frozen, pretraining_batch_shapes(config, mesh, rules)
+      ).compile()
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
     # The TPU compiler refuses programs that cannot fit: report, do not crash.
     logging.warning("%s", str(error).splitlines()[0])
-    return CompileReport(topology, kind, len(devices), dict(mesh.shape), -1,
-                         HBM_GIB[kind] * 2 ** 30, 0.0, 0.0, time.perf_counter() - start,
-                         str(error).splitlines()[0])
+    return CompileReport(
+      topology,
+      kind,
+      len(devices),
+      dict(mesh.shape),
+      -1,
+      HBM_GIB[kind] * 2**30,
+      0.0,
+      0.0,
+      time.perf_counter() - start,
+      str(error).splitlines()[0],
+    )
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  per_chip = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-              + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  per_chip = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  model_flops = pretraining_flops_per_step(model_config, config.batch_size,
-                                           config.data.max_seq_length, config.data.max_predictions)
-  return CompileReport(topology, kind, len(devices), dict(mesh.shape), int(per_chip),
-                       HBM_GIB[kind] * 2 ** 30, model_flops / len(devices),
-                       float(cost.get("flops", 0.0)), seconds)
+  model_flops = pretraining_flops_per_step(
+    model_config, config.batch_size, config.data.max_seq_length, config.data.max_predictions
+  )
+  return CompileReport(
+    topology,
+    kind,
+    len(devices),
+    dict(mesh.shape),
+    int(per_chip),
+    HBM_GIB[kind] * 2**30,
+    model_flops / len(devices),
+    float(cost.get("flops", 0.0)),
+    seconds,
+  )
 
 
 FLAGS = flags.FLAGS

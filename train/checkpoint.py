@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,10 +42,10 @@ class Checkpointer:
     self.workdir = resolve(workdir)  # Orbax takes absolute paths only
     self.directory = epath.Path(self.workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        save_interval_steps=1,  # the loop decides the cadence; every call saves
-        enable_async_checkpointing=async_save,
-        create=True,
+      max_to_keep=max_to_keep,
+      save_interval_steps=1,  # the loop decides the cadence; every call saves
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -58,11 +59,15 @@ class Checkpointer:
     latest = self.latest_step()
     if latest is not None and step <= latest:
       why = "already exists" if step in self.all_steps() else f"is behind step {latest}"
-      logging.warning("Not saving checkpoint %d in %s: step %d %s, and checkpoints "
-                      "are never overwritten.", step, self.directory, step, why)
+      logging.warning(
+        "Not saving checkpoint %d in %s: step %d %s, and checkpoints are never overwritten.",
+        step,
+        self.directory,
+        step,
+        why,
+      )
       return False
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     saved = self._manager.save(step, args=args, force=force)
     if saved:
       logging.info("Saving checkpoint %d in %s", step, self.directory)
@@ -88,8 +93,9 @@ class Checkpointer:
     comes back with that sharding, whatever mesh it was saved from.
     """
     step = self._existing_step(step)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              meta=ocp.args.JsonRestore())
+    args = ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+    )
     restored = self._manager.restore(step, args=args)
     logging.info("Restored checkpoint %d from %s", step, self.directory)
     return restored.state, restored.meta
@@ -103,7 +109,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Checkpointer:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -116,15 +122,15 @@ class Checkpointer:
         raise FileNotFoundError(f"no checkpoints in {self.directory}")
       return steps[-1]
     if int(step) not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
-                              f"steps there: {steps}")
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory}; steps there: {steps}"
+      )
     return int(step)
 
 
 def abstract_like(state):
   """ShapeDtypeStructs with the shapes, dtypes and shardings of a live state."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 _MISSING = "<missing>"
@@ -150,8 +156,9 @@ def _differences(key: str, saved, current) -> list[str]:
   return [f"{key}: checkpoint {saved!r}, config {current!r}"]
 
 
-def check_compatible(saved_meta: dict, current_meta: dict, keys: Iterable[str],
-                     workdir: str = "") -> None:
+def check_compatible(
+  saved_meta: dict, current_meta: dict, keys: Iterable[str], workdir: str = ""
+) -> None:
   """Raises ValueError naming every key (dotted, to the leaf) whose values differ.
 
   `current_meta` goes through a JSON round trip first, as `saved_meta` did on
@@ -163,9 +170,11 @@ def check_compatible(saved_meta: dict, current_meta: dict, keys: Iterable[str],
     problems += _differences(key, _lookup(saved_meta, key), _lookup(current_meta, key))
   if problems:
     where = f"workdir {workdir}" if workdir else "the workdir"
-    raise ValueError(f"{where} holds a checkpoint from a different config: "
-                     + "; ".join(problems)
-                     + ". Use a fresh --workdir, or the config the checkpoint was made with.")
+    raise ValueError(
+      f"{where} holds a checkpoint from a different config: "
+      + "; ".join(problems)
+      + ". Use a fresh --workdir, or the config the checkpoint was made with."
+    )
 
 
 def _strip_values(tree):
@@ -179,8 +188,9 @@ def _strip_values(tree):
   return np.asarray(tree)
 
 
-def read_on_host(checkpoints_dir: str, step: int | None = None,
-                 parts: tuple[str, ...] | None = ("params",)) -> tuple[dict, dict, int]:
+def read_on_host(
+  checkpoints_dir: str, step: int | None = None, parts: tuple[str, ...] | None = ("params",)
+) -> tuple[dict, dict, int]:
   """({part: pure numpy tree}, meta, step) of a checkpoint, whatever mesh wrote it.
 
   For reading a checkpoint outside its run (warm start, predict, export,
@@ -207,6 +217,8 @@ def read_on_host(checkpoints_dir: str, step: int | None = None,
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), wanted)
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=host), target)
   with ocp.PyTreeCheckpointer() as reader:
-    restored = reader.restore(item, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
+    restored = reader.restore(
+      item,
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+    )
   return _strip_values(restored), meta, step

@@ -30,7 +30,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from train import ewc, loop, mesh as mesh_lib, step as step_lib, tasks, warm_start
+from train import ewc, loop, tasks, warm_start
+from train import mesh as mesh_lib
+from train import step as step_lib
 from train.checkpoint import read_on_host
 from train.state import create_train_state, load_params
 from train.workdir import resolve as resolve_workdir
@@ -48,18 +50,23 @@ def stage_configs(config) -> list[tuple[str, object]]:
     raise ValueError(f"order={tuple(config.order)}: continual learning needs two tasks or more")
   missing = [name for name in config.order if name not in config.stages]
   if missing:
-    raise ValueError(f"order names {missing}, which stages does not define "
-                     f"(stages: {sorted(config.stages)})")
+    raise ValueError(
+      f"order names {missing}, which stages does not define (stages: {sorted(config.stages)})"
+    )
   first_model = config.stages[config.order[0]].model.to_dict()
   stages = []
   for name in config.order:
     stage = config.stages[name]
     if stage.model.to_dict() != first_model:
-      raise ValueError(f"stages.{name}.model differs from stages.{config.order[0]}.model: "
-                       "one encoder runs through every task")
+      raise ValueError(
+        f"stages.{name}.model differs from stages.{config.order[0]}.model: "
+        "one encoder runs through every task"
+      )
     if stage.peft.method != "none":
-      raise ValueError(f"stages.{name}.peft.method={stage.peft.method!r}: continual learning "
-                       "trains the whole encoder ('none')")
+      raise ValueError(
+        f"stages.{name}.peft.method={stage.peft.method!r}: continual learning "
+        "trains the whole encoder ('none')"
+      )
     stages.append((name, stage))
   return stages
 
@@ -68,8 +75,9 @@ def stage_dir(workdir: str, index: int, name: str) -> str:
   return os.path.join(workdir, f"{index}_{name}")
 
 
-def prepare(stage, index: int, previous: str | None, init, vocab: str, ewc_path: str,
-            weight: float):
+def prepare(
+  stage, index: int, previous: str | None, init, vocab: str, ewc_path: str, weight: float
+):
   """The stage's config: where its encoder comes from, the shared vocab, EWC on or off."""
   stage = stage.copy_and_resolve_references()
   stage.data.vocab = vocab
@@ -101,9 +109,13 @@ class StageModel:
     self.rules = mesh_lib.rules_from_config(stage.mesh.rules)
     self.tx = optax.identity()
     self.graphdef, self.state, self.frozen, _ = create_train_state(
-        self.task.model_factory, self.tx, self.mesh, self.rules, stage.seed)
-    self.eval_step = jax.jit(step_lib.make_eval_step(
-        self.graphdef, self.task.objective, with_outputs=self.task.score is not None))
+      self.task.model_factory, self.tx, self.mesh, self.rules, stage.seed
+    )
+    self.eval_step = jax.jit(
+      step_lib.make_eval_step(
+        self.graphdef, self.task.objective, with_outputs=self.task.score is not None
+      )
+    )
 
   def load(self, params: dict) -> None:
     self.state, self.frozen = load_params(self.state, self.frozen, params, self.tx)
@@ -111,8 +123,17 @@ class StageModel:
   def score(self) -> dict:
     """Dev metrics with the loaded parameters."""
     with mesh_lib.activate(self.mesh, self.rules):
-      return loop.evaluate(self.eval_step, self.state.params, self.frozen, self.task.eval_batches,
-                           self.mesh, self.rules, self.task.objective, self.task.score, "eval")
+      return loop.evaluate(
+        self.eval_step,
+        self.state.params,
+        self.frozen,
+        self.task.eval_batches,
+        self.mesh,
+        self.rules,
+        self.task.objective,
+        self.task.score,
+        "eval",
+      )
 
   def fisher(self, examples: int) -> dict:
     """The normalised diagonal Fisher of the encoder, from >= `examples` training examples."""
@@ -121,8 +142,17 @@ class StageModel:
       batches.append(self.task.train_data.batch(step, 0, 1))
       seen += int(np.sum(batches[-1]["weight"]))
       step += 1
-    return ewc.normalised(ewc.fisher_diagonal(self.graphdef, self.state.params, self.frozen,
-                                              self.task.objective, batches, self.mesh, self.rules))
+    return ewc.normalised(
+      ewc.fisher_diagonal(
+        self.graphdef,
+        self.state.params,
+        self.frozen,
+        self.task.objective,
+        batches,
+        self.mesh,
+        self.rules,
+      )
+    )
 
 
 def forgetting(matrix: list[list[float | None]]) -> list[float | None]:
@@ -138,8 +168,12 @@ def forgetting(matrix: list[list[float | None]]) -> list[float | None]:
 def table(names: list[str], metrics: list[str], matrix, method: str) -> str:
   cells = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
   head = ["after training"] + [f"{n} ({m})" for n, m in zip(names, metrics)]
-  lines = [f"Dev scores, method {method}", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = [
+    f"Dev scores, method {method}",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
   for name, row in zip(names, matrix):
     lines.append("| " + " | ".join([name] + [cells(v) for v in row]) + " |")
   lines.append("| **forgetting** | " + " | ".join(cells(v) for v in forgetting(matrix)) + " |")
@@ -148,13 +182,15 @@ def table(names: list[str], metrics: list[str], matrix, method: str) -> str:
 
 def plot(names: list[str], matrix, path: str, method: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(4.5, 4))
   for j, name in enumerate(names):
     xs = [k for k, row in enumerate(matrix) if row[j] is not None]
     ax.plot(xs, [100 * matrix[k][j] for k in xs], marker="o", label=name)
-  ax.set_xticks(range(len(matrix)), [f"after {n}" for n in names[:len(matrix)]])
+  ax.set_xticks(range(len(matrix)), [f"after {n}" for n in names[: len(matrix)]])
   ax.set_ylabel("dev metric (%)")
   ax.set_title(f"continual learning: {method}")
   ax.legend()
@@ -191,16 +227,21 @@ def run(config, workdir: str) -> dict:
     encoder = params["bert"]
     if index >= len(matrix):
       row = [None] * len(stages)
-      for j, (earlier, earlier_stage) in enumerate(stages[:index + 1]):
+      for j, (earlier, earlier_stage) in enumerate(stages[: index + 1]):
         if earlier not in models:
-          models[earlier] = StageModel(prepare(earlier_stage, j, None, config.init, vocab, "", 0.0),
-                                       stage_dir(workdir, j, earlier))
+          models[earlier] = StageModel(
+            prepare(earlier_stage, j, None, config.init, vocab, "", 0.0),
+            stage_dir(workdir, j, earlier),
+          )
         models[earlier].load(dict(heads[earlier], bert=encoder))
         row[j] = float(models[earlier].score()[metrics[j]])
         logging.info("continual: after %s, %s %s = %.4f", name, earlier, metrics[j], row[j])
       matrix.append(row)
-      epath.Path(results_path).write_text(json.dumps(
-          {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix}, indent=2))
+      epath.Path(results_path).write_text(
+        json.dumps(
+          {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix}, indent=2
+        )
+      )
     if weight and index < len(stages) - 1:
       fisher_path = os.path.join(wd, "fisher.npz")
       if not epath.Path(fisher_path).exists():
@@ -212,8 +253,13 @@ def run(config, workdir: str) -> dict:
       fisher_sum = fisher if fisher_sum is None else jax.tree.map(np.add, fisher_sum, fisher)
       ewc.save(ewc_path, anchor, fisher_sum)  # online EWC: the latest anchor, Fishers summed
     previous = wd
-  result = {"tasks": names, "metrics": metrics, "method": config.method, "matrix": matrix,
-            "forgetting": forgetting(matrix)}
+  result = {
+    "tasks": names,
+    "metrics": metrics,
+    "method": config.method,
+    "matrix": matrix,
+    "forgetting": forgetting(matrix),
+  }
   epath.Path(results_path).write_text(json.dumps(result, indent=2))
   text = table(names, metrics, matrix, config.method)
   epath.Path(os.path.join(workdir, "forgetting.md")).write_text(text)

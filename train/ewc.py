@@ -36,20 +36,22 @@ ENCODER = "bert"
 
 
 class EwcState(NamedTuple):
-  anchor: Any   # theta*, shaped like the parameters (outside the encoder: unused)
-  fisher: Any   # F, zero outside the encoder
+  anchor: Any  # theta*, shaped like the parameters (outside the encoder: unused)
+  fisher: Any  # F, zero outside the encoder
 
 
 def penalty(weight: float) -> optax.GradientTransformation:
   """Adds weight * F * (params - anchor) to the gradients; F starts at zero (no penalty)."""
 
   def init(params):
-    return EwcState(anchor=jax.tree.map(jnp.array, params),
-                    fisher=jax.tree.map(jnp.zeros_like, params))
+    return EwcState(
+      anchor=jax.tree.map(jnp.array, params), fisher=jax.tree.map(jnp.zeros_like, params)
+    )
 
   def update(grads, state, params):
-    grads = jax.tree.map(lambda g, f, p, a: g + weight * f * (p - a),
-                         grads, state.fisher, params, state.anchor)
+    grads = jax.tree.map(
+      lambda g, f, p, a: g + weight * f * (p - a), grads, state.fisher, params, state.anchor
+    )
     return grads, state
 
   return optax.GradientTransformation(init, update)
@@ -60,9 +62,10 @@ def with_penalty(tx: optax.GradientTransformation, weight: float) -> optax.Gradi
   return optax.chain(penalty(weight), tx)
 
 
-def fisher_diagonal(graphdef, params, frozen, objective, batches, mesh, rules,
-                    chunk: int = 8) -> dict:
-  """The encoder's tree (nested numpy dicts) of F = mean over examples of (d log p(y | x) / d theta)^2.
+def fisher_diagonal(
+  graphdef, params, frozen, objective, batches, mesh, rules, chunk: int = 8
+) -> dict:
+  """The encoder's tree (nested numpy dicts) of F = mean_examples (d log p(y | x) / d theta)^2.
 
   Per-example gradients (vmap over `chunk` examples at a time, dropout off)
   of the task's own loss on its labels, i.e. the empirical Fisher; rows with
@@ -85,14 +88,13 @@ def fisher_diagonal(graphdef, params, frozen, objective, batches, mesh, rules,
     for batch in batches:
       rows = len(batch["weight"])
       for start in range(0, rows, chunk):
-        part = {k: np.asarray(v)[start:start + chunk] for k, v in batch.items()}
+        part = {k: np.asarray(v)[start : start + chunk] for k, v in batch.items()}
         sums = squared_sum(params, part)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         count += float(np.sum(part["weight"]))
   if total is None or count == 0:
     raise ValueError("fisher_diagonal: no examples to estimate the Fisher from")
-  return jax.tree.map(lambda x: np.asarray(x, np.float32) / count,
-                      nnx.to_pure_dict(total)[ENCODER])
+  return jax.tree.map(lambda x: np.asarray(x, np.float32) / count, nnx.to_pure_dict(total)[ENCODER])
 
 
 def normalised(fisher: dict) -> dict:
@@ -110,8 +112,9 @@ def save(path: str, anchor: dict, fisher: dict) -> None:
   partial = path.parent / (path.name + ".partial")
   arrays = {}
   for name, tree in (("anchor", anchor), ("fisher", fisher)):
-    arrays.update({"/".join((name,) + key): convert.get_path(tree, key)
-                   for key in convert.leaf_paths(tree)})
+    arrays.update(
+      {"/".join((name,) + key): convert.get_path(tree, key) for key in convert.leaf_paths(tree)}
+    )
   with partial.open("wb") as f:
     np.savez(f, **arrays)
   partial.rename(path)
@@ -138,13 +141,15 @@ def load_into(opt_state, path: str):
     model = nnx.to_pure_dict(part)
     missing = sorted(set(convert.leaf_paths(model[ENCODER])) - set(convert.leaf_paths(encoder)))
     if missing:
-      raise ValueError(f"{path}: no {what} for encoder parameters "
-                       f"{['/'.join(m) for m in missing[:3]]}")
+      raise ValueError(
+        f"{path}: no {what} for encoder parameters {['/'.join(m) for m in missing[:3]]}"
+      )
     try:
       return place_tree(part, convert.merge_trees(model, {ENCODER: encoder}))
     except ValueError as e:
       raise ValueError(f"{path} ({what}): {e}") from None
 
-  ewc_state = EwcState(anchor=fill(ewc_state.anchor, anchor, "anchor"),
-                       fisher=fill(ewc_state.fisher, fisher, "fisher"))
+  ewc_state = EwcState(
+    anchor=fill(ewc_state.anchor, anchor, "anchor"), fisher=fill(ewc_state.fisher, fisher, "fisher")
+  )
   return (ewc_state,) + tuple(opt_state[1:])

@@ -26,11 +26,11 @@ BEST_DIR = "best"  # <workdir>/best: the loop's best checkpoint by early_stoppin
 
 @dataclasses.dataclass
 class FinetunedRun:
-  config: Any               # the run's ml_collections config (config.json)
+  config: Any  # the run's ml_collections config (config.json)
   model_config: BertConfig
   peft: PeftConfig
   labels: list[str] | None
-  params: dict              # the checkpoint's tree: trainable parameters only for PEFT runs
+  params: dict  # the checkpoint's tree: trainable parameters only for PEFT runs
   step: int
 
   @property
@@ -53,10 +53,12 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
   back to the newest when there is none) or 'latest'."""
   from train import tasks
   from train.checkpoint import read_on_host
+
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} does not exist: --workdir must be a directory "
-                            "a fine-tuning run wrote")
+    raise FileNotFoundError(
+      f"{config_path} does not exist: --workdir must be a directory a fine-tuning run wrote"
+    )
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.task not in TASKS:
@@ -68,11 +70,18 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
     with open(os.path.join(workdir, "labels.json")) as f:
       labels = json.load(f)
   best = os.path.join(workdir, BEST_DIR, "checkpoints")
-  use_best = (step is None and checkpoint == "best" and os.path.isdir(best)
-              and bool(os.listdir(best)))
+  use_best = (
+    step is None and checkpoint == "best" and os.path.isdir(best) and bool(os.listdir(best))
+  )
   parts, _, step = read_on_host(best if use_best else os.path.join(workdir, "checkpoints"), step)
-  return FinetunedRun(config, BertConfig.from_dict(config.model), tasks.peft_config(config),
-                      labels, parts["params"], step)
+  return FinetunedRun(
+    config,
+    BertConfig.from_dict(config.model),
+    tasks.peft_config(config),
+    labels,
+    parts["params"],
+    step,
+  )
 
 
 def full_params(run: FinetunedRun) -> dict:
@@ -81,6 +90,7 @@ def full_params(run: FinetunedRun) -> dict:
 
   from train import tasks, warm_start
   from train.state import abstract_model
+
   factory = tasks.finetune_model_factory(run.config, run.model_config, run.labels)
   reference = nnx.to_pure_dict(abstract_model(factory)[1])
   tree = run.params
@@ -90,7 +100,9 @@ def full_params(run: FinetunedRun) -> dict:
   check_shapes(reference, tree)
   absent = sorted(set(leaf_paths(reference)) - set(leaf_paths(tree)))
   if absent:
-    raise ValueError(f"cannot rebuild the model of this {run.peft.method} run: "
-                     f"{['/'.join(p) for p in absent[:3]]} are in neither the checkpoint nor "
-                     "the run's init (a PEFT run on a random base has nothing to rebuild from)")
+    raise ValueError(
+      f"cannot rebuild the model of this {run.peft.method} run: "
+      f"{['/'.join(p) for p in absent[:3]]} are in neither the checkpoint nor "
+      "the run's init (a PEFT run on a random base has nothing to rebuild from)"
+    )
   return tree

@@ -33,8 +33,15 @@ from model import convert
 from model.config import BertConfig
 from train import finetuned
 
-ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "intermediate_size", "max_position_embeddings", "type_vocab_size")
+ARCH_KEYS = (
+  "vocab_size",
+  "hidden_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "intermediate_size",
+  "max_position_embeddings",
+  "type_vocab_size",
+)
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
@@ -51,9 +58,11 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   bin_path = os.path.join(hf_dir, "pytorch_model.bin")
   if os.path.isfile(safetensors_path):
     from safetensors.numpy import load_file
+
     return load_file(safetensors_path)
   if os.path.isfile(bin_path):
     import torch  # optional: only old-style checkpoints need it
+
     state = torch.load(bin_path, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items()}
   raise FileNotFoundError(f"{hf_dir}: neither model.safetensors nor pytorch_model.bin")
@@ -61,8 +70,11 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
 
 def check_config_matches(config: BertConfig, hf_config: dict[str, Any], where: str) -> None:
   """The model we build must have the checkpoint's architecture; name each clash."""
-  clashes = [f"model.{k}: config {getattr(config, k)}, checkpoint {hf_config[k]}"
-             for k in ARCH_KEYS if k in hf_config and hf_config[k] != getattr(config, k)]
+  clashes = [
+    f"model.{k}: config {getattr(config, k)}, checkpoint {hf_config[k]}"
+    for k in ARCH_KEYS
+    if k in hf_config and hf_config[k] != getattr(config, k)
+  ]
   if clashes:
     raise ValueError(f"{where} does not match the model config: " + "; ".join(clashes))
 
@@ -86,8 +98,10 @@ def resolve_hf_source(name_or_dir: str) -> str:
   if os.path.isdir(name_or_dir):
     return name_or_dir
   from huggingface_hub import snapshot_download
-  return snapshot_download(name_or_dir, allow_patterns=["config.json", "*.safetensors",
-                                                         "pytorch_model.bin", "vocab.txt"])
+
+  return snapshot_download(
+    name_or_dir, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin", "vocab.txt"]
+  )
 
 
 def _refuse_overwrite(out_dir: str, name: str) -> None:
@@ -97,6 +111,7 @@ def _refuse_overwrite(out_dir: str, name: str) -> None:
 
 def _write_model_dir(out_dir: str, tensors: dict, hf_config: dict) -> None:
   from safetensors.numpy import save_file
+
   _refuse_overwrite(out_dir, "model.safetensors")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -105,18 +120,25 @@ def _write_model_dir(out_dir: str, tensors: dict, hf_config: dict) -> None:
 
 
 def _hf_model_config(config: BertConfig, architecture: str, **extra) -> dict[str, Any]:
-  return dict(config.to_hf_dict(), model_type="bert", architectures=[architecture],
-              position_embedding_type="absolute", **extra)
+  return dict(
+    config.to_hf_dict(),
+    model_type="bert",
+    architectures=[architecture],
+    position_embedding_type="absolute",
+    **extra,
+  )
 
 
-def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
-                       vocab_file: str | None = None) -> str:
+def save_hf_checkpoint(
+  out_dir: str, params: dict, config: BertConfig, vocab_file: str | None = None
+) -> str:
   """Writes config.json + model.safetensors (+ vocab.txt) for BertForPreTraining."""
   _refuse_overwrite(out_dir, "model.safetensors")
   tensors = convert.params_to_hf(params, config)
   tensors.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
-  _write_model_dir(out_dir, tensors, _hf_model_config(config, "BertForPreTraining",
-                                                      tie_word_embeddings=True))
+  _write_model_dir(
+    out_dir, tensors, _hf_model_config(config, "BertForPreTraining", tie_word_embeddings=True)
+  )
   if vocab_file:
     shutil.copy(vocab_file, os.path.join(out_dir, "vocab.txt"))
   return out_dir
@@ -125,27 +147,38 @@ def save_hf_checkpoint(out_dir: str, params: dict, config: BertConfig,
 # --------------------------------------------------------------------------
 # Fine-tuned workdirs
 
-ARCHITECTURES = {"classification": "BertForSequenceClassification",
-                 "token_classification": "BertForTokenClassification",
-                 "question_answering": "BertForQuestionAnswering"}
-PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-                   "question_answering": "QUESTION_ANS"}
-TASK_HEADS = {"classification": "classifier", "token_classification": "classifier",
-              "question_answering": "qa_outputs"}
+ARCHITECTURES = {
+  "classification": "BertForSequenceClassification",
+  "token_classification": "BertForTokenClassification",
+  "question_answering": "BertForQuestionAnswering",
+}
+PEFT_TASK_TYPES = {
+  "classification": "SEQ_CLS",
+  "token_classification": "TOKEN_CLS",
+  "question_answering": "QUESTION_ANS",
+}
+TASK_HEADS = {
+  "classification": "classifier",
+  "token_classification": "classifier",
+  "question_answering": "qa_outputs",
+}
 # Our module names inside a layer -> transformers' (the suffix after encoder.layer.{i}.).
-HF_LAYER_MODULES = {"attention.query": "attention.self.query",
-                    "attention.key": "attention.self.key",
-                    "attention.value": "attention.self.value",
-                    "attention.output": "attention.output.dense",
-                    "ffn.intermediate": "intermediate.dense",
-                    "ffn.output": "output.dense"}
+HF_LAYER_MODULES = {
+  "attention.query": "attention.self.query",
+  "attention.key": "attention.self.key",
+  "attention.value": "attention.self.value",
+  "attention.output": "attention.output.dense",
+  "ffn.intermediate": "intermediate.dense",
+  "ffn.output": "output.dense",
+}
 # Methods whose parameters transformers' BERT has no place for.
 ARCHITECTURE_METHODS = ("adapter", "prefix", "prompt")
 EXPORT_FORMATS = ("merged", "peft")
 
 
-def export_finetuned(workdir: str, out_dir: str, step: int | None = None,
-                     export_format: str = "merged") -> finetuned.FinetunedRun:
+def export_finetuned(
+  workdir: str, out_dir: str, step: int | None = None, export_format: str = "merged"
+) -> finetuned.FinetunedRun:
   """Writes a fine-tuned workdir as an HF model (merged) or an HF PEFT LoRA adapter (peft)."""
   if export_format not in EXPORT_FORMATS:
     raise ValueError(f"--format={export_format!r}: expected one of {EXPORT_FORMATS}")
@@ -153,13 +186,16 @@ def export_finetuned(workdir: str, out_dir: str, step: int | None = None,
   method = run.peft.method
   if export_format == "peft" and method != "lora":
     merged_ok = method not in ARCHITECTURE_METHODS
-    raise ValueError(f"--format=peft: only LoRA runs have the HF PEFT format here; this run used "
-                     f"peft.method={method!r}"
-                     + ("; export it with --format=merged" if merged_ok else ""))
+    raise ValueError(
+      f"--format=peft: only LoRA runs have the HF PEFT format here; this run used "
+      f"peft.method={method!r}" + ("; export it with --format=merged" if merged_ok else "")
+    )
   if method in ARCHITECTURE_METHODS:
-    raise ValueError(f"peft.method={method!r} changes BERT's architecture: transformers' "
-                     f"{ARCHITECTURES[run.task]} has no place for its parameters, so it has no "
-                     "merged export (predict with `python -m train.predict` instead)")
+    raise ValueError(
+      f"peft.method={method!r} changes BERT's architecture: transformers' "
+      f"{ARCHITECTURES[run.task]} has no place for its parameters, so it has no "
+      "merged export (predict with `python -m train.predict` instead)"
+    )
   if export_format == "peft":
     save_lora_adapter(out_dir, run)
   else:
@@ -177,20 +213,28 @@ def _label_config(run: finetuned.FinetunedRun) -> dict[str, Any]:
     return {}
   if run.config.data.get("regression"):
     return {"num_labels": 1, "problem_type": "regression"}
-  return {"num_labels": len(run.labels), "id2label": {str(i): l for i, l in enumerate(run.labels)},
-          "label2id": {l: i for i, l in enumerate(run.labels)}}
+  return {
+    "num_labels": len(run.labels),
+    "id2label": {str(i): label for i, label in enumerate(run.labels)},
+    "label2id": {label: i for i, label in enumerate(run.labels)},
+  }
 
 
 def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
   from model.peft import merge_low_rank
+
   _refuse_overwrite(out_dir, "model.safetensors")
-  tensors = convert.params_to_hf(merge_low_rank(finetuned.full_params(run), run.peft),
-                                 run.model_config)
+  tensors = convert.params_to_hf(
+    merge_low_rank(finetuned.full_params(run), run.peft), run.model_config
+  )
   if run.task != "classification":  # transformers builds these without the pooler
     tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
-  _write_model_dir(out_dir, tensors, _hf_model_config(run.model_config, ARCHITECTURES[run.task],
-                                                      **_label_config(run)))
+  _write_model_dir(
+    out_dir,
+    tensors,
+    _hf_model_config(run.model_config, ARCHITECTURES[run.task], **_label_config(run)),
+  )
   return out_dir
 
 
@@ -219,18 +263,23 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
   from safetensors.numpy import save_file
 
   from model.peft import LAYER_MODULES
+
   hf_dir = run.config.init.get("hf_dir", "")
   if not hf_dir:
     checkpoint = run.config.init.get("checkpoint", "")
     where = f"init.checkpoint={checkpoint}" if checkpoint else "random weights (no init)"
-    raise ValueError(f"--format=peft needs the run's base as an HF model (init.hf_dir); this run "
-                     f"started from {where}. Export with --format=merged instead")
+    raise ValueError(
+      f"--format=peft needs the run's base as an HF model (init.hf_dir); this run "
+      f"started from {where}. Export with --format=merged instead"
+    )
   if os.path.isdir(hf_dir):
     _, _, missing = load_hf_checkpoint(hf_dir, run.model_config)
     lacking = [name for name in missing if name.startswith("bert.")]
     if lacking:
-      raise ValueError(f"init.hf_dir={hf_dir} lacks {lacking[:3]}: those weights were random in "
-                       "training and an adapter cannot carry them; use --format=merged")
+      raise ValueError(
+        f"init.hf_dir={hf_dir} lacks {lacking[:3]}: those weights were random in "
+        "training and an adapter cannot carry them; use --format=merged"
+      )
   _refuse_overwrite(out_dir, "adapter_model.safetensors")
   peft, head = run.peft, TASK_HEADS[run.task]
   targets = [m for m in LAYER_MODULES if peft.targets_module(m)]
@@ -248,12 +297,20 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
   alpha = int(peft.alpha) if float(peft.alpha).is_integer() else float(peft.alpha)
   adapter_config = {
-      "peft_type": "LORA", "task_type": PEFT_TASK_TYPES[run.task],
-      "base_model_name_or_path": hf_dir, "r": peft.rank, "lora_alpha": alpha,
-      "lora_dropout": peft.dropout, "target_modules": lora_target_modules(targets),
-      "modules_to_save": [head], "bias": "none", "fan_in_fan_out": False,
-      "init_lora_weights": True, "use_rslora": False, "use_dora": False,
-      "inference_mode": True,
+    "peft_type": "LORA",
+    "task_type": PEFT_TASK_TYPES[run.task],
+    "base_model_name_or_path": hf_dir,
+    "r": peft.rank,
+    "lora_alpha": alpha,
+    "lora_dropout": peft.dropout,
+    "target_modules": lora_target_modules(targets),
+    "modules_to_save": [head],
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "init_lora_weights": True,
+    "use_rslora": False,
+    "use_dora": False,
+    "inference_mode": True,
   }
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
@@ -265,6 +322,7 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
 def read_workdir_params(workdir: str, step: int | None = None):
   """(BertConfig, params, step) of a pretraining workdir's checkpoint, on the host."""
   from train.checkpoint import read_on_host  # Orbax only when exporting
+
   parts, meta, step = read_on_host(os.path.join(workdir, "checkpoints"), step)
   return BertConfig.from_dict(meta["config"]["model"]), parts["params"], step
 
@@ -284,12 +342,16 @@ def _leaves(tree):
 
 def main(argv):
   from absl import flags
+
   flags_ = flags.FLAGS
   command = argv[1] if len(argv) > 1 else ""
   if command == "export" and finetuned.finetuned_task(flags_.workdir):
     run = export_finetuned(flags_.workdir, flags_.out, flags_.step, flags_.format)
-    what = (f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}" if flags_.format == "peft"
-            else f"{ARCHITECTURES[run.task]}, peft.method={run.peft.method} merged")
+    what = (
+      f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}"
+      if flags_.format == "peft"
+      else f"{ARCHITECTURES[run.task]}, peft.method={run.peft.method} merged"
+    )
     print(f"wrote step {run.step} of {flags_.workdir} to {flags_.out} ({what})")
   elif command == "export":
     if flags_.format != "merged":
@@ -297,28 +359,42 @@ def main(argv):
     config, params, step = read_workdir_params(flags_.workdir, flags_.step)
     vocab = flags_.vocab or _workdir_vocab(flags_.workdir)
     save_hf_checkpoint(flags_.out, params, config, vocab)
-    print(f"wrote step {step} of {flags_.workdir} to {flags_.out} "
-          f"(BertForPreTraining{', vocab.txt' if vocab else ''})")
+    print(
+      f"wrote step {step} of {flags_.workdir} to {flags_.out} "
+      f"(BertForPreTraining{', vocab.txt' if vocab else ''})"
+    )
   elif command == "check":
     config, tree, missing = load_hf_checkpoint(resolve_hf_source(flags_.hf_dir))
     count = sum(int(np.prod(np.shape(x))) for x in _leaves(tree))
-    print(f"{flags_.hf_dir}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-          f"vocab {config.vocab_size}; {count:,} parameters converted; "
-          f"absent (freshly initialised when used): {missing or 'none'}")
+    print(
+      f"{flags_.hf_dir}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+      f"vocab {config.vocab_size}; {count:,} parameters converted; "
+      f"absent (freshly initialised when used): {missing or 'none'}"
+    )
   else:
-    raise SystemExit("usage: python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N] "
-                     "[--format=merged|peft] | check --hf_dir=DIR_OR_NAME")
+    raise SystemExit(
+      "usage: python -m train.hf export --workdir=DIR --out=HF_DIR [--step=N] "
+      "[--format=merged|peft] | check --hf_dir=DIR_OR_NAME"
+    )
 
 
 if __name__ == "__main__":
   from absl import app, flags
+
   flags.DEFINE_string("workdir", None, "pretraining or fine-tuning workdir to export")
-  flags.DEFINE_integer("step", None, "checkpoint step (default: latest; a fine-tuned workdir: "
-                       "its best checkpoint, else the latest)")
+  flags.DEFINE_integer(
+    "step",
+    None,
+    "checkpoint step (default: latest; a fine-tuned workdir: its best checkpoint, else the latest)",
+  )
   flags.DEFINE_string("out", None, "output HF directory (must not hold a model yet)")
-  flags.DEFINE_enum("format", "merged", list(EXPORT_FORMATS),
-                    "fine-tuned workdirs: 'merged' (a full transformers model, LoRA folded in) "
-                    "or 'peft' (an HF PEFT LoRA adapter on the run's init.hf_dir)")
+  flags.DEFINE_enum(
+    "format",
+    "merged",
+    list(EXPORT_FORMATS),
+    "fine-tuned workdirs: 'merged' (a full transformers model, LoRA folded in) "
+    "or 'peft' (an HF PEFT LoRA adapter on the run's init.hf_dir)",
+  )
   flags.DEFINE_string("vocab", None, "vocab.txt to ship with the export (default: the workdir's)")
   flags.DEFINE_string("hf_dir", None, "HF checkpoint directory or hub name, for `check`")
   app.run(main)

@@ -37,7 +37,9 @@ from jax.experimental import multihost_utils
 
 from data.sampling import host_share
 from model import peft as peft_lib
-from train import adalora, ewc, mesh as mesh_lib, optim, step as step_lib, tasks, warm_start, writers
+from train import adalora, ewc, optim, tasks, warm_start, writers
+from train import mesh as mesh_lib
+from train import step as step_lib
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
 from train.finetuned import BEST_DIR
 from train.state import create_train_state
@@ -52,8 +54,13 @@ def _fingerprint(config) -> dict:
   """The part of the config a checkpoint is bound to (compute options excluded)."""
   compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
   model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
-  fingerprint = {"task": config.task, "model": model, "data": config.data.to_dict(),
-                 "batch_size": config.batch_size, "seed": config.seed}
+  fingerprint = {
+    "task": config.task,
+    "model": model,
+    "data": config.data.to_dict(),
+    "batch_size": config.batch_size,
+    "seed": config.seed,
+  }
   if config.get("peft") and config.peft.method != "none":
     # Only then: full fine-tuning and pretraining checkpoints stay as they were.
     peft = config.peft.to_dict()
@@ -69,8 +76,11 @@ def _base_fingerprint(frozen) -> str:
   """A checksum of the frozen parameters: a PEFT checkpoint is only valid on its base."""
   if not jax.tree.leaves(frozen):
     return ""
-  moments = jax.jit(lambda f: jax.tree.map(
-      lambda x: jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * x)]), f))(frozen)
+  moments = jax.jit(
+    lambda f: jax.tree.map(
+      lambda x: jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * x)]), f
+    )
+  )(frozen)
   text = json.dumps([[f"{v:.6e}" for v in _host_value(m)] for m in jax.tree.leaves(moments)])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -79,10 +89,11 @@ def _check_same_base(saved_meta: dict, meta: dict, workdir: str) -> None:
   saved, now = saved_meta.get("base", {}), meta.get("base", {})
   if saved.get("fingerprint", "") != now.get("fingerprint", ""):
     raise ValueError(
-        f"{workdir} holds a run trained on other frozen base weights ({saved.get('init') or 'none'},"
-        f" checksum {saved.get('fingerprint') or '-'}) than config.init gives now "
-        f"({now.get('init') or 'none'}, checksum {now.get('fingerprint') or '-'}): its trainable "
-        "parameters only make sense on their own base; use that base or a fresh workdir")
+      f"{workdir} holds a run trained on other frozen base weights ({saved.get('init') or 'none'},"
+      f" checksum {saved.get('fingerprint') or '-'}) than config.init gives now "
+      f"({now.get('init') or 'none'}, checksum {now.get('fingerprint') or '-'}): its trainable "
+      "parameters only make sense on their own base; use that base or a fresh workdir"
+    )
 
 
 class _Preemption:
@@ -121,11 +132,14 @@ class EarlyStopping:
   def update(self, step: int, results: dict) -> bool:
     """Records an evaluation; True when it is the best so far."""
     if self.metric not in results:
-      raise ValueError(f"early_stopping.metric={self.metric!r} is not among the evaluation "
-                       f"metrics {sorted(k for k, v in results.items() if _is_number(v))}")
+      raise ValueError(
+        f"early_stopping.metric={self.metric!r} is not among the evaluation "
+        f"metrics {sorted(k for k, v in results.items() if _is_number(v))}"
+      )
     value = float(results[self.metric])
-    better = self.best_value is None or (value > self.best_value if self.mode == "max"
-                                         else value < self.best_value)
+    better = self.best_value is None or (
+      value > self.best_value if self.mode == "max" else value < self.best_value
+    )
     if better and math.isfinite(value):
       self.best_step, self.best_value, self.evals_since_best = step, value, 0
       self.best_metrics = _scalars(results)
@@ -138,8 +152,12 @@ class EarlyStopping:
     return self.patience > 0 and self.evals_since_best >= self.patience
 
   def to_meta(self) -> dict:
-    return {"best_step": self.best_step, "best_value": self.best_value,
-            "best_metrics": self.best_metrics, "evals_since_best": self.evals_since_best}
+    return {
+      "best_step": self.best_step,
+      "best_value": self.best_value,
+      "best_metrics": self.best_metrics,
+      "evals_since_best": self.evals_since_best,
+    }
 
 
 def _is_number(value) -> bool:
@@ -160,8 +178,9 @@ def _sum_metrics(history: list[dict]) -> dict:
   return {k: float(np.sum([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def evaluate(eval_step, params, frozen, batches, mesh, rules, objective, score=None,
-             split: str = "eval") -> dict:
+def evaluate(
+  eval_step, params, frozen, batches, mesh, rules, objective, score=None, split: str = "eval"
+) -> dict:
   """Objective means over `batches`; with `score`, the task's metrics too.
 
   With `score`, `eval_step` returns (sums, outputs) (step.make_eval_step's
@@ -226,8 +245,7 @@ def _optimizer(opt_config, peft, ewc_config) -> optax.GradientTransformation:
 
 
 def _log_eval(step: int, split: str, results: dict) -> None:
-  logging.info("step %d %s %s", step, split,
-               {k: round(v, 4) for k, v in _scalars(results).items()})
+  logging.info("step %d %s %s", step, split, {k: round(v, 4) for k, v in _scalars(results).items()})
   for key, value in results.items():
     if key.endswith("_text"):
       logging.info("%s %s:\n%s", split, key, value)
@@ -250,16 +268,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   trainable = peft_lib.trainable(task.peft)
   ewc_config = config.get("ewc")
   tx = _optimizer(opt_config, task.peft, ewc_config)
-  graphdef, state, frozen, shardings = create_train_state(task.model_factory, tx, mesh, rules,
-                                                          config.seed, trainable)
+  graphdef, state, frozen, shardings = create_train_state(
+    task.model_factory, tx, mesh, rules, config.seed, trainable
+  )
 
   counts = optim.count_params(state.params, frozen)
   counts["optimizer_state_bytes"] = optim.tree_bytes(state.opt_state)
-  logging.info("model: %s parameters, %s trainable (%.3f%%, peft %s), optimizer state %.1f MiB; "
-               "mesh %s; %d steps (%d warmup); data %s", f"{counts['total']:,}",
-               f"{counts['trainable']:,}", counts["percent"], task.peft.method,
-               counts["optimizer_state_bytes"] / 2**20, dict(mesh.shape), total_steps,
-               warmup_steps, json.dumps(task.summary, default=str))
+  logging.info(
+    "model: %s parameters, %s trainable (%.3f%%, peft %s), optimizer state %.1f MiB; "
+    "mesh %s; %d steps (%d warmup); data %s",
+    f"{counts['total']:,}",
+    f"{counts['trainable']:,}",
+    counts["percent"],
+    task.peft.method,
+    counts["optimizer_state_bytes"] / 2**20,
+    dict(mesh.shape),
+    total_steps,
+    warmup_steps,
+    json.dumps(task.summary, default=str),
+  )
 
   meta = {"config": _fingerprint(config), "total_steps": total_steps}
   ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
@@ -275,8 +302,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = state.replace(opt_state=ewc.load_into(state.opt_state, ewc_config.path))
     logging.info("EWC: weight %g, anchor and Fisher from %s", ewc_config.weight, ewc_config.path)
   if jax.tree.leaves(frozen):
-    meta["base"] = {"init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
-                    "fingerprint": _base_fingerprint(frozen)}
+    meta["base"] = {
+      "init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
+      "fingerprint": _base_fingerprint(frozen),
+    }
   if resuming:
     _check_same_base(saved_meta, meta, workdir)
     state, _ = ckpt.restore(None, abstract_like(state))
@@ -289,12 +318,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.get("early_stopping") and config.early_stopping.metric:
     es = config.early_stopping
     stopping = EarlyStopping(es.metric, es.mode, es.patience, saved_progress)
-  best_ckpt = (Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save)
-               if stopping else None)
+  best_ckpt = (
+    Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save)
+    if stopping
+    else None
+  )
 
   train_step = step_lib.jit_train_step(graphdef, tx, task.objective, opt_config, shardings)
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective,
-                                              with_outputs=task.score is not None))
+  eval_step = jax.jit(
+    step_lib.make_eval_step(graphdef, task.objective, with_outputs=task.score is not None)
+  )
   eval_every = config.eval_every_steps or task.steps_per_epoch
   checkpoint_every = config.checkpoint.every_steps or eval_every
 
@@ -303,9 +336,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if not resuming:
     writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")
   if resuming and start >= end_step:
-    logging.info("%s is already at step %d of %d: nothing to train. To go on, raise "
-                 "optimizer.total_steps (or stop_at_step); to start over, use a fresh --workdir.",
-                 workdir, start, end_step)
+    logging.info(
+      "%s is already at step %d of %d: nothing to train. To go on, raise "
+      "optimizer.total_steps (or stop_at_step); to start over, use a fresh --workdir.",
+      workdir,
+      start,
+      end_step,
+    )
   if stopping and stopping.should_stop:
     logging.info("early stopping had already ended this run at step %d", start)
     end_step = start
@@ -319,8 +356,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   with mesh_lib.activate(mesh, rules):
     if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
-      last_eval = evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
-                           task.objective, task.score, "eval")
+      last_eval = evaluate(
+        eval_step,
+        state.params,
+        frozen,
+        task.eval_batches,
+        mesh,
+        rules,
+        task.objective,
+        task.score,
+        "eval",
+      )
       writer.write(0, _scalars(last_eval), split="eval")
       _log_eval(0, "eval", last_eval)
     for step in range(start, end_step):
@@ -335,10 +381,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         sums = _sum_metrics(history)  # the host waits for the devices here only
         elapsed = time.perf_counter() - timer
         scalars = task.objective.finalize(sums)
-        scalars.update(learning_rate=float(_host_value(history[-1]["learning_rate"])),
-                       grad_norm=sums["grad_norm"] / len(history),
-                       step_time=elapsed / steps_since_log,
-                       tokens_per_second=tokens_per_step * steps_since_log / elapsed)
+        scalars.update(
+          learning_rate=float(_host_value(history[-1]["learning_rate"])),
+          grad_norm=sums["grad_norm"] / len(history),
+          step_time=elapsed / steps_since_log,
+          tokens_per_second=tokens_per_step * steps_since_log / elapsed,
+        )
         writer.write(done, scalars)
         postfix = {"loss": f"{scalars['loss']:.3f}"}
         if accuracy_key:
@@ -349,8 +397,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # Not at a stop_at_step pause: an extra evaluation there would count
       # against early-stopping patience and the resumed run would diverge.
       if done % eval_every == 0 or done == total_steps:
-        last_eval = evaluate(eval_step, state.params, frozen, task.eval_batches, mesh, rules,
-                             task.objective, task.score, "eval")
+        last_eval = evaluate(
+          eval_step,
+          state.params,
+          frozen,
+          task.eval_batches,
+          mesh,
+          rules,
+          task.objective,
+          task.score,
+          "eval",
+        )
         writer.write(done, _scalars(last_eval), split="eval")
         _log_eval(done, "eval", last_eval)
         if stopping and stopping.update(done, last_eval):
@@ -359,7 +416,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         timer = time.perf_counter()  # eval time is not step time
 
       stop_early = stopping is not None and stopping.should_stop
-      if (done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early):
+      if done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early:
         progress = {"early_stopping": stopping.to_meta()} if stopping else {}
         ckpt.save(done, state, dict(meta, **progress))
         writer.flush()  # a bucket workdir gets its logs with each checkpoint
@@ -367,9 +424,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.warning("SIGTERM: saved step %d, stopping", done)
         break
       if stop_early:
-        logging.info("early stopping at step %d: %s has not improved on %.4f (step %d) for %d "
-                     "evaluations", done, stopping.metric, stopping.best_value,
-                     stopping.best_step, stopping.evals_since_best)
+        logging.info(
+          "early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
+          done,
+          stopping.metric,
+          stopping.best_value,
+          stopping.best_step,
+          stopping.evals_since_best,
+        )
         break
 
   bar.close()
@@ -386,13 +448,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
       final[key] = last_eval[key]
   if stopping and stopping.best_step is not None:
     best_ckpt.wait()
-    final["best"] = {"step": stopping.best_step, "metric": stopping.metric,
-                     "value": stopping.best_value, "eval": stopping.best_metrics}
+    final["best"] = {
+      "step": stopping.best_step,
+      "metric": stopping.metric,
+      "value": stopping.best_value,
+      "eval": stopping.best_metrics,
+    }
     if task.test_batches and not preemption.requested:
-      best_params, _ = best_ckpt.restore(stopping.best_step, {"params": abstract_like(state.params)})
+      best_params, _ = best_ckpt.restore(
+        stopping.best_step, {"params": abstract_like(state.params)}
+      )
       with mesh_lib.activate(mesh, rules):
-        test = evaluate(eval_step, best_params["params"], frozen, task.test_batches, mesh, rules,
-                        task.objective, task.score, "test")
+        test = evaluate(
+          eval_step,
+          best_params["params"],
+          frozen,
+          task.test_batches,
+          mesh,
+          rules,
+          task.objective,
+          task.score,
+          "test",
+        )
       writer.write(stopping.best_step, _scalars(test), split="test")
       _log_eval(stopping.best_step, "test", test)
       final["test"] = {k: v for k, v in test.items() if not k.endswith("_text")}
@@ -403,13 +480,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     curve_keys = ["loss"] + ([accuracy_key] if accuracy_key else [])
     writers.plot_loss_curves(workdir, keys=curve_keys)
     # Labels against predictions, where a person would rather look than read counts.
-    plots = [("eval", final, final["step"]), ("test", final.get("test", {}),
-                                               final.get("best", {}).get("step"))]
+    plots = [
+      ("eval", final, final["step"]),
+      ("test", final.get("test", {}), final.get("best", {}).get("step")),
+    ]
     for split, results, step in plots:
       if results.get("confusion") and task.labels:
-        writers.plot_confusion(results["confusion"], task.labels,
-                               os.path.join(workdir, f"confusion_{split}.png"),
-                               f"{split} at step {step}")
+        writers.plot_confusion(
+          results["confusion"],
+          task.labels,
+          os.path.join(workdir, f"confusion_{split}.png"),
+          f"{split} at step {step}",
+        )
     if last_eval:
       _write_json(os.path.join(workdir, "final_metrics.json"), final)
   return final

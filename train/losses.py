@@ -14,7 +14,8 @@ rows that pad the last eval batch, so padding changes no sum.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,24 +39,31 @@ class PretrainingObjective:
   metric_names = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
-    return {"mlm": jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0),
-            "nsp": jnp.asarray(batch["next_sentence_label"].shape[0], jnp.float32)}
+    return {
+      "mlm": jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0),
+      "nsp": jnp.asarray(batch["next_sentence_label"].shape[0], jnp.float32),
+    }
 
   def __call__(self, model, batch: Batch, dropout_rng, norm) -> tuple[jax.Array, dict]:
-    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                masked_positions=batch["masked_positions"], dropout_rng=dropout_rng)
+    out = model(
+      batch["input_ids"],
+      batch["token_type_ids"],
+      batch["attention_mask"],
+      masked_positions=batch["masked_positions"],
+      dropout_rng=dropout_rng,
+    )
     weights = batch["masked_weights"].astype(jnp.float32)
     mlm_sum = _token_xent_sum(out["mlm_logits"], batch["masked_ids"], weights)
     nsp_labels = batch["next_sentence_label"]
     nsp_sum = _token_xent_sum(out["nsp_logits"], nsp_labels, jnp.ones_like(nsp_labels, jnp.float32))
     loss = mlm_sum / norm["mlm"] + nsp_sum / norm["nsp"]
     sums = {
-        "mlm_loss": mlm_sum,
-        "mlm_correct": jnp.sum((out["mlm_logits"].argmax(-1) == batch["masked_ids"]) * weights),
-        "mlm_count": jnp.sum(weights),
-        "nsp_loss": nsp_sum,
-        "nsp_correct": jnp.sum(out["nsp_logits"].argmax(-1) == nsp_labels).astype(jnp.float32),
-        "nsp_count": jnp.asarray(nsp_labels.shape[0], jnp.float32),
+      "mlm_loss": mlm_sum,
+      "mlm_correct": jnp.sum((out["mlm_logits"].argmax(-1) == batch["masked_ids"]) * weights),
+      "mlm_count": jnp.sum(weights),
+      "nsp_loss": nsp_sum,
+      "nsp_correct": jnp.sum(out["nsp_logits"].argmax(-1) == nsp_labels).astype(jnp.float32),
+      "nsp_count": jnp.asarray(nsp_labels.shape[0], jnp.float32),
     }
     return loss, sums
 
@@ -65,9 +73,13 @@ class PretrainingObjective:
     mlm_n = max(float(sums["mlm_count"]), 1.0)
     nsp_n = max(float(sums["nsp_count"]), 1.0)
     mlm_loss, nsp_loss = float(sums["mlm_loss"]) / mlm_n, float(sums["nsp_loss"]) / nsp_n
-    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss,
-            "mlm_accuracy": float(sums["mlm_correct"]) / mlm_n,
-            "nsp_loss": nsp_loss, "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n}
+    return {
+      "loss": mlm_loss + nsp_loss,
+      "mlm_loss": mlm_loss,
+      "mlm_accuracy": float(sums["mlm_correct"]) / mlm_n,
+      "nsp_loss": nsp_loss,
+      "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n,
+    }
 
 
 class _FinetuneObjective:
@@ -81,8 +93,9 @@ class _FinetuneObjective:
 
   @staticmethod
   def _forward(model, batch, dropout_rng):
-    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                 dropout_rng=dropout_rng)
+    return model(
+      batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], dropout_rng=dropout_rng
+    )
 
 
 class ClassificationObjective(_FinetuneObjective):
@@ -141,9 +154,11 @@ class TokenClassificationObjective(_FinetuneObjective):
   def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
     logits, weights = outputs["logits"], self._weights(batch)
     loss_sum = _token_xent_sum(logits, batch["labels"], weights)
-    sums = {"loss": loss_sum,
-            "correct": jnp.sum((logits.argmax(-1) == batch["labels"]) * weights),
-            "count": jnp.sum(weights)}
+    sums = {
+      "loss": loss_sum,
+      "correct": jnp.sum((logits.argmax(-1) == batch["labels"]) * weights),
+      "count": jnp.sum(weights),
+    }
     return loss_sum / norm["tokens"], sums
 
   @staticmethod
@@ -170,8 +185,9 @@ class SpanObjective(_FinetuneObjective):
     start_sum = _token_xent_sum(outputs["start_logits"], batch["start_positions"], weight)
     end_sum = _token_xent_sum(outputs["end_logits"], batch["end_positions"], weight)
     loss_sum = (start_sum + end_sum) / 2
-    exact = ((outputs["start_logits"].argmax(-1) == batch["start_positions"])
-             & (outputs["end_logits"].argmax(-1) == batch["end_positions"]))
+    exact = (outputs["start_logits"].argmax(-1) == batch["start_positions"]) & (
+      outputs["end_logits"].argmax(-1) == batch["end_positions"]
+    )
     sums = {"loss": loss_sum, "correct": jnp.sum(exact * weight), "count": jnp.sum(weight)}
     return loss_sum / norm["examples"], sums
 
@@ -179,7 +195,6 @@ class SpanObjective(_FinetuneObjective):
   def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
     n = max(float(sums["count"]), 1.0)
     return {"loss": float(sums["loss"]) / n, "span_accuracy": float(sums["correct"]) / n}
-
 
 
 class ClozeObjective(ClassificationObjective):
@@ -193,13 +208,20 @@ class ClozeObjective(ClassificationObjective):
 
   def __init__(self, verbalizer_ids):
     if len(verbalizer_ids) < 2:
-      raise ValueError(f"verbalizer_ids={list(verbalizer_ids)}: a cloze task needs a word for "
-                       "each of at least 2 labels")
+      raise ValueError(
+        f"verbalizer_ids={list(verbalizer_ids)}: a cloze task needs a word for "
+        "each of at least 2 labels"
+      )
     super().__init__(len(verbalizer_ids))
     self.verbalizer_ids = tuple(int(i) for i in verbalizer_ids)
 
   def outputs(self, model, batch: Batch, dropout_rng) -> dict:
-    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                masked_positions=batch["mask_position"][:, None], dropout_rng=dropout_rng)
+    out = model(
+      batch["input_ids"],
+      batch["token_type_ids"],
+      batch["attention_mask"],
+      masked_positions=batch["mask_position"][:, None],
+      dropout_rng=dropout_rng,
+    )
     word_logits = out["mlm_logits"][:, 0, :]  # [batch, vocab] at the one [MASK]
     return {"logits": jnp.take(word_logits, jnp.asarray(self.verbalizer_ids), axis=1)}

@@ -10,13 +10,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/...).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file (configs/...).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and plots go (local or gs://).")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0 for a multi-process job outside TPU/SLURM "
-                    "(e.g. several CPU or GPU processes); on a TPU pod leave it unset and "
-                    "set config.distributed=True")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0 for a multi-process job outside TPU/SLURM "
+  "(e.g. several CPU or GPU processes); on a TPU pod leave it unset and "
+  "set config.distributed=True",
+)
 flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
 flags.DEFINE_integer("process_id", None, "with --coordinator_address")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,11 +29,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def initialize_distributed(config) -> None:
   """Joins the job's processes before any device is touched."""
   import jax
+
   if FLAGS.coordinator_address:
     # Only the CPU backend reads this: its cross-process collectives need gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   elif config.get("distributed", False):
     jax.distributed.initialize()  # coordinator and ids from the TPU / SLURM environment
 
@@ -46,10 +54,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
+
   from train import loop
+
   initialize_distributed(FLAGS.config)
-  logging.info("JAX %s on %d %s devices, process %d of %d", jax.__version__, jax.device_count(),
-               jax.devices()[0].platform, jax.process_index(), jax.process_count())
+  logging.info(
+    "JAX %s on %d %s devices, process %d of %d",
+    jax.__version__,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_index(),
+    jax.process_count(),
+  )
   logging.info("config:\n%s", FLAGS.config)
   final = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info("final eval: %s", final)

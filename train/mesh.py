@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -23,18 +24,18 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # 'embed' side over 'fsdp' (ZeRO-3 style). Activations: the batch is split over
 # every data-like axis; head / mlp / vocab activations follow their kernels.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("layers", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("mlp", "tensor"),
+  ("layers", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
 )
 
 
@@ -54,13 +55,15 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int,
   if fill:
     if num_devices % fixed:
       raise ValueError(
-          f"mesh.shape {dict(zip(MESH_AXES, sizes))}: the fixed axes use {fixed} devices, "
-          f"which does not divide the {num_devices} devices available")
+        f"mesh.shape {dict(zip(MESH_AXES, sizes))}: the fixed axes use {fixed} devices, "
+        f"which does not divide the {num_devices} devices available"
+      )
     sizes[MESH_AXES.index(fill[0])] = num_devices // fixed
   if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"mesh.shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-        f"but {num_devices} are available; set one axis to -1 to fill")
+      f"mesh.shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+      f"but {num_devices} are available; set one axis to -1 to fill"
+    )
   return tuple(sizes)
 
 
@@ -68,8 +71,9 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   """A ('data', 'fsdp', 'tensor') mesh with Auto axes (logical constraints need them)."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = resolve_mesh_shape(shape, len(devices))
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def rules_from_config(rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
@@ -107,5 +111,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules) -> dict[str,
   slice is the whole batch.
   """
   sharding = batch_sharding(mesh, rules)
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in batch.items()}
+  return {
+    key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    for key, value in batch.items()
+  }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,9 @@ def confusion_matrix(predictions, labels, classes: Sequence) -> list[list[int]]:
   counts = np.zeros((len(classes), len(classes)), np.int64)
   for p, t in zip(np.asarray(predictions).tolist(), np.asarray(labels).tolist()):
     if t not in index or p not in index:
-      raise ValueError(f"confusion_matrix: {t if t not in index else p!r} is not one of {list(classes)}")
+      raise ValueError(
+        f"confusion_matrix: {t if t not in index else p!r} is not one of {list(classes)}"
+      )
     counts[index[t], index[p]] += 1
   return counts.tolist()
 
@@ -84,7 +86,7 @@ def _average_ranks(x) -> np.ndarray:
     end = start
     while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
       end += 1
-    ranks[order[start:end + 1]] = (start + end) / 2 + 1
+    ranks[order[start : end + 1]] = (start + end) / 2 + 1
     start = end + 1
   return ranks
 
@@ -95,9 +97,9 @@ def spearman(x, y) -> float:
 
 
 CLASSIFICATION_METRICS = {
-    "accuracy": accuracy,
-    "f1": binary_f1,
-    "mcc": matthews_corrcoef,
+  "accuracy": accuracy,
+  "f1": binary_f1,
+  "mcc": matthews_corrcoef,
 }
 REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
 
@@ -115,29 +117,37 @@ def classification_scores(names: Sequence[str], predictions, labels) -> dict[str
 # Entities (NER)
 
 
-def entity_scores(true_tags: Sequence[Sequence[str]],
-                  predicted_tags: Sequence[Sequence[str]]) -> dict:
+def entity_scores(
+  true_tags: Sequence[Sequence[str]], predicted_tags: Sequence[Sequence[str]]
+) -> dict:
   """Entity-level micro precision / recall / F1 and the per-type report.
 
   Returns {'precision', 'recall', 'f1', 'report': {type: {precision, recall,
   f1, support}}, 'report_text': seqeval's table}. Sentences must align.
   """
   from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
   true_tags, predicted_tags = [list(t) for t in true_tags], [list(p) for p in predicted_tags]
   for i, (t, p) in enumerate(zip(true_tags, predicted_tags)):
     if len(t) != len(p):
       raise ValueError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
   table = classification_report(true_tags, predicted_tags, output_dict=True, zero_division=0)
-  report = {kind: {"precision": float(row["precision"]), "recall": float(row["recall"]),
-                   "f1": float(row["f1-score"]), "support": int(row["support"])}
-            for kind, row in table.items() if not kind.endswith(" avg")}
+  report = {
+    kind: {
+      "precision": float(row["precision"]),
+      "recall": float(row["recall"]),
+      "f1": float(row["f1-score"]),
+      "support": int(row["support"]),
+    }
+    for kind, row in table.items()
+    if not kind.endswith(" avg")
+  }
   return {
-      "precision": float(precision_score(true_tags, predicted_tags, zero_division=0)),
-      "recall": float(recall_score(true_tags, predicted_tags, zero_division=0)),
-      "f1": float(f1_score(true_tags, predicted_tags, zero_division=0)),
-      "report": report,
-      "report_text": classification_report(true_tags, predicted_tags, digits=4,
-                                            zero_division=0),
+    "precision": float(precision_score(true_tags, predicted_tags, zero_division=0)),
+    "recall": float(recall_score(true_tags, predicted_tags, zero_division=0)),
+    "f1": float(f1_score(true_tags, predicted_tags, zero_division=0)),
+    "report": report,
+    "report_text": classification_report(true_tags, predicted_tags, digits=4, zero_division=0),
   }
 
 

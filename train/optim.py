@@ -122,7 +122,8 @@ def path_names(path) -> tuple[str, ...]:
 def decay_mask(params):
   """True on leaves that get weight decay (everything but biases and LayerNorm)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: path_names(path)[-1] not in NO_DECAY_NAMES, params)
+    lambda path, _: path_names(path)[-1] not in NO_DECAY_NAMES, params
+  )
 
 
 def _base_optimizer(cfg, schedule) -> optax.GradientTransformation:
@@ -136,8 +137,10 @@ def _base_optimizer(cfg, schedule) -> optax.GradientTransformation:
     return optax.lamb(schedule, b1, b2, eps, weight_decay=wd, mask=decay_mask)
   if name == "adam":
     if wd:
-      raise ValueError(f"optimizer.weight_decay={wd} has no effect with "
-                       "optimizer.name='adam'; use 'adamw' or set it to 0")
+      raise ValueError(
+        f"optimizer.weight_decay={wd} has no effect with "
+        "optimizer.name='adam'; use 'adamw' or set it to 0"
+      )
     return optax.adam(schedule, b1, b2, eps)
   if name == "sgd":
     momentum = cfg.get("momentum") if hasattr(cfg, "get") else None

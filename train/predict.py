@@ -41,8 +41,9 @@ class Predictor:
   def __init__(self, workdir: str, checkpoint: str = "best", batch_size: int = 32):
     run = finetuned.read_run(workdir, checkpoint)
     self.config, self.labels, self.step = run.config, run.labels, run.step
-    self.tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"),
-                                    lowercase=self.config.data.lowercase)
+    self.tokenizer = load_tokenizer(
+      os.path.join(workdir, "tokenizer"), lowercase=self.config.data.lowercase
+    )
     self.batch_size = batch_size
     factory = tasks.finetune_model_factory(self.config, run.model_config, self.labels)
     graphdef, abstract = abstract_model(factory)
@@ -50,33 +51,41 @@ class Predictor:
     self.params = jax.device_put(abstract)
     objective = tasks.finetune_objective(self.config, self.labels)
     self._forward = jax.jit(
-        lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None))
+      lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None)
+    )
 
   def _outputs(self, arrays: dict) -> dict[str, np.ndarray]:
     """Model outputs of every row of `arrays`, batched and padded as in evaluation."""
     n = len(arrays["weight"])
-    outputs = [self._forward(self.params, {k: v for k, v in batch.items()})
-               for batch in finetune.eval_batches(arrays, self.batch_size)]
+    outputs = [
+      self._forward(self.params, {k: v for k, v in batch.items()})
+      for batch in finetune.eval_batches(arrays, self.batch_size)
+    ]
     return {key: np.concatenate([np.asarray(o[key]) for o in outputs])[:n] for key in outputs[0]}
 
   def classify(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
     """{'label', 'probability'} per text (or {'score'} for a regression task)."""
     data = self.config.data
-    examples = [classification.TextExample(t, None if pairs is None else pairs[i], None,
-                                           f"input {i + 1}") for i, t in enumerate(texts)]
+    examples = [
+      classification.TextExample(t, None if pairs is None else pairs[i], None, f"input {i + 1}")
+      for i, t in enumerate(texts)
+    ]
     for example in examples:
       if not example.text_a.strip() or (pairs is not None and not example.text_b.strip()):
         raise ValueError(f"{example.origin}: empty text")
     if data.entity_markers:
       examples = classification.mark_relation_examples(examples, data.entity_markers)
-    arrays, _ = classification.encode_examples(examples, self.tokenizer, data.max_seq_length,
-                                               None if data.regression else self.labels)
+    arrays, _ = classification.encode_examples(
+      examples, self.tokenizer, data.max_seq_length, None if data.regression else self.labels
+    )
     logits = self._outputs(arrays)["logits"]
     if data.regression:
       return [{"text": t, "score": float(row[0])} for t, row in zip(texts, logits)]
     probabilities = softmax(logits)
-    return [{"text": t, "label": self.labels[int(p.argmax())], "probability": float(p.max())}
-            for t, p in zip(texts, probabilities)]
+    return [
+      {"text": t, "label": self.labels[int(p.argmax())], "probability": float(p.max())}
+      for t, p in zip(texts, probabilities)
+    ]
 
   def tag(self, texts: list[str]) -> list[dict]:
     """Entities per text: type, character start/end, and text[start:end]."""
@@ -84,10 +93,13 @@ class Predictor:
     for i, text_words in enumerate(words):
       if not text_words:
         raise ValueError(f"input {i + 1}: empty text")
-    sentences = [ner.TaggedSentence(tuple(w for w, _, _ in ws), None, f"input {i + 1}")
-                 for i, ws in enumerate(words)]
-    arrays, positions, _ = ner.encode_sentences(sentences, self.tokenizer,
-                                                self.config.data.max_seq_length, self.labels)
+    sentences = [
+      ner.TaggedSentence(tuple(w for w, _, _ in ws), None, f"input {i + 1}")
+      for i, ws in enumerate(words)
+    ]
+    arrays, positions, _ = ner.encode_sentences(
+      sentences, self.tokenizer, self.config.data.max_seq_length, self.labels
+    )
     predicted = self._outputs(arrays)["logits"].argmax(-1)
     results = []
     for i, text in enumerate(texts):
@@ -101,14 +113,26 @@ class Predictor:
       raise ValueError("--question and --context must both be non-empty")
     data = self.config.data
     example = squad.QAExample("0", question, context, (), "--question/--context")
-    arrays, windows, _ = squad.encode_windows([example], self.tokenizer, data.max_seq_length,
-                                              data.doc_stride, data.max_query_length)
+    arrays, windows, _ = squad.encode_windows(
+      [example], self.tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length
+    )
     outputs = self._outputs(arrays)
-    best = squad.best_answer(context, outputs["start_logits"], outputs["end_logits"],
-                             windows.offsets, windows.max_context, data.n_best_size,
-                             data.max_answer_length)
-    return {"question": question, "answer": best["text"], "start": best["start"],
-            "end": best["end"], "score": best["score"]}
+    best = squad.best_answer(
+      context,
+      outputs["start_logits"],
+      outputs["end_logits"],
+      windows.offsets,
+      windows.max_context,
+      data.n_best_size,
+      data.max_answer_length,
+    )
+    return {
+      "question": question,
+      "answer": best["text"],
+      "start": best["start"],
+      "end": best["end"],
+      "score": best["score"],
+    }
 
 
 def read_inputs(path: str) -> tuple[list[str], list[str] | None]:
@@ -119,8 +143,9 @@ def read_inputs(path: str) -> tuple[list[str], list[str] | None]:
       continue
     fields = line.split("\t")
     if len(fields) > 2:
-      raise ValueError(f"{path}:{number}: {len(fields)} tab-separated fields; give a text "
-                       "or a pair")
+      raise ValueError(
+        f"{path}:{number}: {len(fields)} tab-separated fields; give a text or a pair"
+      )
     texts.append(fields[0])
     pairs.append(fields[1] if len(fields) == 2 else None)
   if any(p is not None for p in pairs) and any(p is None for p in pairs):
@@ -128,8 +153,16 @@ def read_inputs(path: str) -> tuple[list[str], list[str] | None]:
   return texts, (pairs if pairs and pairs[0] is not None else None)
 
 
-def predict(workdir: str, texts=None, text_pairs=None, input_file=None, question=None,
-            context=None, checkpoint: str = "best", batch_size: int = 32) -> list[dict]:
+def predict(
+  workdir: str,
+  texts=None,
+  text_pairs=None,
+  input_file=None,
+  question=None,
+  context=None,
+  checkpoint: str = "best",
+  batch_size: int = 32,
+) -> list[dict]:
   """What the command prints, as a list: one result per input."""
   predictor = Predictor(workdir, checkpoint, batch_size)
   task = predictor.config.task
@@ -151,18 +184,28 @@ def predict(workdir: str, texts=None, text_pairs=None, input_file=None, question
 
 def main(argv):
   from absl import flags, logging
+
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # stdout carries the JSON; keep stderr quiet too
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  results = predict(FLAGS.workdir, FLAGS.text, FLAGS.text_pair, FLAGS.input_file,
-                    FLAGS.question, FLAGS.context, FLAGS.checkpoint, FLAGS.batch_size)
+  results = predict(
+    FLAGS.workdir,
+    FLAGS.text,
+    FLAGS.text_pair,
+    FLAGS.input_file,
+    FLAGS.question,
+    FLAGS.context,
+    FLAGS.checkpoint,
+    FLAGS.batch_size,
+  )
   for result in results:
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
   from absl import app, flags
+
   flags.DEFINE_string("workdir", None, "A fine-tuning workdir (train/main.py's --workdir).")
   flags.DEFINE_multi_string("text", None, "Text to label (repeatable).")
   flags.DEFINE_multi_string("text_pair", None, "Second sentence of each --text, for pair tasks.")

@@ -14,7 +14,8 @@ With full training the frozen part is empty.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from model import convert
 from train.mesh import logical_to_sharding
@@ -33,10 +35,11 @@ ModelFactory = Callable[[nnx.Rngs], nnx.Module]
 @flax.struct.dataclass
 class TrainState:
   """Everything a bit-exact resume needs besides the data position (= step)."""
-  step: jax.Array          # int32 scalar
-  params: nnx.State        # nnx.Param leaves, float32
+
+  step: jax.Array  # int32 scalar
+  params: nnx.State  # nnx.Param leaves, float32
   opt_state: Any
-  rng: jax.Array           # uint32 key data: the run's base key, folded with step
+  rng: jax.Array  # uint32 key data: the run's base key, folded with step
 
 
 def abstract_model(factory: ModelFactory):
@@ -60,9 +63,13 @@ def _opt_state_shardings(tx, abstract_params, shardings, mesh):
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = NamedSharding(mesh, P())
   return optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt, shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+    tx,
+    lambda _, sharding: sharding,
+    abstract_opt,
+    shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
 
 
 def _initializer(factory: ModelFactory, tx: optax.GradientTransformation, seed: int, trainable):
@@ -70,14 +77,20 @@ def _initializer(factory: ModelFactory, tx: optax.GradientTransformation, seed: 
     init_key, run_key = jax.random.split(jax.random.key(seed))
     params = nnx.state(factory(nnx.Rngs(params=init_key)), nnx.Param)
     train, frozen = split_params(params, trainable)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=train,
-                       opt_state=tx.init(train), rng=jax.random.key_data(run_key))
+    state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=train,
+      opt_state=tx.init(train),
+      rng=jax.random.key_data(run_key),
+    )
     return state, frozen
+
   return init
 
 
-def abstract_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
-                         mesh: Mesh, rules, trainable=nnx.Param):
+def abstract_train_state(
+  factory: ModelFactory, tx: optax.GradientTransformation, mesh: Mesh, rules, trainable=nnx.Param
+):
   """(graphdef, abstract TrainState, abstract frozen params, the TrainState's shardings).
 
   Abstract values are ShapeDtypeStructs carrying their shardings. Nothing is
@@ -89,24 +102,37 @@ def abstract_train_state(factory: ModelFactory, tx: optax.GradientTransformation
   p_shardings = param_shardings(abstract_trainable, mesh, rules)
   replicated = NamedSharding(mesh, P())
   shardings = TrainState(
-      step=replicated, params=p_shardings,
-      opt_state=_opt_state_shardings(tx, abstract_trainable, p_shardings, mesh),
-      rng=replicated)
+    step=replicated,
+    params=p_shardings,
+    opt_state=_opt_state_shardings(tx, abstract_trainable, p_shardings, mesh),
+    rng=replicated,
+  )
   f_shardings = param_shardings(abstract_frozen, mesh, rules)
   shapes = jax.eval_shape(_initializer(factory, tx, 0, trainable))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          shapes, (shardings, f_shardings))
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    shapes,
+    (shardings, f_shardings),
+  )
   return graphdef, abstract[0], abstract[1], shardings
 
 
-def create_train_state(factory: ModelFactory, tx: optax.GradientTransformation,
-                       mesh: Mesh, rules, seed: int, trainable=nnx.Param):
+def create_train_state(
+  factory: ModelFactory,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rules,
+  seed: int,
+  trainable=nnx.Param,
+):
   """Returns (graphdef, sharded TrainState, sharded frozen params, the TrainState's shardings)."""
-  graphdef, _, abstract_frozen, shardings = abstract_train_state(factory, tx, mesh, rules,
-                                                                 trainable)
+  graphdef, _, abstract_frozen, shardings = abstract_train_state(
+    factory, tx, mesh, rules, trainable
+  )
   f_shardings = jax.tree.map(lambda x: x.sharding, abstract_frozen)
-  state, frozen = jax.jit(_initializer(factory, tx, seed, trainable),
-                          out_shardings=(shardings, f_shardings))()
+  state, frozen = jax.jit(
+    _initializer(factory, tx, seed, trainable), out_shardings=(shardings, f_shardings)
+  )()
   return graphdef, state, frozen, shardings
 
 
@@ -119,15 +145,18 @@ def place_tree(part: nnx.State, tree: dict) -> nnx.State:
   """A copy of `part` holding `tree`'s values (numpy; every key of `part`), each on its sharding."""
   pure = nnx.to_pure_dict(part)
   values = jax.tree.map(
-      lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
-      _take(tree, pure), pure)
+    lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
+    _take(tree, pure),
+    pure,
+  )
   part = jax.tree.map(lambda x: x, part)  # a copy: replace_by_pure_dict mutates
   nnx.replace_by_pure_dict(part, values)
   return part
 
 
-def load_params(state: TrainState, frozen: nnx.State, tree: dict,
-                tx: optax.GradientTransformation) -> tuple[TrainState, nnx.State]:
+def load_params(
+  state: TrainState, frozen: nnx.State, tree: dict, tx: optax.GradientTransformation
+) -> tuple[TrainState, nnx.State]:
   """Puts a converted parameter tree (numpy, any subset of the model) into the parameters.
 
   Returns (state, frozen) with the tree's leaves in whichever part holds them.

@@ -10,7 +10,7 @@ draws exactly the keys the uninterrupted run would have.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +26,15 @@ def _split_micro_batches(batch, num_micro: int):
   Strided rather than contiguous, so each device's rows stay on that device
   when the batch axis is sharded.
   """
+
   def split(x):
     if x.shape[0] % num_micro:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by "
-                       f"optimizer.grad_accum_steps={num_micro}")
+      raise ValueError(
+        f"batch size {x.shape[0]} is not divisible by optimizer.grad_accum_steps={num_micro}"
+      )
     x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
+
   return jax.tree.map(split, batch)
 
 
@@ -40,9 +43,14 @@ def step_key(run_key_data: jax.Array, step) -> jax.Array:
   return jax.random.fold_in(jax.random.wrap_key_data(run_key_data), step)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
-                    schedule: Callable | None = None, grad_accum_steps: int = 1,
-                    param_shardings=None):
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  objective,
+  schedule: Callable | None = None,
+  grad_accum_steps: int = 1,
+  param_shardings=None,
+):
   """`param_shardings` pins gradients to their parameters' layout (a reduce-scatter
   under FSDP instead of a full all-reduce)."""
 
@@ -63,16 +71,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
 
       def accumulate(carry, xs):
         index, micro_batch = xs
-        (loss, sums), grads = grad_fn(state.params, frozen, micro_batch,
-                                      jax.random.fold_in(rng, index), norm)
+        (loss, sums), grads = grad_fn(
+          state.params, frozen, micro_batch, jax.random.fold_in(rng, index), norm
+        )
         return jax.tree.map(jnp.add, carry, (loss, sums, grads)), None
 
-      zeros = jax.tree.map(jnp.zeros_like,
-                           jax.eval_shape(grad_fn, state.params, frozen,
-                                          jax.tree.map(lambda x: x[0], micro), rng, norm))
+      zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(
+          grad_fn, state.params, frozen, jax.tree.map(lambda x: x[0], micro), rng, norm
+        ),
+      )
       (loss, sums), grads = zeros
       (loss, sums, grads), _ = jax.lax.scan(
-          accumulate, (loss, sums, grads), (jnp.arange(grad_accum_steps), micro))
+        accumulate, (loss, sums, grads), (jnp.arange(grad_accum_steps), micro)
+      )
     if param_shardings is not None:
       grads = jax.lax.with_sharding_constraint(grads, param_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -86,8 +99,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective,
   return train_step
 
 
-def jit_train_step(graphdef, tx: optax.GradientTransformation, objective, opt_config,
-                   shardings: TrainState):
+def jit_train_step(
+  graphdef, tx: optax.GradientTransformation, objective, opt_config, shardings: TrainState
+):
   """The train step as every job runs it: jitted, the state donated and kept on its shardings.
 
   `opt_config` is the optimizer section with total_steps / warmup_steps filled
@@ -95,8 +109,15 @@ def jit_train_step(graphdef, tx: optax.GradientTransformation, objective, opt_co
   the batch.
   """
   from train import optim
-  step = make_train_step(graphdef, tx, objective, optim.make_schedule(opt_config),
-                         opt_config.get("grad_accum_steps", 1), shardings.params)
+
+  step = make_train_step(
+    graphdef,
+    tx,
+    objective,
+    optim.make_schedule(opt_config),
+    opt_config.get("grad_accum_steps", 1),
+    shardings.params,
+  )
   return jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
 
 
@@ -107,6 +128,7 @@ def make_eval_step(graphdef, objective, with_outputs: bool = False):
   computed from on the host; objectives that offer them split their call
   into `outputs` and `loss_and_sums`, so one forward pass gives both.
   """
+
   def eval_step(params, frozen, batch):
     model = nnx.merge(graphdef, params, frozen)
     norm = objective.normalizers(batch)
@@ -114,4 +136,5 @@ def make_eval_step(graphdef, objective, with_outputs: bool = False):
       return objective(model, batch, None, norm)[1]
     outputs = objective.outputs(model, batch, None)
     return objective.loss_and_sums(outputs, batch, norm)[1], outputs
+
   return eval_step

@@ -18,24 +18,33 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
 
-import numpy as np
-
-from data import (classification, cloze, corpus, finetune, ner, squad,
-                  tokenizer as tokenizer_lib)
+from data import classification, cloze, corpus, finetune, ner, squad
+from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
+from model.heads import (
+  BertForPreTraining,
+  BertForQuestionAnswering,
+  BertForSequenceClassification,
+  BertForTokenClassification,
+)
 from model.peft import PeftConfig, check_sequence_fits
-from model.heads import (BertForPreTraining, BertForQuestionAnswering,
-                         BertForSequenceClassification, BertForTokenClassification)
 from train import metrics, warm_start, writers
-from train.losses import (ClassificationObjective, ClozeObjective, PretrainingObjective,
-                          SpanObjective, TokenClassificationObjective)
+from train.losses import (
+  ClassificationObjective,
+  ClozeObjective,
+  PretrainingObjective,
+  SpanObjective,
+  TokenClassificationObjective,
+)
 
 
 @dataclasses.dataclass
@@ -43,8 +52,8 @@ class Task:
   model_config: BertConfig
   model_factory: Callable[[nnx.Rngs], nnx.Module]
   objective: Any
-  train_data: Any                 # .batch(step, process_index, process_count) -> numpy dict
-  eval_batches: list[dict]        # fixed global batches, numpy
+  train_data: Any  # .batch(step, process_index, process_count) -> numpy dict
+  eval_batches: list[dict]  # fixed global batches, numpy
   vocab_file: str | None = None
   summary: dict = dataclasses.field(default_factory=dict)
   steps_per_epoch: int | None = None
@@ -53,7 +62,7 @@ class Task:
   score: Callable[[str, dict], dict] | None = None
   labels: list[str] | None = None
   tokenizer: Any = None
-  peft: PeftConfig = PeftConfig()   # what trains; the loop freezes the rest
+  peft: PeftConfig = PeftConfig()  # what trains; the loop freezes the rest
 
 
 def load_documents(data) -> list[list[str]]:
@@ -66,8 +75,13 @@ def load_documents(data) -> list[list[str]]:
   elif data.source == "tfds":
     if not data.tfds_name:
       raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
-    documents = corpus.tfds_documents(data.tfds_name, data.tfds_split, data.tfds_text_key,
-                                      data.tfds_data_dir or None, data.max_documents or None)
+    documents = corpus.tfds_documents(
+      data.tfds_name,
+      data.tfds_split,
+      data.tfds_text_key,
+      data.tfds_data_dir or None,
+      data.max_documents or None,
+    )
   else:
     raise ValueError(f"data.source={data.source!r}: expected 'text', 'tfds' or 'embedded'")
   return documents[: data.max_documents] if data.max_documents else documents
@@ -102,8 +116,10 @@ def build_pretraining(config, workdir: str) -> Task:
   data = config.data
   model_config = BertConfig.from_dict(config.model)
   if data.max_seq_length > model_config.max_position_embeddings:
-    raise ValueError(f"data.max_seq_length={data.max_seq_length} exceeds "
-                     f"model.max_position_embeddings={model_config.max_position_embeddings}")
+    raise ValueError(
+      f"data.max_seq_length={data.max_seq_length} exceeds "
+      f"model.max_position_embeddings={model_config.max_position_embeddings}"
+    )
   documents = load_documents(data)
   if not documents:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
@@ -112,28 +128,43 @@ def build_pretraining(config, workdir: str) -> Task:
   train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
 
   def arrays_for(docs, seed):
-    return build_pretraining_data(docs, tokenizer, data.max_seq_length, data.short_seq_prob,
-                                  data.dupe_factor, seed, data.whole_word)
+    return build_pretraining_data(
+      docs,
+      tokenizer,
+      data.max_seq_length,
+      data.short_seq_prob,
+      data.dupe_factor,
+      seed,
+      data.whole_word,
+    )
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
   heldout_arrays, heldout_stats = arrays_for(heldout_docs, config.seed + 1)
-  masking = MaskingConfig.from_tokenizer(tokenizer, mask_prob=data.mask_prob,
-                                         max_predictions=data.max_predictions,
-                                         whole_word=data.whole_word)
+  masking = MaskingConfig.from_tokenizer(
+    tokenizer,
+    mask_prob=data.mask_prob,
+    max_predictions=data.max_predictions,
+    whole_word=data.whole_word,
+  )
   train_data = PretrainingData(train_arrays, config.batch_size, config.seed, masking)
   heldout = PretrainingData(heldout_arrays, config.batch_size, config.seed + 1, masking)
-  eval_batches = [heldout.batch(i) for i in range(min(config.eval_batches, heldout.steps_per_epoch))]
+  eval_batches = [
+    heldout.batch(i) for i in range(min(config.eval_batches, heldout.steps_per_epoch))
+  ]
   logging.info("pretraining corpus: train %s; heldout %s", train_stats, heldout_stats)
   return Task(
-      model_config=model_config,
-      model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
-      objective=PretrainingObjective(),
-      train_data=train_data,
-      eval_batches=eval_batches,
-      vocab_file=getattr(tokenizer, "vocab_file", None),
-      summary={"train": dataclasses.asdict(train_stats), "heldout": dataclasses.asdict(heldout_stats),
-               "vocab_size": len(tokenizer)},
-      steps_per_epoch=train_data.steps_per_epoch,
+    model_config=model_config,
+    model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
+    objective=PretrainingObjective(),
+    train_data=train_data,
+    eval_batches=eval_batches,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary={
+      "train": dataclasses.asdict(train_stats),
+      "heldout": dataclasses.asdict(heldout_stats),
+      "vocab_size": len(tokenizer),
+    },
+    steps_per_epoch=train_data.steps_per_epoch,
   )
 
 
@@ -146,8 +177,10 @@ SPLITS = ("train", "eval", "test")
 def finetune_model_config(config) -> BertConfig:
   model_config = BertConfig.from_dict(config.model)
   if config.data.max_seq_length > model_config.max_position_embeddings:
-    raise ValueError(f"data.max_seq_length={config.data.max_seq_length} exceeds "
-                     f"model.max_position_embeddings={model_config.max_position_embeddings}")
+    raise ValueError(
+      f"data.max_seq_length={config.data.max_seq_length} exceeds "
+      f"model.max_position_embeddings={model_config.max_position_embeddings}"
+    )
   return model_config
 
 
@@ -155,8 +188,10 @@ def finetune_tokenizer(config, model_config: BertConfig):
   """data.vocab, or else the vocab that came with init.checkpoint / init.hf_dir."""
   vocab = config.data.vocab or warm_start.init_vocab(config.init)
   if not vocab:
-    raise ValueError("data.vocab is empty and init gives no vocab.txt: set data.vocab to "
-                     "the vocab the encoder was trained with")
+    raise ValueError(
+      "data.vocab is empty and init gives no vocab.txt: set data.vocab to "
+      "the vocab the encoder was trained with"
+    )
   tokenizer = tokenizer_lib.load_tokenizer(vocab, lowercase=config.data.lowercase)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
   return tokenizer
@@ -170,8 +205,11 @@ def split_source(data, split: str) -> str | None:
   if data.source == "tfds":
     if not data.tfds_name:
       raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
-    name = {"train": data.tfds_train_split, "eval": data.tfds_eval_split,
-            "test": data.tfds_test_split}[split]
+    name = {
+      "train": data.tfds_train_split,
+      "eval": data.tfds_eval_split,
+      "test": data.tfds_test_split,
+    }[split]
     return name or None
   raise ValueError(f"data.source={data.source!r}: expected 'files' or 'tfds'")
 
@@ -206,8 +244,7 @@ def finetune_objective(config, labels):
   raise ValueError(f"task={config.task!r} is not a fine-tuning task")
 
 
-def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels,
-                   summary) -> Task:
+def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels, summary) -> Task:
   """Batches for every split present; train and eval are required."""
   for split in ("train", "eval"):
     if split not in arrays:
@@ -215,14 +252,22 @@ def _finetune_task(config, model_config, arrays: dict, score, tokenizer, labels,
   train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
   logging.info("fine-tuning data: %s", summary)
   return Task(
-      model_config=model_config, model_factory=finetune_model_factory(config, model_config, labels),
-      objective=finetune_objective(config, labels),
-      train_data=train_data,
-      eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
-      test_batches=finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else [],
-      score=score, labels=labels, tokenizer=tokenizer,
-      vocab_file=getattr(tokenizer, "vocab_file", None),
-      summary=summary, steps_per_epoch=train_data.steps_per_epoch, peft=peft_config(config))
+    model_config=model_config,
+    model_factory=finetune_model_factory(config, model_config, labels),
+    objective=finetune_objective(config, labels),
+    train_data=train_data,
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+    test_batches=finetune.eval_batches(arrays["test"], config.batch_size)
+    if "test" in arrays
+    else [],
+    score=score,
+    labels=labels,
+    tokenizer=tokenizer,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary=summary,
+    steps_per_epoch=train_data.steps_per_epoch,
+    peft=peft_config(config),
+  )
 
 
 def read_text_examples(data) -> tuple[dict, list[str] | None]:
@@ -236,12 +281,17 @@ def read_text_examples(data) -> tuple[dict, list[str] | None]:
     if source is None:
       continue
     if data.source == "files":
-      examples[split] = classification.read_tsv(source, data.text_columns, data.label_column,
-                                                data.has_header, data.bad_rows)
+      examples[split] = classification.read_tsv(
+        source, data.text_columns, data.label_column, data.has_header, data.bad_rows
+      )
     else:
       examples[split], tfds_labels = classification.tfds_examples(
-          data.tfds_name, source, data.tfds_text_keys or data.text_columns, data.tfds_label_key,
-          data.tfds_data_dir or None)
+        data.tfds_name,
+        source,
+        data.tfds_text_keys or data.text_columns,
+        data.tfds_label_key,
+        data.tfds_data_dir or None,
+      )
     if data.get("entity_markers"):
       examples[split] = classification.mark_relation_examples(examples[split], data.entity_markers)
   return examples, tfds_labels
@@ -254,16 +304,20 @@ def build_classification(config, workdir: str) -> Task:
   tokenizer = finetune_tokenizer(config, model_config)
   examples, tfds_labels = read_text_examples(data)
   # A TFDS ClassLabel names the classes itself; data.labels is for files.
-  labels = None if data.regression else (tfds_labels or classification.resolve_labels(
-      data.labels, examples.get("train", [])))
+  labels = (
+    None
+    if data.regression
+    else (tfds_labels or classification.resolve_labels(data.labels, examples.get("train", [])))
+  )
   arrays, stats, gold = {}, {}, {}
   for split, split_examples in examples.items():
     arrays[split], stats[split] = classification.encode_examples(
-        split_examples, tokenizer, data.max_seq_length, labels)
+      split_examples, tokenizer, data.max_seq_length, labels
+    )
     gold[split] = arrays[split]["label"]
 
   def score(split: str, outputs: dict) -> dict:
-    logits = outputs["logits"][:len(gold[split])]
+    logits = outputs["logits"][: len(gold[split])]
     predictions = logits[:, 0] if data.regression else logits.argmax(-1)
     scores = metrics.classification_scores(list(data.metrics), predictions, gold[split])
     if not data.regression:
@@ -271,8 +325,8 @@ def build_classification(config, workdir: str) -> Task:
     return scores
 
   return _finetune_task(
-      config, model_config, arrays, score, tokenizer, labels,
-      {"splits": stats, "labels": labels})
+    config, model_config, arrays, score, tokenizer, labels, {"splits": stats, "labels": labels}
+  )
 
 
 def build_token_classification(config, workdir: str) -> Task:
@@ -284,13 +338,17 @@ def build_token_classification(config, workdir: str) -> Task:
     source = split_source(data, split)
     if source is None:
       continue
-    sentences[split] = (ner.read_conll(source, data.tag_column) if data.source == "files" else
-                        ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None))
+    sentences[split] = (
+      ner.read_conll(source, data.tag_column)
+      if data.source == "files"
+      else ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None)
+    )
   labels = ner.resolve_labels(data.labels, sentences.get("train", []))
   arrays, stats, positions = {}, {}, {}
   for split, split_sentences in sentences.items():
     arrays[split], positions[split], stats[split] = ner.encode_sentences(
-        split_sentences, tokenizer, data.max_seq_length, labels)
+      split_sentences, tokenizer, data.max_seq_length, labels
+    )
 
   def score(split: str, outputs: dict) -> dict:
     predicted = outputs["logits"].argmax(-1)
@@ -298,15 +356,20 @@ def build_token_classification(config, workdir: str) -> Task:
     tags = [ner.word_tags(predicted[i], positions[split][i], labels) for i in range(len(gold))]
     result = metrics.entity_scores(gold, tags)
     per_type = {f"f1_{kind}": row["f1"] for kind, row in result["report"].items()}
-    confusion = metrics.confusion_matrix([t for s in tags for t in s],
-                                         [t for s in gold for t in s], labels)
-    return {**{k: result[k] for k in ("precision", "recall", "f1")}, **per_type,
-            "report": result["report"], "report_text": result["report_text"],
-            "confusion": confusion}
+    confusion = metrics.confusion_matrix(
+      [t for s in tags for t in s], [t for s in gold for t in s], labels
+    )
+    return {
+      **{k: result[k] for k in ("precision", "recall", "f1")},
+      **per_type,
+      "report": result["report"],
+      "report_text": result["report_text"],
+      "confusion": confusion,
+    }
 
   return _finetune_task(
-      config, model_config, arrays, score, tokenizer, labels,
-      {"splits": stats, "labels": labels})
+    config, model_config, arrays, score, tokenizer, labels, {"splits": stats, "labels": labels}
+  )
 
 
 def build_question_answering(config, workdir: str) -> Task:
@@ -318,23 +381,30 @@ def build_question_answering(config, workdir: str) -> Task:
     source = split_source(data, split)
     if source is None:
       continue
-    examples[split] = (squad.read_squad(source) if data.source == "files" else
-                       squad.tfds_qa_examples(data.tfds_name, source, data.tfds_data_dir or None))
+    examples[split] = (
+      squad.read_squad(source)
+      if data.source == "files"
+      else squad.tfds_qa_examples(data.tfds_name, source, data.tfds_data_dir or None)
+    )
     arrays[split], windows[split], stats[split] = squad.encode_windows(
-        examples[split], tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length)
+      examples[split], tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length
+    )
 
   def score(split: str, outputs: dict) -> dict:
     n = len(windows[split].example)
-    answers = squad.predict_answers(examples[split], windows[split],
-                                    np.asarray(outputs["start_logits"][:n]),
-                                    np.asarray(outputs["end_logits"][:n]),
-                                    data.n_best_size, data.max_answer_length)
+    answers = squad.predict_answers(
+      examples[split],
+      windows[split],
+      np.asarray(outputs["start_logits"][:n]),
+      np.asarray(outputs["end_logits"][:n]),
+      data.n_best_size,
+      data.max_answer_length,
+    )
     predictions = {qid: answer["text"] for qid, answer in answers.items()}
     gold = {e.qid: [text for text, _ in e.answers] for e in examples[split] if e.answers}
     return metrics.squad_scores(predictions, gold)
 
-  return _finetune_task(
-      config, model_config, arrays, score, tokenizer, None, {"splits": stats})
+  return _finetune_task(config, model_config, arrays, score, tokenizer, None, {"splits": stats})
 
 
 def _mlm_head_missing(init) -> bool:
@@ -348,6 +418,7 @@ def _mlm_head_missing(init) -> bool:
   if not (path and os.path.isfile(path)):
     return False
   from safetensors import safe_open
+
   with safe_open(path, "np") as f:
     names = f.keys()
   return not any(name.startswith("cls.predictions.") for name in names)
@@ -363,16 +434,20 @@ def build_cloze(config, workdir: str) -> Task:
   """
   data = config.data
   if config.get("peft") and config.peft.get("method", "none") != "none":
-    raise ValueError(f"peft.method={config.peft.method!r}: task='cloze' trains every parameter "
-                     "(PEFT with the MLM head is not wired up); set peft.method='none'")
+    raise ValueError(
+      f"peft.method={config.peft.method!r}: task='cloze' trains every parameter "
+      "(PEFT with the MLM head is not wired up); set peft.method='none'"
+    )
   model_config = finetune_model_config(config)
   tokenizer = finetune_tokenizer(config, model_config)
   columns = classification.parse_columns(
-      (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns)
+    (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns
+  )
   examples, tfds_labels = read_text_examples(data)
   verbalizer_labels = list(data.verbalizer.keys()) if hasattr(data.verbalizer, "keys") else []
   labels = tfds_labels or classification.resolve_labels(
-      data.labels or verbalizer_labels, examples.get("train", []))
+    data.labels or verbalizer_labels, examples.get("train", [])
+  )
   if not labels:
     raise ValueError("no labels: set data.labels (or give data.verbalizer as label -> word)")
   verbalizer_ids = cloze.verbalizer_token_ids(data.verbalizer, labels, tokenizer)
@@ -382,47 +457,66 @@ def build_cloze(config, workdir: str) -> Task:
   arrays, stats, gold = {}, {}, {}
   for split, split_examples in examples.items():
     arrays[split], stats[split] = cloze.encode_cloze(
-        split_examples, columns, data.template, tokenizer, data.max_seq_length, labels)
+      split_examples, columns, data.template, tokenizer, data.max_seq_length, labels
+    )
     gold[split] = arrays[split]["label"]
   if "eval" not in arrays:
     raise ValueError("no eval data: set data.eval_path (or the TFDS split)")
   trains = config.optimizer.total_steps or config.epochs
   if trains and "train" not in arrays:
-    raise ValueError("no train data: set data.train_path (or the TFDS split), or epochs=0 and "
-                     "optimizer.total_steps=0 to evaluate without training (zero-shot)")
+    raise ValueError(
+      "no train data: set data.train_path (or the TFDS split), or epochs=0 and "
+      "optimizer.total_steps=0 to evaluate without training (zero-shot)"
+    )
   if _mlm_head_missing(config.init):
-    logging.warning("init.hf_dir=%s has no MLM head (cls.predictions.*): its transform starts "
-                    "random, so cloze scores are close to chance until trained", config.init.hf_dir)
+    logging.warning(
+      "init.hf_dir=%s has no MLM head (cls.predictions.*): its transform starts "
+      "random, so cloze scores are close to chance until trained",
+      config.init.hf_dir,
+    )
 
   def score(split: str, outputs: dict) -> dict:
-    predictions = outputs["logits"][:len(gold[split])].argmax(-1)
+    predictions = outputs["logits"][: len(gold[split])].argmax(-1)
     return metrics.classification_scores(list(data.metrics), predictions, gold[split])
 
-  train_data = (finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
-                if "train" in arrays else None)
-  test_batches = (finetune.eval_batches(arrays["test"], config.batch_size)
-                  if "test" in arrays else [])
+  train_data = (
+    finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+    if "train" in arrays
+    else None
+  )
+  test_batches = (
+    finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else []
+  )
   words = [tokenizer.convert_ids_to_tokens(i) for i in verbalizer_ids]
-  summary = {"splits": stats, "labels": labels, "verbalizer": dict(zip(labels, words)),
-             "template": data.template}
+  summary = {
+    "splits": stats,
+    "labels": labels,
+    "verbalizer": dict(zip(labels, words)),
+    "template": data.template,
+  }
   logging.info("cloze data: %s", summary)
   return Task(
-      model_config=model_config,
-      model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
-      objective=ClozeObjective(verbalizer_ids),
-      train_data=train_data,
-      eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
-      test_batches=test_batches, score=score, labels=labels, tokenizer=tokenizer,
-      vocab_file=getattr(tokenizer, "vocab_file", None),
-      summary=summary, steps_per_epoch=train_data.steps_per_epoch if train_data else None)
+    model_config=model_config,
+    model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
+    objective=ClozeObjective(verbalizer_ids),
+    train_data=train_data,
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+    test_batches=test_batches,
+    score=score,
+    labels=labels,
+    tokenizer=tokenizer,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary=summary,
+    steps_per_epoch=train_data.steps_per_epoch if train_data else None,
+  )
 
 
 BUILDERS = {
-    "pretraining": build_pretraining,
-    "classification": build_classification,
-    "token_classification": build_token_classification,
-    "question_answering": build_question_answering,
-    "cloze": build_cloze,
+  "pretraining": build_pretraining,
+  "classification": build_classification,
+  "token_classification": build_token_classification,
+  "question_answering": build_question_answering,
+  "cloze": build_cloze,
 }
 
 

@@ -28,8 +28,11 @@ TASK_HEADS = frozenset({"classifier", "qa_outputs"})
 
 
 def _check_architecture(saved_model: dict, config: BertConfig, where: str) -> None:
-  clashes = [f"model.{key}: checkpoint {saved_model[key]}, config {getattr(config, key)}"
-             for key in hf.ARCH_KEYS if key in saved_model and saved_model[key] != getattr(config, key)]
+  clashes = [
+    f"model.{key}: checkpoint {saved_model[key]}, config {getattr(config, key)}"
+    for key in hf.ARCH_KEYS
+    if key in saved_model and saved_model[key] != getattr(config, key)
+  ]
   if clashes:
     raise ValueError(f"{where} was trained with another architecture: " + "; ".join(clashes))
 
@@ -41,8 +44,10 @@ def workdir_params(workdir: str, config: BertConfig) -> dict:
   saved_model = meta.get("config", {}).get("model", {})
   _check_architecture(saved_model, config, f"init.checkpoint={workdir} (step {step})")
   if "bert" not in params:
-    raise ValueError(f"init.checkpoint={workdir}: its parameters have no 'bert' encoder "
-                     f"(top-level keys {sorted(params)})")
+    raise ValueError(
+      f"init.checkpoint={workdir}: its parameters have no 'bert' encoder "
+      f"(top-level keys {sorted(params)})"
+    )
   logging.info("weights from %s, step %d", workdir, step)
   return _without_task_heads(params, workdir)
 
@@ -52,8 +57,11 @@ def hf_params(name_or_dir: str, config: BertConfig) -> dict:
   _, tree, missing = hf.load_hf_checkpoint(hf.resolve_hf_source(name_or_dir), config)
   encoder_missing = [name for name in missing if name.startswith("bert.")]
   if encoder_missing:
-    logging.warning("%s lacks encoder tensors %s: they stay randomly initialised",
-                    name_or_dir, encoder_missing[:5])
+    logging.warning(
+      "%s lacks encoder tensors %s: they stay randomly initialised",
+      name_or_dir,
+      encoder_missing[:5],
+    )
   return _without_task_heads(tree, name_or_dir)
 
 
@@ -95,9 +103,12 @@ def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
   model_keys = set(nnx.to_pure_dict(state.params)) | set(nnx.to_pure_dict(frozen))
   dropped = sorted(set(tree) - model_keys)
   tree = {key: value for key, value in tree.items() if key in model_keys}
-  logging.info("initialised %s from %s%s", sorted(tree), where,
-               f"; not used: {dropped}" if dropped else "")
+  logging.info(
+    "initialised %s from %s%s", sorted(tree), where, f"; not used: {dropped}" if dropped else ""
+  )
   try:
     return load_params(state, frozen, tree, tx)
   except ValueError as e:
-    raise ValueError(f"{where}: {e} (does model.vocab_size / the vocab match the checkpoint?)") from None
+    raise ValueError(
+      f"{where}: {e} (does model.vocab_size / the vocab match the checkpoint?)"
+    ) from None

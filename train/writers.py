@@ -81,10 +81,16 @@ class MetricWriter:
         self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
       # A unique suffix: event files are named by the second, and a bucket copy would replace
       # an earlier writer's file of the same name.
-      self._tensorboard = SummaryWriter(logdir=tensorboard_dir, flush_secs=10,
-                                        filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
-      self._jsonl = (io.StringIO() if self._remote else
-                     open(os.path.join(self.workdir, METRICS_FILE), "a", encoding="utf-8"))
+      self._tensorboard = SummaryWriter(
+        logdir=tensorboard_dir,
+        flush_secs=10,
+        filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+      )
+      self._jsonl = (
+        io.StringIO()
+        if self._remote
+        else open(os.path.join(self.workdir, METRICS_FILE), "a", encoding="utf-8")
+      )
 
   def write(self, step: int, scalars: dict, split: str = "train") -> None:
     if not self.enabled:
@@ -123,7 +129,7 @@ class MetricWriter:
       self._jsonl.close()
       self._jsonl = None
 
-  def __enter__(self) -> "MetricWriter":
+  def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -137,8 +143,11 @@ def read_metrics(workdir) -> list[dict]:
 
 
 def _series(records, key: str, split: str):
-  points = sorted((r["step"], r[key]) for r in records
-                  if r.get("split") == split and key in r and math.isfinite(r[key]))
+  points = sorted(
+    (r["step"], r[key])
+    for r in records
+    if r.get("split") == split and key in r and math.isfinite(r[key])
+  )
   return [s for s, _ in points], [v for _, v in points]
 
 
@@ -188,8 +197,15 @@ def plot_confusion(counts, labels, out_png, title: str) -> str:
   ax.set_title(title)
   for i in range(len(labels)):
     for j in range(len(labels)):
-      ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
-              color="white" if share[i, j] > 60 else "black")
+      ax.text(
+        j,
+        i,
+        f"{int(counts[i, j])}",
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="white" if share[i, j] > 60 else "black",
+      )
   fig.colorbar(image, ax=ax, label="% of the gold row")
   png = io.BytesIO()
   fig.savefig(png, format="png")
@@ -204,7 +220,15 @@ def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = 
   hosts) gives a bar that prints nothing.
   """
   interactive = sys.stderr.isatty()
-  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step",
-                   file=sys.stderr, disable=not enabled, dynamic_ncols=interactive,
-                   mininterval=0.5 if interactive else 5.0, ascii=not interactive,
-                   smoothing=0.1)
+  return tqdm.tqdm(
+    total=total,
+    initial=initial,
+    desc=desc,
+    unit="step",
+    file=sys.stderr,
+    disable=not enabled,
+    dynamic_ncols=interactive,
+    mininterval=0.5 if interactive else 5.0,
+    ascii=not interactive,
+    smoothing=0.1,
+  )

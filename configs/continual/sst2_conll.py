@@ -22,11 +22,11 @@ from configs.finetune import common, conll2003, sst2
 
 def get_config(data_dir: str = "data"):
   c = ml_collections.ConfigDict()
-  c.method = "ewc"             # naive | ewc
+  c.method = "ewc"  # naive | ewc
   # The penalty on the Fisher-normalised squared drift. Measured (README): 1.0 keeps all of
   # SST-2 but costs 20 points of NER F1; 0.1 keeps all but 3 points and costs 7.
   c.ewc_weight = 0.1
-  c.fisher_examples = 512      # training examples per task for its Fisher
+  c.fisher_examples = 512  # training examples per task for its Fisher
   c.order = ("sst2", "conll2003")
   c.init = ml_collections.ConfigDict(dict(hf_dir=common.HF_CHECKPOINTS["minilm"], checkpoint=""))
 
@@ -39,8 +39,11 @@ def get_config(data_dir: str = "data"):
 def _stage(module, data_dir: str, train: str, dev: str, steps: int = 300):
   """A task's fine-tuning config from MiniLM at sequence length 64, `steps` steps, lr 5e-5."""
   s = module.get_config("minilm")
-  s.data.update(train_path=os.path.join(data_dir, train), eval_path=os.path.join(data_dir, dev),
-                max_seq_length=64)
+  s.data.update(
+    train_path=os.path.join(data_dir, train),
+    eval_path=os.path.join(data_dir, dev),
+    max_seq_length=64,
+  )
   s.optimizer.update(lr=5e-5, total_steps=steps)
   s.eval_every_steps = steps
   return s

@@ -27,13 +27,13 @@ TASKS = ("classification", "token_classification", "question_answering", "cloze"
 
 # The published uncased checkpoints of each size (Turc et al. 2019 for the small ones).
 HF_CHECKPOINTS = {
-    "tiny": "google/bert_uncased_L-2_H-128_A-2",
-    "mini": "google/bert_uncased_L-4_H-256_A-4",
-    "small": "google/bert_uncased_L-4_H-512_A-8",
-    "medium": "google/bert_uncased_L-8_H-512_A-8",
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "base": "bert-base-uncased",
-    "large": "bert-large-uncased",
+  "tiny": "google/bert_uncased_L-2_H-128_A-2",
+  "mini": "google/bert_uncased_L-4_H-256_A-4",
+  "small": "google/bert_uncased_L-4_H-512_A-8",
+  "medium": "google/bert_uncased_L-8_H-512_A-8",
+  "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+  "base": "bert-base-uncased",
+  "large": "bert-large-uncased",
 }
 
 
@@ -45,84 +45,113 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
   c.seed = 0
   c.model = sizes.bert(size)
 
-  c.data = ml_collections.ConfigDict(dict(
-      source="files",          # 'files' (paths below) | 'tfds' (tfds_name below)
-      train_path="",           # TSV / CoNLL / SQuAD JSON, per task
-      eval_path="",            # the dev set: evaluation, early stopping, best checkpoint
-      test_path="",            # optional: evaluated once with the best parameters
-      tfds_name="",            # e.g. 'glue/sst2', 'imdb_reviews', 'conll2003', 'squad/v1.1'
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="files",  # 'files' (paths below) | 'tfds' (tfds_name below)
+      train_path="",  # TSV / CoNLL / SQuAD JSON, per task
+      eval_path="",  # the dev set: evaluation, early stopping, best checkpoint
+      test_path="",  # optional: evaluated once with the best parameters
+      tfds_name="",  # e.g. 'glue/sst2', 'imdb_reviews', 'conll2003', 'squad/v1.1'
       tfds_train_split="train",
       tfds_eval_split="validation",
       tfds_test_split="",
       tfds_data_dir="",
-      tfds_text_keys="",       # classification: '' = text_columns
+      tfds_text_keys="",  # classification: '' = text_columns
       tfds_label_key="label",  # classification; its ClassLabel names become the labels
-      vocab="",                # vocab.txt, a directory or HF name; '' = the init source's
+      vocab="",  # vocab.txt, a directory or HF name; '' = the init source's
       lowercase=True,
-      max_seq_length=128,      # longer text is truncated (counted in the log)
+      max_seq_length=128,  # longer text is truncated (counted in the log)
       # classification
       text_columns="sentence",  # one or two (a pair) header names, or 0-based numbers
       label_column="label",
       has_header=True,
-      bad_rows="error",        # 'skip': drop TSV rows with the wrong field count, logged
-      labels=(),               # class names in id order; () = sorted labels of train
-      regression=False,        # one float output, squared error (STS-B)
-      entity_markers=(),       # relations: (e1 open, e1 close, e2 open, e2 close)
-      metrics=("accuracy",),   # accuracy, f1, mcc, pearson, spearman
+      bad_rows="error",  # 'skip': drop TSV rows with the wrong field count, logged
+      labels=(),  # class names in id order; () = sorted labels of train
+      regression=False,  # one float output, squared error (STS-B)
+      entity_markers=(),  # relations: (e1 open, e1 close, e2 open, e2 close)
+      metrics=("accuracy",),  # accuracy, f1, mcc, pearson, spearman
       # token classification
-      tag_column=-1,           # CoNLL column holding the tag (the word is column 0)
+      tag_column=-1,  # CoNLL column holding the tag (the word is column 0)
       # question answering
-      doc_stride=128,          # context tokens between the starts of two windows
+      doc_stride=128,  # context tokens between the starts of two windows
       max_query_length=64,
       n_best_size=20,
       max_answer_length=30,
-  ))
+    )
+  )
 
   if task == "cloze":
     c.data.update(
-        template="",              # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
-        verbalizer=None,          # a word per label, label order; or a dict label -> word
-        train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
+      template="",  # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
+      verbalizer=None,  # a word per label, label order; or a dict label -> word
+      train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
     )
 
   # Parameter-efficient fine-tuning (model/peft.py); 'none' trains every parameter.
-  c.peft = ml_collections.ConfigDict(dict(
-      method="none",            # none | lora | adalora | adapter | prefix | prompt | bitfit
-      rank=8, alpha=16.0, dropout=0.0,                 # lora / adalora
+  c.peft = ml_collections.ConfigDict(
+    dict(
+      method="none",  # none | lora | adalora | adapter | prefix | prompt | bitfit
+      rank=8,
+      alpha=16.0,
+      dropout=0.0,  # lora / adalora
       targets=("attention.query", "attention.value"),  # lora / adalora: modules in each layer
-      adapter_size=64,                                 # adapter bottleneck
-      num_virtual_tokens=16, prefix_projection=0,      # prefix / prompt
+      adapter_size=64,  # adapter bottleneck
+      num_virtual_tokens=16,
+      prefix_projection=0,  # prefix / prompt
       # adalora: from `rank` to an average of target_rank non-zero singular values
-      adalora=dict(target_rank=4, warmup_ratio=0.1, final_ratio=0.2, mask_interval=10,
-                   beta1=0.85, beta2=0.85, orth_reg_weight=0.1),
-  ))
+      adalora=dict(
+        target_rank=4,
+        warmup_ratio=0.1,
+        final_ratio=0.2,
+        mask_interval=10,
+        beta1=0.85,
+        beta2=0.85,
+        orth_reg_weight=0.1,
+      ),
+    )
+  )
 
   # Elastic weight consolidation, set by continual learning (train/continual.py): the
   # encoder is pulled towards the anchor in `path` (an .npz of anchor and Fisher).
   c.ewc = ml_collections.ConfigDict(dict(weight=0.0, path=""))
 
-  c.batch_size = 32             # global, across all hosts and devices
+  c.batch_size = 32  # global, across all hosts and devices
   c.epochs = 3
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", lr=2e-5, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-      total_steps=0,            # 0: epochs x steps per epoch
-      warmup_steps=0,           # 0: warmup_ratio x total_steps
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      lr=2e-5,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      weight_decay=0.01,
+      total_steps=0,  # 0: epochs x steps per epoch
+      warmup_steps=0,  # 0: warmup_ratio x total_steps
       warmup_ratio=0.1,
-      decay="linear", end_lr=0.0, power=1.0, clip_norm=1.0, grad_accum_steps=1,
-  ))
-  c.early_stopping = ml_collections.ConfigDict(dict(
-      metric="accuracy",        # an eval metric; the best checkpoint is kept by it
-      mode="max",               # 'max' or 'min'
-      patience=0,               # evaluations without improvement before stopping; 0: never
-  ))
+      decay="linear",
+      end_lr=0.0,
+      power=1.0,
+      clip_norm=1.0,
+      grad_accum_steps=1,
+    )
+  )
+  c.early_stopping = ml_collections.ConfigDict(
+    dict(
+      metric="accuracy",  # an eval metric; the best checkpoint is kept by it
+      mode="max",  # 'max' or 'min'
+      patience=0,  # evaluations without improvement before stopping; 0: never
+    )
+  )
 
-  c.mesh = ml_collections.ConfigDict(dict(
+  c.mesh = ml_collections.ConfigDict(
+    dict(
       shape=dict(data=-1, fsdp=1, tensor=1),
       rules=[list(rule) for rule in DEFAULT_RULES],
-  ))
+    )
+  )
   c.init = ml_collections.ConfigDict(dict(hf_dir=HF_CHECKPOINTS[size], checkpoint=""))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, max_to_keep=1, async_save=True))
-  c.stop_at_step = 0            # >0: end this invocation there; resume later
+  c.stop_at_step = 0  # >0: end this invocation there; resume later
   c.log_every_steps = 50
-  c.eval_every_steps = 0        # 0: at the end of every epoch
+  c.eval_every_steps = 0  # 0: at the end of every epoch
   return c

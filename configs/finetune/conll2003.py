@@ -21,8 +21,14 @@ LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "
 def get_config(size: str = "base"):
   c = common.get_config("token_classification", size)
   c.init.hf_dir = "bert-base-cased" if size == "base" else c.init.hf_dir
-  c.data.update(lowercase=size != "base", labels=LABELS, tfds_name="conll2003",
-                tfds_eval_split="dev", tfds_test_split="test", max_seq_length=128)
+  c.data.update(
+    lowercase=size != "base",
+    labels=LABELS,
+    tfds_name="conll2003",
+    tfds_eval_split="dev",
+    tfds_test_split="test",
+    max_seq_length=128,
+  )
   c.batch_size = 32
   c.epochs = 3
   c.optimizer.lr = 5e-5

@@ -14,25 +14,60 @@ leaderboard's; the first is the one early stopping / the best checkpoint use.
 
 from configs.finetune import common
 
-#        TSV text columns          TSV label      has    TFDS text keys            labels (id order)                       metrics
-#                                  column         header
+# task: (TSV text columns, TSV label column, TSV has a header, TFDS text keys,
+#        labels in id order, metrics)
 TASKS = {
-    "cola": ("3", "1", False, "sentence", ("0", "1"), ("mcc", "accuracy")),
-    "sst2": ("sentence", "label", True, "sentence", ("0", "1"), ("accuracy",)),
-    "mrpc": ("#1 String,#2 String", "Quality", True, "sentence1,sentence2", ("0", "1"),
-             ("f1", "accuracy")),
-    "qqp": ("question1,question2", "is_duplicate", True, "question1,question2", ("0", "1"),
-            ("f1", "accuracy")),
-    "stsb": ("sentence1,sentence2", "score", True, "sentence1,sentence2", (),
-             ("pearson", "spearman")),
-    "mnli": ("sentence1,sentence2", "gold_label", True, "premise,hypothesis",
-             ("entailment", "neutral", "contradiction"), ("accuracy",)),
-    "qnli": ("question,sentence", "label", True, "question,sentence",
-             ("entailment", "not_entailment"), ("accuracy",)),
-    "rte": ("sentence1,sentence2", "label", True, "sentence1,sentence2",
-            ("entailment", "not_entailment"), ("accuracy",)),
-    "wnli": ("sentence1,sentence2", "label", True, "sentence1,sentence2", ("0", "1"),
-             ("accuracy",)),
+  "cola": ("3", "1", False, "sentence", ("0", "1"), ("mcc", "accuracy")),
+  "sst2": ("sentence", "label", True, "sentence", ("0", "1"), ("accuracy",)),
+  "mrpc": (
+    "#1 String,#2 String",
+    "Quality",
+    True,
+    "sentence1,sentence2",
+    ("0", "1"),
+    ("f1", "accuracy"),
+  ),
+  "qqp": (
+    "question1,question2",
+    "is_duplicate",
+    True,
+    "question1,question2",
+    ("0", "1"),
+    ("f1", "accuracy"),
+  ),
+  "stsb": (
+    "sentence1,sentence2",
+    "score",
+    True,
+    "sentence1,sentence2",
+    (),
+    ("pearson", "spearman"),
+  ),
+  "mnli": (
+    "sentence1,sentence2",
+    "gold_label",
+    True,
+    "premise,hypothesis",
+    ("entailment", "neutral", "contradiction"),
+    ("accuracy",),
+  ),
+  "qnli": (
+    "question,sentence",
+    "label",
+    True,
+    "question,sentence",
+    ("entailment", "not_entailment"),
+    ("accuracy",),
+  ),
+  "rte": (
+    "sentence1,sentence2",
+    "label",
+    True,
+    "sentence1,sentence2",
+    ("entailment", "not_entailment"),
+    ("accuracy",),
+  ),
+  "wnli": ("sentence1,sentence2", "label", True, "sentence1,sentence2", ("0", "1"), ("accuracy",)),
 }
 
 
@@ -42,13 +77,21 @@ def get_config(arg: str = "sst2"):
     raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
   columns, label_column, header, tfds_keys, labels, metrics = TASKS[task]
   c = common.get_config("classification", size or "base")
-  c.data.update(text_columns=columns, label_column=label_column, has_header=header,
-                labels=labels, metrics=metrics, regression=task == "stsb",
-                tfds_name=f"glue/{task}", tfds_text_keys=tfds_keys, max_seq_length=128)
+  c.data.update(
+    text_columns=columns,
+    label_column=label_column,
+    has_header=header,
+    labels=labels,
+    metrics=metrics,
+    regression=task == "stsb",
+    tfds_name=f"glue/{task}",
+    tfds_text_keys=tfds_keys,
+    max_seq_length=128,
+  )
   if task == "mnli":
     c.data.tfds_eval_split = "validation_matched"
   if task == "qqp":
-    c.data.bad_rows = "skip"   # GLUE's QQP train.tsv has a few rows with missing fields
+    c.data.bad_rows = "skip"  # GLUE's QQP train.tsv has a few rows with missing fields
   c.batch_size = 32
   c.epochs = 3
   c.optimizer.lr = 2e-5

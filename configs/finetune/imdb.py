@@ -13,9 +13,16 @@ from configs.finetune import common
 
 def get_config(size: str = "base"):
   c = common.get_config("classification", size)
-  c.data.update(source="tfds", tfds_name="imdb_reviews", tfds_train_split="train",
-                tfds_eval_split="test", text_columns="text", labels=(),
-                metrics=("accuracy",), max_seq_length=512)
+  c.data.update(
+    source="tfds",
+    tfds_name="imdb_reviews",
+    tfds_train_split="train",
+    tfds_eval_split="test",
+    text_columns="text",
+    labels=(),
+    metrics=("accuracy",),
+    max_seq_length=512,
+  )
   c.batch_size = 16
   c.epochs = 3
   c.optimizer.lr = 2e-5

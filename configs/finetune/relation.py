@@ -18,9 +18,14 @@ from configs.finetune import common
 
 def get_config(size: str = "base"):
   c = common.get_config("classification", size)
-  c.data.update(text_columns="sentence", label_column="relation", has_header=True,
-                entity_markers=("$", "$", "#", "#"), metrics=("accuracy",),
-                max_seq_length=128)
+  c.data.update(
+    text_columns="sentence",
+    label_column="relation",
+    has_header=True,
+    entity_markers=("$", "$", "#", "#"),
+    metrics=("accuracy",),
+    max_seq_length=128,
+  )
   c.batch_size = 32
   c.epochs = 3
   c.optimizer.lr = 2e-5

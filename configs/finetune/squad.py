@@ -15,8 +15,14 @@ from configs.finetune import common
 
 def get_config(size: str = "base"):
   c = common.get_config("question_answering", size)
-  c.data.update(tfds_name="squad/v1.1", max_seq_length=384, doc_stride=128,
-                max_query_length=64, n_best_size=20, max_answer_length=30)
+  c.data.update(
+    tfds_name="squad/v1.1",
+    max_seq_length=384,
+    doc_stride=128,
+    max_query_length=64,
+    n_best_size=20,
+    max_answer_length=30,
+  )
   c.batch_size = 32
   c.epochs = 2
   c.optimizer.lr = 3e-5

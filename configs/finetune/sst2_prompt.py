@@ -30,15 +30,23 @@ def get_config(arg: str = "zero"):
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r} in {arg!r}; known: {MODES} (e.g. 'zero,minilm')")
   c = common.get_config("cloze", size or "base")
-  c.data.update(text_columns="sentence", label_column="label", has_header=True,
-                labels=("0", "1"), metrics=("accuracy",), tfds_name="glue/sst2",
-                tfds_text_keys="sentence", max_seq_length=128,
-                template="{sentence} It was [MASK].", verbalizer=("terrible", "great"))
+  c.data.update(
+    text_columns="sentence",
+    label_column="label",
+    has_header=True,
+    labels=("0", "1"),
+    metrics=("accuracy",),
+    tfds_name="glue/sst2",
+    tfds_text_keys="sentence",
+    max_seq_length=128,
+    template="{sentence} It was [MASK].",
+    verbalizer=("terrible", "great"),
+  )
   c.early_stopping.metric = ""
   c.optimizer.update(lr=1e-5, warmup_ratio=0.0)
   if mode == "zero":
     c.epochs = 0
-    c.data.tfds_train_split = ""   # nothing to train on
+    c.data.tfds_train_split = ""  # nothing to train on
   else:
     c.data.train_examples_per_class = 16
     c.batch_size = 8

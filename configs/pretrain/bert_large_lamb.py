@@ -18,8 +18,16 @@ from configs.pretrain import bert_large
 
 def get_config(phase: str = "phase1"):
   c = bert_large.get_config(phase)
-  c.optimizer.update(name="lamb", b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-                     decay="polynomial", power=1.0, clip_norm=1.0)
+  c.optimizer.update(
+    name="lamb",
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    weight_decay=0.01,
+    decay="polynomial",
+    power=1.0,
+    clip_norm=1.0,
+  )
   if phase == "phase1":
     c.batch_size = 65_536
     c.optimizer.update(lr=6e-3, warmup_steps=2_000, total_steps=7_038, grad_accum_steps=64)

@@ -21,9 +21,15 @@ def get_config(steps: str = "1000"):
   c = common.get_config("tiny")
   c.model.vocab_size = 8192
   c.model.max_position_embeddings = 128
-  c.data.update(source="embedded", vocab="train", train_vocab_size=8192,
-                max_seq_length=128, dupe_factor=2, max_predictions=20,
-                heldout_documents=0.05)
+  c.data.update(
+    source="embedded",
+    vocab="train",
+    train_vocab_size=8192,
+    max_seq_length=128,
+    dupe_factor=2,
+    max_predictions=20,
+    heldout_documents=0.05,
+  )
   c.batch_size = 32
   c.optimizer.update(lr=1e-3, warmup_steps=max(1, total // 10), total_steps=total)
   c.checkpoint.update(every_steps=total // 4)

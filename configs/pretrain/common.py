@@ -19,14 +19,15 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = sizes.bert(size)
 
-  c.data = ml_collections.ConfigDict(dict(
-      source="text",          # 'text' (google-research/bert format files) | 'tfds' | 'embedded'
-      paths="",               # comma-separated globs, for source='text'
-      tfds_name="",           # e.g. 'wikipedia/20230601.en', 'c4/en', 'lm1b'
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="text",  # 'text' (google-research/bert format files) | 'tfds' | 'embedded'
+      paths="",  # comma-separated globs, for source='text'
+      tfds_name="",  # e.g. 'wikipedia/20230601.en', 'c4/en', 'lm1b'
       tfds_split="train",
       tfds_text_key="text",
       tfds_data_dir="",
-      max_documents=0,        # 0: all
+      max_documents=0,  # 0: all
       heldout_documents=0.01,  # fraction (or count) of documents kept for eval
       vocab="bert-base-uncased",  # vocab.txt path, directory, HF name, or 'train'
       train_vocab_size=30522,  # for vocab='train': WordPiece size learned from the corpus
@@ -37,23 +38,38 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       mask_prob=0.15,
       max_predictions=20,
       whole_word=False,
-  ))
+    )
+  )
 
-  c.batch_size = 256            # global, across all hosts and devices
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-      warmup_steps=10_000, total_steps=1_000_000, decay="linear", end_lr=0.0, power=1.0,
-      clip_norm=1.0, grad_accum_steps=1,
-  ))
+  c.batch_size = 256  # global, across all hosts and devices
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      lr=1e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      weight_decay=0.01,
+      warmup_steps=10_000,
+      total_steps=1_000_000,
+      decay="linear",
+      end_lr=0.0,
+      power=1.0,
+      clip_norm=1.0,
+      grad_accum_steps=1,
+    )
+  )
 
-  c.mesh = ml_collections.ConfigDict(dict(
+  c.mesh = ml_collections.ConfigDict(
+    dict(
       shape=dict(data=-1, fsdp=1, tensor=1),
       rules=[list(rule) for rule in DEFAULT_RULES],
-  ))
+    )
+  )
   c.init = ml_collections.ConfigDict(dict(hf_dir=""))  # continue from HF weights
-  c.distributed = False         # True on TPU pods: jax.distributed.initialize() from the environment
+  c.distributed = False  # True on TPU pods: jax.distributed.initialize() from the environment
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
-  c.stop_at_step = 0            # >0: end this invocation there (time-boxed jobs); resume later
+  c.stop_at_step = 0  # >0: end this invocation there (time-boxed jobs); resume later
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.eval_batches = 20

@@ -3,14 +3,23 @@
 `helpers.pretraining` and `helpers.finetune` make the corpora, vocabs and tiny
 configs of the pretraining and fine-tuning tests.
 """
+
 import numpy as np
 
 
 def tiny_hf_config(**overrides):
   """A small random BERT for transformers; keys as in transformers.BertConfig."""
   from transformers import BertConfig as HFBertConfig
-  values = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
+
+  values = dict(
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+  )
   values.update(overrides)
   return HFBertConfig(**values)
 
@@ -18,9 +27,11 @@ def tiny_hf_config(**overrides):
 def flax_from_torch(torch_model, **compute):
   """Our BertForPreTraining carrying the torch model's weights (via model/convert)."""
   from flax import nnx
+
   from model.config import BertConfig
   from model.convert import hf_to_params, merge_trees
   from model.heads import BertForPreTraining
+
   config = BertConfig.from_hf_dict(torch_model.config.to_dict(), **compute)
   graphdef, params = nnx.split(BertForPreTraining(config, nnx.Rngs(0)), nnx.Param)
   tensors = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}

@@ -4,6 +4,7 @@ Each task is learnable from a handful of words: a sentence is positive when it
 says 'good', a capitalised name is a person or a place, the answer to 'where
 did X go' is the place in the context.
 """
+
 import json
 
 import numpy as np
@@ -98,8 +99,13 @@ def squad_data(n, seed):
     after = " ".join(rng.choice(FILLER, rng.integers(2, 12)))
     context = f"{before.capitalize()}. {person} went to {place} and then sat. {after}."
     start = context.index(f"to {place}") + 3
-    qas = [{"id": f"q{i}", "question": f"Where did {person} go?",
-            "answers": [{"text": place, "answer_start": start}]}]
+    qas = [
+      {
+        "id": f"q{i}",
+        "question": f"Where did {person} go?",
+        "answers": [{"text": place, "answer_start": start}],
+      }
+    ]
     articles.append({"title": f"t{i}", "paragraphs": [{"context": context, "qas": qas}]})
   return {"version": "1.1", "data": articles}
 
@@ -111,8 +117,14 @@ def write_squad(path, data):
 
 def tiny_config(task, tmp_path, **overrides):
   c = common.get_config(task, "tiny")
-  c.model.update(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=64)
+  c.model.update(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   c.data.update(vocab=write_vocab(tmp_path / "vocab.txt"), max_seq_length=32)
   c.init.hf_dir = ""
   c.batch_size = 8
@@ -126,24 +138,33 @@ def tiny_config(task, tmp_path, **overrides):
 
 def classification_config(tmp_path, n_train=64, n_eval=20, **overrides):
   c = tiny_config("classification", tmp_path)
-  c.data.update(train_path=write_tsv(tmp_path / "train.tsv", sentiment_rows(n_train, 0)),
-                eval_path=write_tsv(tmp_path / "dev.tsv", sentiment_rows(n_eval, 1)),
-                labels=("0", "1"), metrics=("accuracy", "f1", "mcc"))
+  c.data.update(
+    train_path=write_tsv(tmp_path / "train.tsv", sentiment_rows(n_train, 0)),
+    eval_path=write_tsv(tmp_path / "dev.tsv", sentiment_rows(n_eval, 1)),
+    labels=("0", "1"),
+    metrics=("accuracy", "f1", "mcc"),
+  )
   return set_keys(c, overrides)
 
 
 def ner_config(tmp_path, **overrides):
   c = tiny_config("token_classification", tmp_path)
-  c.data.update(train_path=write_conll(tmp_path / "train.conll", ner_sentences(64, 0), iob1=True),
-                eval_path=write_conll(tmp_path / "dev.conll", ner_sentences(20, 1)))
+  c.data.update(
+    train_path=write_conll(tmp_path / "train.conll", ner_sentences(64, 0), iob1=True),
+    eval_path=write_conll(tmp_path / "dev.conll", ner_sentences(20, 1)),
+  )
   c.early_stopping.update(metric="f1")
   return set_keys(c, overrides)
 
 
 def squad_config(tmp_path, **overrides):
   c = tiny_config("question_answering", tmp_path)
-  c.data.update(train_path=write_squad(tmp_path / "train.json", squad_data(48, 0)),
-                eval_path=write_squad(tmp_path / "dev.json", squad_data(12, 1)),
-                max_seq_length=32, doc_stride=8, max_query_length=8)
+  c.data.update(
+    train_path=write_squad(tmp_path / "train.json", squad_data(48, 0)),
+    eval_path=write_squad(tmp_path / "dev.json", squad_data(12, 1)),
+    max_seq_length=32,
+    doc_stride=8,
+    max_query_length=8,
+  )
   c.early_stopping.update(metric="f1")
   return set_keys(c, overrides)

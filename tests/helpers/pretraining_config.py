@@ -1,4 +1,5 @@
 """tiny_config as a config file, for runs in a subprocess (paths given as flags)."""
+
 import pathlib
 import tempfile
 
