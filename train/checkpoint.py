@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from train.errors import UserError
 from train.workdir import resolve
 
 
@@ -99,6 +100,95 @@ class Checkpointer:
     restored = self._manager.restore(step, args=args)
     logging.info("Restored checkpoint %d from %s", step, self.directory)
     return restored.state, restored.meta
+
+  def restore_latest(self, abstract_state, check_meta=None) -> tuple[Any, dict, int]:
+    """(state, meta, step) of the newest checkpoint that reads whole.
+
+    A step whose meta or arrays cannot be read (a truncated array file, a lost
+    _METADATA) is damaged: it is renamed to <step>.damaged beside the others
+    (kept for inspection, never deleted; later saves can then reuse its step
+    number), named in a warning, and the next older step is tried.
+    `check_meta(meta)` runs on each readable meta before its arrays are read;
+    what it raises (a checkpoint from another config) ends the search.
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # any failure to read is damage
+        damaged.append(self._set_aside(step, "its meta", e))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+      except Exception as e:
+        mismatch = self._structure_mismatch(step, abstract_state)
+        if mismatch:
+          raise UserError(
+            f"checkpoint {step} in {self.directory} holds a state of another layout than this "
+            f"config builds ({mismatch}): the optimizer (optimizer.name, its settings) and "
+            "peft must be those the run started with; use them, or a fresh --workdir"
+          ) from e
+        damaged.append(self._set_aside(step, "its arrays", e))
+        continue
+      if damaged:
+        logging.warning(
+          "Resuming from checkpoint %d in %s; skipped damaged: %s",
+          step,
+          self.directory,
+          "; ".join(damaged),
+        )
+      logging.info("Restored checkpoint %d from %s", step, self.directory)
+      return restored.state, meta, step
+    raise UserError(
+      f"no checkpoint in {self.directory} can be read: "
+      + "; ".join(damaged)
+      + ". Each was set aside as <step>.damaged and kept; run again to start from step 0, "
+      "or move one back to retry it"
+    )
+
+  def _set_aside(self, step: int, part: str, error: Exception) -> str:
+    """Renames a damaged step directory to <step>.damaged; returns what was done."""
+    source = self.directory / str(step)
+    target = self.directory / f"{step}.damaged"
+    suffix = 1
+    while target.exists():
+      target = self.directory / f"{step}.damaged{suffix}"
+      suffix += 1
+    if jax.process_index() == 0:
+      source.rename(target)
+    self._manager.reload()
+    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+    logging.warning(
+      "Checkpoint %d in %s is damaged (%s cannot be read: %s); moved to %s",
+      step,
+      self.directory,
+      part,
+      reason,
+      target,
+    )
+    return f"step {step} ({part}: {reason}; now {target.name})"
+
+  def _structure_mismatch(self, step: int, abstract_state) -> str:
+    """'' when the saved state has the leaves `abstract_state` has, else how they differ."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      saved = jax.tree.leaves(handler.metadata(self.directory / str(step) / "state").tree)
+    except Exception:  # unreadable metadata is damage, not another layout
+      return ""
+    finally:
+      handler.close()
+    wanted = jax.tree.leaves(abstract_state)
+    saved_shapes = sorted(tuple(getattr(m, "shape", ()) or ()) for m in saved)
+    wanted_shapes = sorted(tuple(x.shape) for x in wanted)
+    if len(saved) != len(wanted):
+      return f"{len(saved)} arrays saved, {len(wanted)} expected"
+    if saved_shapes != wanted_shapes:
+      return "the saved array shapes differ"
+    return ""
 
   def wait(self) -> None:
     """Blocks until an async save has committed."""

@@ -41,8 +41,10 @@ from train import adalora, ewc, optim, tasks, warm_start, writers
 from train import mesh as mesh_lib
 from train import step as step_lib
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
+from train.errors import NonFiniteError
 from train.finetuned import BEST_DIR
 from train.state import create_train_state
+from train.workdir import WorkdirLock
 from train.workdir import resolve as resolve_workdir
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
@@ -251,9 +253,52 @@ def _log_eval(step: int, split: str, results: dict) -> None:
       logging.info("%s %s:\n%s", split, key, value)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """One bool: every floating-point leaf of `tree` is finite."""
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _stop_if_nonfinite(step: int, scalars: dict, ckpt: Checkpointer) -> None:
+  """Raises NonFiniteError when a checked value is NaN / inf; nothing is saved."""
+  checked = {k: scalars[k] for k in ("loss", "grad_norm", "state") if k in scalars}
+  bad = {k: v for k, v in checked.items() if not math.isfinite(v)}
+  if not bad:
+    return
+  ckpt.wait()  # the newest finite save, if one is in flight, commits first
+  latest = ckpt.latest_step()
+  what = (
+    ", ".join(f"{k} {v}" for k, v in bad.items())
+    if "state" not in bad
+    else ("the parameters or optimizer state hold NaN / inf")
+  )
+  kept = (
+    f"the newest checkpoint, step {latest} in {ckpt.directory}, is finite and kept; "
+    "a rerun resumes there"
+    if latest is not None
+    else "no checkpoint was written yet"
+  )
+  raise NonFiniteError(
+    f"training diverged at step {step}: {what}. Stopped without saving; {kept}. "
+    "Lower optimizer.lr, raise optimizer.warmup_steps or set optimizer.clip_norm, "
+    "or use a fresh --workdir."
+  )
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics."""
+  """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics.
+
+  The workdir is locked while the job runs (train/workdir.WorkdirLock).
+  """
   workdir = resolve_workdir(workdir)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+    return _train_and_evaluate(config, workdir, lock)
+
+
+def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   task = tasks.build_task(config, workdir)
@@ -292,9 +337,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
   saved_progress = None
   resuming = ckpt.latest_step() is not None
+  resume_keys = [f"config.{k}" for k in RESUME_KEYS]
   if resuming:
-    saved_meta = ckpt.read_meta()
-    check_compatible(saved_meta, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+    try:
+      newest_meta = ckpt.read_meta()
+    except Exception:  # a damaged newest step: restore_latest below names it and falls back
+      newest_meta = None
+    if newest_meta is not None:  # before warm starting, which a foreign config could break
+      check_compatible(newest_meta, meta, resume_keys, workdir)
   if not resuming or jax.tree.leaves(frozen):
     # Frozen parameters are not in checkpoints: they come from the base every time.
     state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
@@ -307,8 +357,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "fingerprint": _base_fingerprint(frozen),
     }
   if resuming:
-    _check_same_base(saved_meta, meta, workdir)
-    state, _ = ckpt.restore(None, abstract_like(state))
+
+    def check_meta(saved):
+      check_compatible(saved, meta, resume_keys, workdir)
+      _check_same_base(saved, meta, workdir)
+
+    state, saved_meta, _ = ckpt.restore_latest(abstract_like(state), check_meta)
     saved_progress = saved_meta.get("early_stopping")
     logging.info("resumed from step %d", int(state.step))
   if is_main:
@@ -354,49 +408,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   timer = time.perf_counter()
   steps_since_log = 0
 
-  with mesh_lib.activate(mesh, rules):
-    if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
-      last_eval = evaluate(
-        eval_step,
-        state.params,
-        frozen,
-        task.eval_batches,
-        mesh,
-        rules,
-        task.objective,
-        task.score,
-        "eval",
-      )
-      writer.write(0, _scalars(last_eval), split="eval")
-      _log_eval(0, "eval", last_eval)
-    for step in range(start, end_step):
-      local = task.train_data.batch(step, jax.process_index(), jax.process_count())
-      state, metrics = train_step(state, frozen, mesh_lib.shard_batch(local, mesh, rules))
-      history.append(metrics)
-      steps_since_log += 1
-      done = step + 1
-      bar.update(1)
-
-      if done % config.log_every_steps == 0 or done == end_step:
-        sums = _sum_metrics(history)  # the host waits for the devices here only
-        elapsed = time.perf_counter() - timer
-        scalars = task.objective.finalize(sums)
-        scalars.update(
-          learning_rate=float(_host_value(history[-1]["learning_rate"])),
-          grad_norm=sums["grad_norm"] / len(history),
-          step_time=elapsed / steps_since_log,
-          tokens_per_second=tokens_per_step * steps_since_log / elapsed,
-        )
-        writer.write(done, scalars)
-        postfix = {"loss": f"{scalars['loss']:.3f}"}
-        if accuracy_key:
-          postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
-        bar.set_postfix(**postfix)
-        history, steps_since_log, timer = [], 0, time.perf_counter()
-
-      # Not at a stop_at_step pause: an extra evaluation there would count
-      # against early-stopping patience and the resumed run would diverge.
-      if done % eval_every == 0 or done == total_steps:
+  try:
+    with mesh_lib.activate(mesh, rules):
+      if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
         last_eval = evaluate(
           eval_step,
           state.params,
@@ -408,31 +422,82 @@ def train_and_evaluate(config, workdir: str) -> dict:
           task.score,
           "eval",
         )
-        writer.write(done, _scalars(last_eval), split="eval")
-        _log_eval(done, "eval", last_eval)
-        if stopping and stopping.update(done, last_eval):
-          best_ckpt.save(done, {"params": state.params}, meta)
-          logging.info("new best %s=%.4f at step %d", stopping.metric, stopping.best_value, done)
-        timer = time.perf_counter()  # eval time is not step time
+        writer.write(0, _scalars(last_eval), split="eval")
+        _log_eval(0, "eval", last_eval)
+      for step in range(start, end_step):
+        local = task.train_data.batch(step, jax.process_index(), jax.process_count())
+        state, metrics = train_step(state, frozen, mesh_lib.shard_batch(local, mesh, rules))
+        history.append(metrics)
+        steps_since_log += 1
+        done = step + 1
+        bar.update(1)
 
-      stop_early = stopping is not None and stopping.should_stop
-      if done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early:
-        progress = {"early_stopping": stopping.to_meta()} if stopping else {}
-        ckpt.save(done, state, dict(meta, **progress))
-        writer.flush()  # a bucket workdir gets its logs with each checkpoint
-      if preemption.requested:
-        logging.warning("SIGTERM: saved step %d, stopping", done)
-        break
-      if stop_early:
-        logging.info(
-          "early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
-          done,
-          stopping.metric,
-          stopping.best_value,
-          stopping.best_step,
-          stopping.evals_since_best,
-        )
-        break
+        if done % config.log_every_steps == 0 or done == end_step:
+          sums = _sum_metrics(history)  # the host waits for the devices here only
+          elapsed = time.perf_counter() - timer
+          scalars = task.objective.finalize(sums)
+          scalars.update(
+            learning_rate=float(_host_value(history[-1]["learning_rate"])),
+            grad_norm=sums["grad_norm"] / len(history),
+            step_time=elapsed / steps_since_log,
+            tokens_per_second=tokens_per_step * steps_since_log / elapsed,
+          )
+          writer.write(done, scalars)
+          _stop_if_nonfinite(done, scalars, ckpt)
+          lock.refresh()
+          postfix = {"loss": f"{scalars['loss']:.3f}"}
+          if accuracy_key:
+            postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
+          bar.set_postfix(**postfix)
+          history, steps_since_log, timer = [], 0, time.perf_counter()
+
+        # Not at a stop_at_step pause: an extra evaluation there would count
+        # against early-stopping patience and the resumed run would diverge.
+        if done % eval_every == 0 or done == total_steps:
+          last_eval = evaluate(
+            eval_step,
+            state.params,
+            frozen,
+            task.eval_batches,
+            mesh,
+            rules,
+            task.objective,
+            task.score,
+            "eval",
+          )
+          writer.write(done, _scalars(last_eval), split="eval")
+          _log_eval(done, "eval", last_eval)
+          if stopping and stopping.update(done, last_eval):
+            best_ckpt.save(done, {"params": state.params}, meta)
+            logging.info("new best %s=%.4f at step %d", stopping.metric, stopping.best_value, done)
+          timer = time.perf_counter()  # eval time is not step time
+
+        stop_early = stopping is not None and stopping.should_stop
+        if done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early:
+          progress = {"early_stopping": stopping.to_meta()} if stopping else {}
+          if not bool(_all_finite(state)):  # never a NaN checkpoint: rotation would drop good ones
+            _stop_if_nonfinite(done, {"state": math.nan}, ckpt)
+          ckpt.save(done, state, dict(meta, **progress))
+          lock.refresh()
+          writer.flush()  # a bucket workdir gets its logs with each checkpoint
+        if preemption.requested:
+          logging.warning("SIGTERM: saved step %d, stopping", done)
+          break
+        if stop_early:
+          logging.info(
+            "early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
+            done,
+            stopping.metric,
+            stopping.best_value,
+            stopping.best_step,
+            stopping.evals_since_best,
+          )
+          break
+  except NonFiniteError:
+    bar.close()
+    writer.close()  # the NaN row is in metrics.jsonl and TensorBoard
+    ckpt.close()
+    raise
 
   bar.close()
   ckpt.close()

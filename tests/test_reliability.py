@@ -1,0 +1,174 @@
+"""What goes wrong in real runs is caught, named, and loses nothing saved.
+
+Divergence stops the run before a NaN state is saved; a damaged newest
+checkpoint is set aside and the run resumes, bit for bit, from the one before;
+a second job on a live workdir is refused, a dead job's lock is not.
+"""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers.pretraining import tiny_config
+
+from train import loop
+from train.checkpoint import read_on_host
+from train.errors import NonFiniteError, UserError
+from train.workdir import LEASE_SECONDS
+
+
+def steps_in(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def saved_state(workdir, step=None):
+  state, _, step = read_on_host(os.path.join(workdir, "checkpoints"), step, parts=None)
+  return state
+
+
+def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 2, "stop_at_step": 4})
+  loop.train_and_evaluate(config, workdir)
+  assert steps_in(workdir) == [2, 4]
+  before = saved_state(workdir, 4)
+
+  # The same run, resumed with a learning rate that blows it up.
+  config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 2, "optimizer.lr": 1e10})
+  with pytest.raises(NonFiniteError, match=r"training diverged at step (6|8)") as raised:
+    loop.train_and_evaluate(config, workdir)
+  message = str(raised.value)
+  assert "Stopped without saving" in message
+  assert f"the newest checkpoint, step 4 in {workdir}/checkpoints, is finite and kept" in message
+  assert steps_in(workdir) == [2, 4]  # rotation did not push the finite ones out
+  for step in (2, 4):
+    floats = [x for x in jax.tree.leaves(saved_state(workdir, step)) if x.dtype.kind == "f"]
+    assert len(floats) > 10 and all(np.isfinite(x).all() for x in floats)
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir, 4), before)
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(
+    tmp_path,
+    **{
+      "optimizer.lr": 1e10,
+      "optimizer.warmup_steps": 0,
+      "optimizer.clip_norm": 0.0,
+      "checkpoint.every_steps": 8,
+    },
+  )
+  with pytest.raises(NonFiniteError, match="no checkpoint was written yet"):
+    loop.train_and_evaluate(config, workdir)
+  assert not os.path.isdir(os.path.join(workdir, "checkpoints")) or steps_in(workdir) == []
+
+
+def truncate_largest_array_file(step_dir):
+  data = os.path.join(step_dir, "state", "d")  # the arrays' chunks, as a restore reads them
+  files = [os.path.join(data, f) for f in os.listdir(data)]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  return largest
+
+
+def delete_state_metadata(step_dir):
+  path = os.path.join(step_dir, "state", "_METADATA")
+  os.remove(path)
+  return path
+
+
+@pytest.mark.parametrize("damage", [truncate_largest_array_file, delete_state_metadata])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_exactly(
+  tmp_path, caplog, damage
+):
+  config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 3})
+  straight = str(tmp_path / "straight")
+  loop.train_and_evaluate(config, straight)
+
+  workdir = str(tmp_path / "damaged")
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"stop_at_step": 6}), workdir)
+  assert steps_in(workdir) == [2, 4, 6]
+  damage(os.path.join(workdir, "checkpoints", "6"))
+
+  absl_logger = logging.getLogger("absl")  # absl's records do not reach the root logger
+  absl_logger.addHandler(caplog.handler)
+  try:
+    loop.train_and_evaluate(config, workdir)
+  finally:
+    absl_logger.removeHandler(caplog.handler)
+  warned = "\n".join(r.getMessage() for r in caplog.records)
+  assert "Checkpoint 6 in" in warned and "is damaged" in warned
+  assert "Resuming from checkpoint 4" in warned and "6.damaged" in warned
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "6.damaged"))  # kept, not deleted
+  assert steps_in(workdir)[-1] == 8
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir), saved_state(straight))
+
+
+def test_no_readable_checkpoint_names_each_one(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"stop_at_step": 4}), workdir)
+  for step in steps_in(workdir):
+    delete_state_metadata(os.path.join(workdir, "checkpoints", str(step)))
+  with pytest.raises(UserError, match=r"no checkpoint in .* can be read: step 4 .*step 2") as e:
+    loop.train_and_evaluate(tiny_config(tmp_path), workdir)
+  assert "run again to start from step 0" in str(e.value)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2.damaged", "4.damaged"]
+
+
+def write_lock(workdir, **holder):
+  os.makedirs(workdir, exist_ok=True)
+  record = {"host": socket.gethostname(), "started": time.time() - 60, "refreshed": time.time()}
+  record.update(holder)
+  with open(os.path.join(workdir, "lock.json"), "w") as f:
+    json.dump(record, f)
+  return record
+
+
+def test_a_second_job_on_a_live_workdir_stops_at_once_and_names_the_first(tmp_path):
+  workdir = str(tmp_path / "run")
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    record = write_lock(workdir, pid=other.pid)
+    with pytest.raises(UserError, match=rf"in use by another job \(pid {other.pid} on "):
+      loop.train_and_evaluate(tiny_config(tmp_path), workdir)
+  finally:
+    other.kill()
+    other.wait()
+  with open(os.path.join(workdir, "lock.json")) as f:
+    assert json.load(f) == record  # the other job's lock is untouched
+  assert sorted(os.listdir(workdir)) == ["lock.json"]  # nothing written beside it
+
+
+@pytest.mark.parametrize(
+  "holder",
+  [
+    {"pid": "dead"},  # this host, a pid that has exited
+    {"host": "another-host", "pid": 1, "refreshed": time.time() - 2 * LEASE_SECONDS},
+  ],
+  ids=["dead_pid_here", "expired_lease_elsewhere"],
+)
+def test_a_stale_lock_does_not_block_a_restart(tmp_path, holder):
+  workdir = str(tmp_path / "run")
+  if holder["pid"] == "dead":
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = dict(holder, pid=gone.pid)
+  write_lock(workdir, **holder)
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"optimizer.total_steps": 2}), workdir)
+  assert steps_in(workdir) == [2]
+  assert not os.path.exists(os.path.join(workdir, "lock.json"))  # released at the end
+
+
+def test_a_fresh_lease_from_another_host_blocks(tmp_path):
+  workdir = str(tmp_path / "run")
+  write_lock(workdir, host="pod-worker-0", pid=1)
+  with pytest.raises(UserError, match=r"pid 1 on pod-worker-0, started .* last seen \d+ s ago"):
+    loop.train_and_evaluate(tiny_config(tmp_path), workdir)
