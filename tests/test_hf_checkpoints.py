@@ -88,11 +88,21 @@ def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
 def test_export_refuses_to_overwrite(tmp_path):
   config = BertConfig.from_hf_dict(tiny_hf_config().to_dict())
   params = nnx.to_pure_dict(nnx.state(_ours(config), nnx.Param))
-  hf.save_hf_checkpoint(str(tmp_path), params, config)
-  before = (tmp_path / "model.safetensors").read_bytes()
+  hf.save_hf_checkpoint(str(tmp_path / "a"), params, config)
+  before = (tmp_path / "a" / "model.safetensors").read_bytes()
   with pytest.raises(FileExistsError, match="refusing to overwrite"):
-    hf.save_hf_checkpoint(str(tmp_path), params, config)
-  assert (tmp_path / "model.safetensors").read_bytes() == before
+    hf.save_hf_checkpoint(str(tmp_path / "a"), params, config)
+  assert (tmp_path / "a" / "model.safetensors").read_bytes() == before
+
+  # A folder holding only a user's own config.json is not written into either.
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "config.json").write_text('{"mine": true}')
+  with pytest.raises(FileExistsError, match=r"--out=.*/b is not empty \(it holds config.json\)"):
+    hf.save_hf_checkpoint(str(tmp_path / "b"), params, config)
+  assert (tmp_path / "b" / "config.json").read_text() == '{"mine": true}'
+  assert os.listdir(tmp_path / "b") == ["config.json"]
+  hf.save_hf_checkpoint(str(tmp_path / "b"), params, config, overwrite=True)
+  assert (tmp_path / "b" / "model.safetensors").read_bytes() == before
 
 
 def test_pytorch_bin_checkpoints_load_like_safetensors(tmp_path):

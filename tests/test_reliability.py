@@ -33,6 +33,7 @@ def saved_state(workdir, step=None):
   return state
 
 
+@pytest.mark.slow
 def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 2, "stop_at_step": 4})
@@ -54,6 +55,7 @@ def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(tmp
   jax.tree.map(np.testing.assert_array_equal, saved_state(workdir, 4), before)
 
 
+@pytest.mark.slow
 def test_divergence_before_the_first_checkpoint_says_none_was_written(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(
@@ -85,6 +87,7 @@ def delete_state_metadata(step_dir):
   return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [truncate_largest_array_file, delete_state_metadata])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_exactly(
   tmp_path, caplog, damage

@@ -16,7 +16,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from model.config import BertConfig
@@ -197,4 +197,6 @@ def main(argv):
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  from train import cli
+
+  cli.run(main)

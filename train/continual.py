@@ -279,4 +279,6 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "A configs/continual/*.py file.")
   flags.DEFINE_string("workdir", None, "Where every task's run and the forgetting table go.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from train import cli
+
+  cli.run(main)

@@ -104,15 +104,20 @@ def resolve_hf_source(name_or_dir: str) -> str:
   )
 
 
-def _refuse_overwrite(out_dir: str, name: str) -> None:
-  if os.path.exists(os.path.join(out_dir, name)):
-    raise FileExistsError(f"{out_dir} already holds a {name}; refusing to overwrite")
+def _refuse_overwrite(out_dir: str, overwrite: bool = False) -> None:
+  """An export goes into a new or empty directory: a user's files there are never replaced."""
+  held = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+  if held and not overwrite:
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    raise FileExistsError(
+      f"--out={out_dir} is not empty (it holds {shown}); refusing to overwrite. Choose a new "
+      "or empty directory, or pass --overwrite to write over what is there"
+    )
 
 
 def _write_model_dir(out_dir: str, tensors: dict, hf_config: dict) -> None:
   from safetensors.numpy import save_file
 
-  _refuse_overwrite(out_dir, "model.safetensors")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
@@ -130,10 +135,14 @@ def _hf_model_config(config: BertConfig, architecture: str, **extra) -> dict[str
 
 
 def save_hf_checkpoint(
-  out_dir: str, params: dict, config: BertConfig, vocab_file: str | None = None
+  out_dir: str,
+  params: dict,
+  config: BertConfig,
+  vocab_file: str | None = None,
+  overwrite: bool = False,
 ) -> str:
   """Writes config.json + model.safetensors (+ vocab.txt) for BertForPreTraining."""
-  _refuse_overwrite(out_dir, "model.safetensors")
+  _refuse_overwrite(out_dir, overwrite)
   tensors = convert.params_to_hf(params, config)
   tensors.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
   _write_model_dir(
@@ -177,9 +186,14 @@ EXPORT_FORMATS = ("merged", "peft")
 
 
 def export_finetuned(
-  workdir: str, out_dir: str, step: int | None = None, export_format: str = "merged"
+  workdir: str,
+  out_dir: str,
+  step: int | None = None,
+  export_format: str = "merged",
+  overwrite: bool = False,
 ) -> finetuned.FinetunedRun:
   """Writes a fine-tuned workdir as an HF model (merged) or an HF PEFT LoRA adapter (peft)."""
+  _refuse_overwrite(out_dir, overwrite)
   if export_format not in EXPORT_FORMATS:
     raise ValueError(f"--format={export_format!r}: expected one of {EXPORT_FORMATS}")
   run = finetuned.read_run(workdir, step=step)
@@ -224,7 +238,6 @@ def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
   from model.peft import merge_low_rank
 
-  _refuse_overwrite(out_dir, "model.safetensors")
   tensors = convert.params_to_hf(
     merge_low_rank(finetuned.full_params(run), run.peft), run.model_config
   )
@@ -280,7 +293,6 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
         f"init.hf_dir={hf_dir} lacks {lacking[:3]}: those weights were random in "
         "training and an adapter cannot carry them; use --format=merged"
       )
-  _refuse_overwrite(out_dir, "adapter_model.safetensors")
   peft, head = run.peft, TASK_HEADS[run.task]
   targets = [m for m in LAYER_MODULES if peft.targets_module(m)]
   layers = run.params["bert"]["encoder"]["layers"]
@@ -346,7 +358,7 @@ def main(argv):
   flags_ = flags.FLAGS
   command = argv[1] if len(argv) > 1 else ""
   if command == "export" and finetuned.finetuned_task(flags_.workdir):
-    run = export_finetuned(flags_.workdir, flags_.out, flags_.step, flags_.format)
+    run = export_finetuned(flags_.workdir, flags_.out, flags_.step, flags_.format, flags_.overwrite)
     what = (
       f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}"
       if flags_.format == "peft"
@@ -358,7 +370,7 @@ def main(argv):
       raise SystemExit(f"--format={flags_.format}: a pretraining workdir exports merged only")
     config, params, step = read_workdir_params(flags_.workdir, flags_.step)
     vocab = flags_.vocab or _workdir_vocab(flags_.workdir)
-    save_hf_checkpoint(flags_.out, params, config, vocab)
+    save_hf_checkpoint(flags_.out, params, config, vocab, flags_.overwrite)
     print(
       f"wrote step {step} of {flags_.workdir} to {flags_.out} "
       f"(BertForPreTraining{', vocab.txt' if vocab else ''})"
@@ -379,7 +391,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
 
   flags.DEFINE_string("workdir", None, "pretraining or fine-tuning workdir to export")
   flags.DEFINE_integer(
@@ -387,7 +399,8 @@ if __name__ == "__main__":
     None,
     "checkpoint step (default: latest; a fine-tuned workdir: its best checkpoint, else the latest)",
   )
-  flags.DEFINE_string("out", None, "output HF directory (must not hold a model yet)")
+  flags.DEFINE_string("out", None, "output HF directory: new or empty, unless --overwrite")
+  flags.DEFINE_bool("overwrite", False, "export into a non-empty --out, replacing its files")
   flags.DEFINE_enum(
     "format",
     "merged",
@@ -397,4 +410,6 @@ if __name__ == "__main__":
   )
   flags.DEFINE_string("vocab", None, "vocab.txt to ship with the export (default: the workdir's)")
   flags.DEFINE_string("hf_dir", None, "HF checkpoint directory or hub name, for `check`")
-  app.run(main)
+  from train import cli
+
+  cli.run(main)

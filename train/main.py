@@ -72,4 +72,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from train import cli
+
+  cli.run(main)

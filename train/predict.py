@@ -204,7 +204,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
 
   flags.DEFINE_string("workdir", None, "A fine-tuning workdir (train/main.py's --workdir).")
   flags.DEFINE_multi_string("text", None, "Text to label (repeatable).")
@@ -215,4 +215,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("checkpoint", "best", "'best' (falls back to the newest) or 'latest'.")
   flags.DEFINE_integer("batch_size", 32, "Inputs per forward pass.")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  from train import cli
+
+  cli.run(main)

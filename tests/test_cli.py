@@ -1,0 +1,63 @@
+"""Entry points report what a user can fix in one message; bugs keep their traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/pretrain/bert_tiny.py"
+
+
+def run(*args, env=None):
+  return subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, **(env or {})),
+  )
+
+
+def test_an_unknown_config_key_names_the_flag_and_the_closest_keys(tmp_path):
+  workdir = tmp_path / "run"
+  result = run(
+    "train.main",
+    TINY,
+    f"--workdir={workdir}",
+    "--config.optimizer.learning_rate=1",
+    "--config.batchsize=8",
+  )
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-2] == (
+    "error: --config.optimizer.learning_rate: configs/pretrain/bert_tiny.py has no key "
+    "'optimizer.learning_rate'; did you mean optimizer.lr, optimizer.end_lr, optimizer.name?"
+  )
+  assert lines[-1].startswith(
+    "--config.batchsize: configs/pretrain/bert_tiny.py has no key "
+    "'batchsize'; did you mean batch_size"
+  )
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_bad_value_is_one_line_and_verbose_keeps_the_traceback(tmp_path):
+  args = ("train.main", TINY, f"--workdir={tmp_path / 'run'}", "--config.checkpoint.max_to_keep=0")
+  short = run(*args)
+  assert short.returncode == 1
+  assert "Traceback" not in short.stderr
+  assert "error: checkpoint.max_to_keep=0 must be >= 1 (or None for all)" in short.stderr
+  verbose = run(*args, "--verbose")
+  assert verbose.returncode == 1
+  assert "Traceback" in verbose.stderr and "checkpoint.py" in verbose.stderr
+
+
+def test_predict_on_a_missing_workdir_is_one_line(tmp_path):
+  result = run("train.predict", f"--workdir={tmp_path / 'nothing'}", "--text=hello")
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert f"error: {tmp_path / 'nothing' / 'config.json'} does not exist" in result.stderr
