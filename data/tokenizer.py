@@ -39,7 +39,47 @@ def load_tokenizer(vocab: str, lowercase: bool = True) -> BertTokenizerFast:
     return _from_vocab_file(vocab, lowercase)
   if _looks_like_local_path(vocab):
     raise FileNotFoundError(f"vocab file {vocab} does not exist")
-  return BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
+  unresolved = (
+    f"vocab {vocab!r} is not a file or directory here, and as a Hugging Face hub name it "
+    "cannot be resolved (offline, HF_HUB_OFFLINE=1, or not in the local cache)"
+  )
+  hint = "; give a vocab.txt path or a directory holding one, or 'train' to learn one"
+  try:
+    tokenizer = BertTokenizerFast.from_pretrained(vocab, do_lower_case=lowercase)
+  except OSError as e:
+    raise FileNotFoundError(unresolved + hint) from e
+  if len(tokenizer) <= len(SPECIAL_TOKENS):  # what from_pretrained gives offline, silently
+    raise FileNotFoundError(f"{unresolved}: it gave a {len(tokenizer)}-token vocab{hint}")
+  return tokenizer
+
+
+MAX_UNKNOWN_FRACTION = 0.05
+
+
+def check_unknown_rate(
+  tokenizer, texts, where: str, limit: float = MAX_UNKNOWN_FRACTION, sample: int = 2000
+) -> float:
+  """Refuses a tokenizer that maps more than `limit` of a text sample's tokens to [UNK].
+
+  A wrong vocab (another language, a cased text with an uncased list that
+  lacks its characters) otherwise trains on [UNK] and reports chance scores
+  with exit 0. `texts` is an iterable of strings; its first `sample` are read.
+  """
+  unk, total = tokenizer.unk_token_id, 0
+  unknown = 0
+  for _, text in zip(range(sample), texts):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    total += len(ids)
+    unknown += sum(1 for i in ids if i == unk)
+  fraction = unknown / total if total else 0.0
+  if fraction > limit:
+    raise ValueError(
+      f"{fraction:.1%} of the tokens of {where} are [UNK] under the vocab "
+      f"{tokenizer.name_or_path} (sampled {total:,} tokens; data.max_unknown_fraction="
+      f"{limit:g}): the vocab does not fit this text. Use the vocab the model was trained "
+      "with, set data.lowercase to match it, or data.vocab=train"
+    )
+  return fraction
 
 
 def _looks_like_local_path(name: str) -> bool:

@@ -8,6 +8,7 @@ a second job on a live workdir is refused, a dead job's lock is not.
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,12 +17,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import finetune as ff
 from helpers.pretraining import tiny_config
 
+from data.tokenizer import load_tokenizer
 from train import loop
 from train.checkpoint import read_on_host
 from train.errors import NonFiniteError, UserError
+from train.tasks import build_task
 from train.workdir import LEASE_SECONDS
+from train.writers import read_metrics
 
 
 def steps_in(workdir):
@@ -175,3 +180,53 @@ def test_a_fresh_lease_from_another_host_blocks(tmp_path):
   write_lock(workdir, host="pod-worker-0", pid=1)
   with pytest.raises(UserError, match=r"pid 1 on pod-worker-0, started .* last seen \d+ s ago"):
     loop.train_and_evaluate(tiny_config(tmp_path), workdir)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 4})
+  loop.train_and_evaluate(config, workdir)
+  straight = {(r["step"], r["split"]): r for r in read_metrics(workdir)}
+  # As if the job had been killed after logging step 8 with only step 4 saved.
+  for step in (6, 8):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  loop.train_and_evaluate(config, workdir)
+  rows = [(r["step"], r["split"]) for r in read_metrics(workdir)]
+  assert len(rows) == len(set(rows)) and set(rows) == set(straight)
+  for row in read_metrics(workdir):  # the rerun steps log what the first run logged
+    assert row.get("loss") == straight[(row["step"], row["split"])].get("loss")
+
+
+def test_a_hub_vocab_that_cannot_be_resolved_is_an_error_not_five_tokens():
+  with pytest.raises(FileNotFoundError, match=r"vocab 'no-such-org/no-such-bert' is not a file"):
+    load_tokenizer("no-such-org/no-such-bert")
+
+
+def test_a_vocab_that_maps_the_training_text_to_unk_stops_the_run(tmp_path):
+  config = ff.classification_config(tmp_path)
+  with open(config.data.vocab, "w") as f:  # the specials and one word: the rest is [UNK]
+    f.write("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+  with pytest.raises(ValueError, match=r"\d+\.\d% of the tokens of .*train.tsv are \[UNK\]"):
+    build_task(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_predict_on_an_unfinished_run_warns_and_names_the_step(tmp_path, caplog):
+  from train.predict import Predictor
+
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(ff.classification_config(tmp_path, stop_at_step=2), workdir)
+  assert not os.listdir(os.path.join(workdir, "best", "checkpoints"))  # never evaluated
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addHandler(caplog.handler)
+  try:
+    predictor = Predictor(workdir)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    caplog.clear()
+    chosen = Predictor(workdir, step=2)
+  finally:
+    absl_logger.removeHandler(caplog.handler)
+  assert predictor.step == 2
+  assert f"{workdir} has no best checkpoint" in warned and "using its newest, step 2" in warned
+  assert "--step=N picks another" in warned
+  assert chosen.step == 2 and "no best checkpoint" not in caplog.text

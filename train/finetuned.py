@@ -70,10 +70,22 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
     with open(os.path.join(workdir, "labels.json")) as f:
       labels = json.load(f)
   best = os.path.join(workdir, BEST_DIR, "checkpoints")
+  explicit_step = step is not None
   use_best = (
     step is None and checkpoint == "best" and os.path.isdir(best) and bool(os.listdir(best))
   )
   parts, _, step = read_on_host(best if use_best else os.path.join(workdir, "checkpoints"), step)
+  if checkpoint == "best" and not use_best and not explicit_step:
+    from absl import logging
+
+    logging.warning(
+      "%s has no best checkpoint (%s/ is empty: the run has not evaluated yet, or it ended "
+      "early); using its newest, step %d, of %d training steps. --step=N picks another.",
+      workdir,
+      best.rsplit("/", 1)[0],
+      step,
+      config.optimizer.get("total_steps") or 0,
+    )
   return FinetunedRun(
     config,
     BertConfig.from_dict(config.model),

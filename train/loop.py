@@ -385,7 +385,9 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   eval_every = config.eval_every_steps or task.steps_per_epoch
   checkpoint_every = config.checkpoint.every_steps or eval_every
 
-  writer = writers.MetricWriter(workdir, enabled=is_main)
+  writer = writers.MetricWriter(
+    workdir, enabled=is_main, resume_step=int(state.step) if resuming else None
+  )
   start = int(state.step)
   if not resuming:
     writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")

@@ -38,8 +38,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
   """A fine-tuned model from its workdir, on the default device, no mesh needed."""
 
-  def __init__(self, workdir: str, checkpoint: str = "best", batch_size: int = 32):
-    run = finetuned.read_run(workdir, checkpoint)
+  def __init__(
+    self, workdir: str, checkpoint: str = "best", batch_size: int = 32, step: int | None = None
+  ):
+    run = finetuned.read_run(workdir, checkpoint, step)
     self.config, self.labels, self.step = run.config, run.labels, run.step
     self.tokenizer = load_tokenizer(
       os.path.join(workdir, "tokenizer"), lowercase=self.config.data.lowercase
@@ -162,9 +164,10 @@ def predict(
   context=None,
   checkpoint: str = "best",
   batch_size: int = 32,
+  step: int | None = None,
 ) -> list[dict]:
   """What the command prints, as a list: one result per input."""
-  predictor = Predictor(workdir, checkpoint, batch_size)
+  predictor = Predictor(workdir, checkpoint, batch_size, step)
   task = predictor.config.task
   if task == "question_answering":
     if not (question and context):
@@ -198,6 +201,7 @@ def main(argv):
     FLAGS.context,
     FLAGS.checkpoint,
     FLAGS.batch_size,
+    FLAGS.step,
   )
   for result in results:
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -213,6 +217,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("question", None, "Question, for a question-answering workdir.")
   flags.DEFINE_string("context", None, "Context the answer is taken from.")
   flags.DEFINE_string("checkpoint", "best", "'best' (falls back to the newest) or 'latest'.")
+  flags.DEFINE_integer("step", None, "A step of <workdir>/checkpoints to use instead.")
   flags.DEFINE_integer("batch_size", 32, "Inputs per forward pass.")
   flags.mark_flags_as_required(["workdir"])
   from train import cli

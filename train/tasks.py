@@ -125,6 +125,12 @@ def build_pretraining(config, workdir: str) -> Task:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
   tokenizer = load_or_train_tokenizer(data, documents, workdir)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
+  tokenizer_lib.check_unknown_rate(
+    tokenizer,
+    (s for d in documents for s in d),
+    data.paths or data.tfds_name or data.source,
+    data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
+  )
   train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
 
   def arrays_for(docs, seed):
@@ -303,6 +309,13 @@ def build_classification(config, workdir: str) -> Task:
   model_config = finetune_model_config(config)
   tokenizer = finetune_tokenizer(config, model_config)
   examples, tfds_labels = read_text_examples(data)
+  if examples.get("train"):
+    tokenizer_lib.check_unknown_rate(
+      tokenizer,
+      (e.text_a for e in examples["train"]),
+      data.train_path or data.tfds_name,
+      data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
+    )
   # A TFDS ClassLabel names the classes itself; data.labels is for files.
   labels = (
     None

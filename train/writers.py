@@ -24,6 +24,7 @@ import uuid
 
 import numpy as np
 import tqdm
+from absl import logging
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -62,10 +63,37 @@ def _as_float(value) -> float:
   return float(np.asarray(value))
 
 
-class MetricWriter:
-  """Scalars to TensorBoard and metrics.jsonl; a no-op when `enabled` is False."""
+def _rows_up_to(lines: list[str], step: int | None) -> list[str]:
+  """The metrics.jsonl lines logged at or before `step` (all of them for None)."""
+  if step is None:
+    return lines
+  return [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
 
-  def __init__(self, workdir, enabled: bool = True):
+
+def _drop_rows_after(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = _rows_up_to(lines, step)
+  if len(kept) != len(lines):
+    logging.info(
+      "metrics.jsonl: dropped %d rows logged after step %d", len(lines) - len(kept), step
+    )
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write("".join(kept))
+    os.replace(path + ".tmp", path)  # a crash here leaves the old file whole
+
+
+class MetricWriter:
+  """Scalars to TensorBoard and metrics.jsonl; a no-op when `enabled` is False.
+
+  `resume_step`: the step a resumed run restarts from. Rows a killed or
+  stopped run logged past it are dropped from metrics.jsonl, and TensorBoard
+  is told to hide its events past it (purge_step), so each step appears once.
+  """
+
+  def __init__(self, workdir, enabled: bool = True, resume_step: int | None = None):
     self.workdir = str(workdir)
     self.enabled = enabled
     self._tensorboard = None
@@ -79,12 +107,16 @@ class MetricWriter:
         tensorboard_dir = self._staging
         metrics = epath.Path(self.workdir) / METRICS_FILE
         self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
+        self._lines = _rows_up_to(self._lines, resume_step)
+      elif resume_step is not None:
+        _drop_rows_after(os.path.join(self.workdir, METRICS_FILE), resume_step)
       # A unique suffix: event files are named by the second, and a bucket copy would replace
       # an earlier writer's file of the same name.
       self._tensorboard = SummaryWriter(
         logdir=tensorboard_dir,
         flush_secs=10,
         filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+        purge_step=None if resume_step is None else resume_step + 1,
       )
       self._jsonl = (
         io.StringIO()

@@ -60,6 +60,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       tfds_label_key="label",  # classification; its ClassLabel names become the labels
       vocab="",  # vocab.txt, a directory or HF name; '' = the init source's
       lowercase=True,
+      max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
       max_seq_length=128,  # longer text is truncated (counted in the log)
       # classification
       text_columns="sentence",  # one or two (a pair) header names, or 0-based numbers

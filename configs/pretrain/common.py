@@ -32,6 +32,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       vocab="bert-base-uncased",  # vocab.txt path, directory, HF name, or 'train'
       train_vocab_size=30522,  # for vocab='train': WordPiece size learned from the corpus
       lowercase=True,
+      max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
       max_seq_length=128,
       short_seq_prob=0.1,
       dupe_factor=10,
