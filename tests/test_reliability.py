@@ -230,3 +230,31 @@ def test_predict_on_an_unfinished_run_warns_and_names_the_step(tmp_path, caplog)
   assert f"{workdir} has no best checkpoint" in warned and "using its newest, step 2" in warned
   assert "--step=N picks another" in warned
   assert chosen.step == 2 and "no best checkpoint" not in caplog.text
+
+
+@pytest.mark.slow
+def test_unfinished_saves_of_a_killed_run_are_removed_with_a_note(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tmp_path, **{"optimizer.total_steps": 4})
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"stop_at_step": 2}), workdir)
+  stray = os.path.join(workdir, "checkpoints", "4.orbax-checkpoint-tmp-1764633600")
+  os.makedirs(os.path.join(stray, "state"))  # what a SIGKILL during a save leaves
+  read_on_host(os.path.join(workdir, "checkpoints"))  # a reader leaves it alone
+  assert os.path.isdir(stray)
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addHandler(caplog.handler)
+  try:
+    loop.train_and_evaluate(config, workdir)
+  finally:
+    absl_logger.removeHandler(caplog.handler)
+  assert "Removing 1 unfinished save(s)" in caplog.text and "4.orbax-checkpoint-tmp" in caplog.text
+  assert not os.path.exists(stray) and steps_in(workdir) == [2, 4]
+
+
+@pytest.mark.slow
+def test_resuming_with_another_optimizer_says_so(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(tmp_path, **{"stop_at_step": 2}), workdir)
+  with pytest.raises(UserError, match=r"checkpoint 2 in .* holds a state of another layout"):
+    loop.train_and_evaluate(tiny_config(tmp_path, **{"optimizer.name": "sgd"}), workdir)
+  assert steps_in(workdir) == [2]  # not mistaken for damage: nothing set aside

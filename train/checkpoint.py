@@ -37,7 +37,10 @@ from train.workdir import resolve
 class Checkpointer:
   """A `CheckpointManager` over <workdir>/checkpoints with (state, meta) items."""
 
-  def __init__(self, workdir, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir, max_to_keep: int = 3, async_save: bool = True, owner: bool = False):
+    """`owner`: the job that writes this workdir (it holds the workdir lock). Only
+    an owner removes the unfinished saves a killed run left; a reader never
+    touches them, since they may be a live job's save in flight."""
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
     self.workdir = resolve(workdir)  # Orbax takes absolute paths only
@@ -47,8 +50,24 @@ class Checkpointer:
       save_interval_steps=1,  # the loop decides the cadence; every call saves
       enable_async_checkpointing=async_save,
       create=True,
+      cleanup_tmp_directories=owner,
     )
+    if owner:
+      self._note_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _note_unfinished_saves(self) -> None:
+    if not self.directory.exists():
+      return
+    stray = sorted(p.name for p in self.directory.iterdir() if "orbax-checkpoint-tmp" in p.name)
+    if stray:
+      logging.warning(
+        "Removing %d unfinished save(s) a killed run left in %s: %s (never committed, so "
+        "no step is lost)",
+        len(stray),
+        self.directory,
+        ", ".join(stray),
+      )
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
     """Starts writing `state` and `meta` as `step`; False when it was not written.

@@ -334,7 +334,9 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   )
 
   meta = {"config": _fingerprint(config), "total_steps": total_steps}
-  ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save)
+  ckpt = Checkpointer(
+    workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, owner=is_main
+  )
   saved_progress = None
   resuming = ckpt.latest_step() is not None
   resume_keys = [f"config.{k}" for k in RESUME_KEYS]
@@ -373,7 +375,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     es = config.early_stopping
     stopping = EarlyStopping(es.metric, es.mode, es.patience, saved_progress)
   best_ckpt = (
-    Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save)
+    Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save, is_main)
     if stopping
     else None
   )
