@@ -37,7 +37,7 @@ def load_tokenizer(vocab: str, lowercase: bool = True) -> BertTokenizerFast:
     return _from_vocab_file(vocab_file, lowercase)
   if os.path.isfile(vocab):
     return _from_vocab_file(vocab, lowercase)
-  if _looks_like_local_path(vocab):
+  if looks_like_local_path(vocab):
     raise FileNotFoundError(f"vocab file {vocab} does not exist")
   unresolved = (
     f"vocab {vocab!r} is not a file or directory here, and as a Hugging Face hub name it "
@@ -82,7 +82,7 @@ def check_unknown_rate(
   return fraction
 
 
-def _looks_like_local_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
   """Hub names are 'model' or 'org/model'; anything else is a missing file."""
   return (
     name.endswith(".txt")

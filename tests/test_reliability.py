@@ -258,3 +258,27 @@ def test_resuming_with_another_optimizer_says_so(tmp_path):
   with pytest.raises(UserError, match=r"checkpoint 2 in .* holds a state of another layout"):
     loop.train_and_evaluate(tiny_config(tmp_path, **{"optimizer.name": "sgd"}), workdir)
   assert steps_in(workdir) == [2]  # not mistaken for damage: nothing set aside
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_missing_or_empty_init_hf_dir_is_named_as_such(tmp_path, kind):
+  hf_dir = tmp_path / "minilm"
+  if kind == "empty":
+    hf_dir.mkdir()
+  config = ff.classification_config(tmp_path, **{"init.hf_dir": str(hf_dir), "data.vocab": ""})
+  expected = "does not exist" if kind == "missing" else r"holds no config.json \(it holds nothing\)"
+  with pytest.raises(FileNotFoundError, match=rf"init.hf_dir={hf_dir} {expected}"):
+    build_task(config, str(tmp_path / "run"))
+
+
+def test_a_batch_the_mesh_cannot_split_is_refused_before_the_workdir_exists(tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_config(tmp_path, **{"batch_size": 6})  # 8 devices on the data axis
+  with pytest.raises(
+    ValueError,
+    match=r"batch_size=6 does not split over the 8 batch shards of "
+    r"the mesh \(data=8 × fsdp=1 of 8 devices\): use a batch_size that is a "
+    r"multiple of 8",
+  ):
+    loop.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()

@@ -294,6 +294,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The workdir is locked while the job runs (train/workdir.WorkdirLock).
   """
   workdir = resolve_workdir(workdir)
+  mesh_lib.check_batch_divides(config, jax.device_count())
   with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
     return _train_and_evaluate(config, workdir, lock)
 

@@ -86,6 +86,27 @@ def rules_from_config(rules) -> tuple[tuple[str, str | tuple[str, ...] | None], 
   return tuple(out)
 
 
+def check_batch_divides(config, num_devices: int) -> None:
+  """Refuses, before anything is written, a batch the mesh cannot split evenly.
+
+  The batch (each micro-batch, with gradient accumulation) is split over the
+  mesh axes the 'batch' rule names; JAX would otherwise fail at the first step.
+  """
+  sizes = dict(zip(MESH_AXES, resolve_mesh_shape(config.mesh.shape, num_devices)))
+  target = dict(rules_from_config(config.mesh.rules)).get("batch")
+  axes = () if target is None else (target,) if isinstance(target, str) else target
+  shards = math.prod(sizes[a] for a in axes)
+  accum = config.optimizer.get("grad_accum_steps", 1) or 1
+  micro, rest = divmod(config.batch_size, accum)
+  if rest or micro % shards:
+    per = f"batch_size={config.batch_size}" + (f" / grad_accum_steps={accum}" if accum > 1 else "")
+    raise ValueError(
+      f"{per} does not split over the {shards} batch shards of the mesh "
+      f"({' × '.join(f'{a}={sizes[a]}' for a in axes)} of {num_devices} devices): use a "
+      f"batch_size that is a multiple of {shards * accum}, or another mesh.shape"
+    )
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh, rules):
   """A pytree of logical PartitionSpecs -> NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))

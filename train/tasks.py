@@ -192,6 +192,7 @@ def finetune_model_config(config) -> BertConfig:
 
 def finetune_tokenizer(config, model_config: BertConfig):
   """data.vocab, or else the vocab that came with init.checkpoint / init.hf_dir."""
+  warm_start.check_init_source(config.init)
   vocab = config.data.vocab or warm_start.init_vocab(config.init)
   if not vocab:
     raise ValueError(

@@ -73,6 +73,30 @@ def _without_task_heads(tree: dict, where: str) -> dict:
   return {key: value for key, value in tree.items() if key not in heads}
 
 
+def check_init_source(init) -> None:
+  """Names a missing or empty init.checkpoint / init.hf_dir before anything reads from it."""
+  from data.tokenizer import looks_like_local_path
+
+  checkpoint, hf_dir = init.get("checkpoint", ""), init.get("hf_dir", "")
+  if checkpoint and not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+    what = "does not exist" if not os.path.exists(checkpoint) else "holds no checkpoints/"
+    raise FileNotFoundError(
+      f"init.checkpoint={checkpoint} {what}: give the workdir of a pretraining run"
+    )
+  if hf_dir and (os.path.exists(hf_dir) or looks_like_local_path(hf_dir)):
+    if not os.path.isdir(hf_dir):
+      raise FileNotFoundError(
+        f"init.hf_dir={hf_dir} does not exist: give an HF model directory (config.json and "
+        "model.safetensors) or a hub name"
+      )
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+      held = sorted(os.listdir(hf_dir))[:4]
+      raise FileNotFoundError(
+        f"init.hf_dir={hf_dir} holds no config.json (it holds {held or 'nothing'}): give an HF "
+        "model directory (config.json and model.safetensors)"
+      )
+
+
 def init_vocab(init) -> str:
   """The vocab that came with the init weights ('' if none): the tokenizer must match them."""
   if init.get("checkpoint"):
