@@ -416,10 +416,10 @@ def spawn(kind: str, size: str, seq_len: int, predictions: int, dtype: str, gpu:
 def model_flops(size: str, seq_len: int, predictions: int) -> float:
   from configs import sizes
   from model.config import BertConfig
-  from train.aot import pretraining_flops_per_step
+  from train.profiling import train_flops_per_step
 
   config = BertConfig.from_dict(sizes.bert(size))
-  return pretraining_flops_per_step(config, FLAGS.batch_size, seq_len, predictions)
+  return train_flops_per_step(config, FLAGS.batch_size, seq_len, predictions)
 
 
 def gpu_peak(device_kind: str, dtype: str) -> float | None:
@@ -529,7 +529,7 @@ def build_notes(gpu: bool, dtype: str, peak: dict, machine: dict, configs: list[
   for c in configs:
     notes.append(
       f"{c['model']} at {c['shape']}: {c['predictions']} masked positions per row; "
-      f"{c['flops'] / 1e12:.3g} model TFLOP per step (`train.aot.pretraining_flops_per_step`: "
+      f"{c['flops'] / 1e12:.3g} model TFLOP per step (`train.profiling.train_flops_per_step`: "
       "3 × forward, attention included, MLM head at the masked positions), used for both rows. "
       f"Stock torch projects all {c['seq_len']} positions onto the vocabulary, "
       f"{c['torch_flops'] / 1e12:.3g} TFLOP ({c['torch_flops'] / c['flops']:.2f}×), so its "

@@ -7,11 +7,12 @@ pytest.importorskip("libtpu", reason="pip install -e '.[tpu]' for ahead-of-time 
 from configs.pretrain import bert_base, bert_large
 from model.config import BertConfig
 from train import aot
+from train.profiling import train_flops_per_step
 
 
 def test_flop_count_matches_the_6nd_rule_for_bert_base():
   model = BertConfig()
-  flops = aot.pretraining_flops_per_step(model, batch=256, length=128, predictions=20)
+  flops = train_flops_per_step(model, batch=256, length=128, predictions=20)
   params_in_matmuls = 12 * (4 * 768**2 + 2 * 768 * 3072)
   six_n_d = 6 * params_in_matmuls * 256 * 128
   assert 1.0 < flops / six_n_d < 1.2  # attention and the MLM head add the rest

@@ -18,6 +18,7 @@ from train import mesh as mesh_lib
 from train import step as step_lib
 from train.checkpoint import read_on_host
 from train.losses import PretrainingObjective
+from train.profiling import train_flops_per_step
 from train.state import create_train_state
 from train.tasks import build_task
 from train.writers import read_metrics
@@ -54,9 +55,31 @@ def test_loss_falls_and_logs_are_written(tmp_path):
     "grad_norm",
     "tokens_per_second",
     "step_time",
+    "data_wait_time",
+    "model_tflops_per_second",
   } <= set(train[0])
+  assert "mfu" not in train[0]  # no known peak for a CPU
+  for row in train:
+    assert 0 < row["data_wait_time"] < row["step_time"]
+    assert row["model_tflops_per_second"] == pytest.approx(
+      train_flops_per_step(config_model(config), 8, 32, 5) / row["step_time"] / 1e12, rel=1e-6
+    )
   assert os.path.getsize(tmp_path / "run" / "loss_curves.png") > 5000
   assert os.listdir(tmp_path / "run" / "tensorboard")
+
+
+def config_model(config):
+  from model.config import BertConfig
+
+  return BertConfig.from_dict(config.model)
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_config(tmp_path, **{"optimizer.total_steps": 6, "profile_steps": 2})
+  loop.train_and_evaluate(config, str(workdir))
+  traces = list((workdir / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 1000
 
 
 @pytest.mark.slow

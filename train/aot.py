@@ -25,6 +25,7 @@ from train import mesh as mesh_lib
 from train import optim
 from train import step as step_lib
 from train.losses import PretrainingObjective
+from train.profiling import train_flops_per_step
 from train.state import abstract_train_state
 
 # HBM per chip, GiB, by the device_kind jax reports.
@@ -70,27 +71,6 @@ class CompileReport:
       f"(XLA counts {self.xla_flops_per_chip / 1e12:.2f}; it sees a scanned layer once); "
       f"compiled in {self.compile_seconds:.1f} s"
     )
-
-
-def pretraining_flops_per_step(
-  model: BertConfig, batch: int, length: int, predictions: int
-) -> float:
-  """Model FLOPs of one training step (forward + backward = 3 x forward), attention included.
-
-  Per token and layer: Q, K, V, O projections 8H^2, feed-forward 4HI, scores and
-  context 4TH. Per masked position: MLM transform 2H^2 and decoder 2HV. Per
-  sequence: pooler 2H^2. XLA's own count sees a scanned layer only once, so
-  MFU is computed from this.
-  """
-  h, i, v, layers = (
-    model.hidden_size,
-    model.intermediate_size,
-    model.vocab_size,
-    model.num_hidden_layers,
-  )
-  encoder = batch * length * layers * (8 * h * h + 4 * h * i + 4 * length * h)
-  heads = batch * predictions * (2 * h * h + 2 * h * v) + batch * 2 * h * h
-  return 3.0 * (encoder + heads)
 
 
 def pretraining_batch_shapes(config, mesh, rules) -> dict:
@@ -165,7 +145,7 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  model_flops = pretraining_flops_per_step(
+  model_flops = train_flops_per_step(
     model_config, config.batch_size, config.data.max_seq_length, config.data.max_predictions
   )
   return CompileReport(

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 
 from data.sampling import host_share
 from model import peft as peft_lib
-from train import adalora, ewc, optim, tasks, warm_start, writers
+from train import adalora, ewc, optim, profiling, tasks, warm_start, writers
 from train import mesh as mesh_lib
 from train import step as step_lib
 from train.checkpoint import Checkpointer, abstract_like, check_compatible
@@ -411,7 +411,15 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   tokens_per_step = config.batch_size * config.data.max_seq_length
   accuracy_key = next((k for k in task.objective.metric_names if "accuracy" in k), None)
   timer = time.perf_counter()
-  steps_since_log = 0
+  steps_since_log, data_seconds = 0, 0.0
+  flops_per_step = profiling.train_flops_per_step(
+    task.model_config,
+    config.batch_size,
+    config.data.max_seq_length,
+    config.data.get("max_predictions", 0) if config.task == "pretraining" else 0,
+  )
+  peak = profiling.peak_flops(list(mesh.devices.flat))
+  profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
 
   try:
     with mesh_lib.activate(mesh, rules):
@@ -430,8 +438,14 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         writer.write(0, _scalars(last_eval), split="eval")
         _log_eval(0, "eval", last_eval)
       for step in range(start, end_step):
+        profiler.before(step)
+        fetched = time.perf_counter()
         local = task.train_data.batch(step, jax.process_index(), jax.process_count())
-        state, metrics = train_step(state, frozen, mesh_lib.shard_batch(local, mesh, rules))
+        batch = mesh_lib.shard_batch(local, mesh, rules)
+        data_seconds += time.perf_counter() - fetched
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, metrics = train_step(state, frozen, batch)
+        profiler.after(step, metrics)
         history.append(metrics)
         steps_since_log += 1
         done = step + 1
@@ -445,8 +459,12 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
             learning_rate=float(_host_value(history[-1]["learning_rate"])),
             grad_norm=sums["grad_norm"] / len(history),
             step_time=elapsed / steps_since_log,
+            data_wait_time=data_seconds / steps_since_log,  # host batch building, in step_time
             tokens_per_second=tokens_per_step * steps_since_log / elapsed,
+            model_tflops_per_second=flops_per_step * steps_since_log / elapsed / 1e12,
           )
+          if peak:
+            scalars["mfu"] = flops_per_step * steps_since_log / elapsed / peak
           writer.write(done, scalars)
           _stop_if_nonfinite(done, scalars, ckpt)
           lock.refresh()
@@ -455,6 +473,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
             postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
           bar.set_postfix(**postfix)
           history, steps_since_log, timer = [], 0, time.perf_counter()
+          data_seconds = 0.0
 
         # Not at a stop_at_step pause: an extra evaluation there would count
         # against early-stopping patience and the resumed run would diverge.
@@ -499,11 +518,13 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
           )
           break
   except NonFiniteError:
+    profiler.close()
     bar.close()
     writer.close()  # the NaN row is in metrics.jsonl and TensorBoard
     ckpt.close()
     raise
 
+  profiler.close()
   bar.close()
   ckpt.close()
   final = {"step": int(state.step), **_scalars(last_eval), "parameters": counts}

@@ -154,5 +154,6 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, max_to_keep=1, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there; resume later
   c.log_every_steps = 50
+  c.profile_steps = 0  # >0: trace that many steps into WORKDIR/profile (TensorBoard)
   c.eval_every_steps = 0  # 0: at the end of every epoch
   return c

@@ -72,6 +72,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there (time-boxed jobs); resume later
   c.log_every_steps = 100
+  c.profile_steps = 0  # >0: trace that many steps into WORKDIR/profile (TensorBoard)
   c.eval_every_steps = 5000
   c.eval_batches = 20
   return c
