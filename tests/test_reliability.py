@@ -202,11 +202,22 @@ def test_a_hub_vocab_that_cannot_be_resolved_is_an_error_not_five_tokens():
     load_tokenizer("no-such-org/no-such-bert")
 
 
-def test_a_vocab_that_maps_the_training_text_to_unk_stops_the_run(tmp_path):
-  config = ff.classification_config(tmp_path)
+@pytest.mark.parametrize(
+  "make_config, train_file",
+  [
+    (ff.classification_config, "train.tsv"),
+    (ff.ner_config, "train.conll"),
+    (ff.squad_config, "train.json"),
+  ],
+  ids=["classification", "ner", "squad"],
+)
+def test_a_vocab_that_maps_the_training_text_to_unk_stops_the_run(
+  tmp_path, make_config, train_file
+):
+  config = make_config(tmp_path)
   with open(config.data.vocab, "w") as f:  # the specials and one word: the rest is [UNK]
     f.write("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
-  with pytest.raises(ValueError, match=r"\d+\.\d% of the tokens of .*train.tsv are \[UNK\]"):
+  with pytest.raises(ValueError, match=rf"\d+\.\d% of the tokens of .*{train_file} are \[UNK\]"):
     build_task(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 

@@ -125,12 +125,7 @@ def build_pretraining(config, workdir: str) -> Task:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
   tokenizer = load_or_train_tokenizer(data, documents, workdir)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
-  tokenizer_lib.check_unknown_rate(
-    tokenizer,
-    (s for d in documents for s in d),
-    data.paths or data.tfds_name or data.source,
-    data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
-  )
+  check_unknown(tokenizer, (s for d in documents for s in d), data, data.paths)
   train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
 
   def arrays_for(docs, seed):
@@ -190,9 +185,18 @@ def finetune_model_config(config) -> BertConfig:
   return model_config
 
 
+def check_unknown(tokenizer, texts, data, where: str = "") -> None:
+  """tokenizer.check_unknown_rate on a sample of the training text, named by its source."""
+  tokenizer_lib.check_unknown_rate(
+    tokenizer,
+    texts,
+    where or data.get("train_path") or data.get("tfds_name") or data.source,
+    data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
+  )
+
+
 def finetune_tokenizer(config, model_config: BertConfig):
   """data.vocab, or else the vocab that came with init.checkpoint / init.hf_dir."""
-  warm_start.check_init_source(config.init)
   vocab = config.data.vocab or warm_start.init_vocab(config.init)
   if not vocab:
     raise ValueError(
@@ -310,13 +314,7 @@ def build_classification(config, workdir: str) -> Task:
   model_config = finetune_model_config(config)
   tokenizer = finetune_tokenizer(config, model_config)
   examples, tfds_labels = read_text_examples(data)
-  if examples.get("train"):
-    tokenizer_lib.check_unknown_rate(
-      tokenizer,
-      (e.text_a for e in examples["train"]),
-      data.train_path or data.tfds_name,
-      data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
-    )
+  check_unknown(tokenizer, (e.text_a for e in examples.get("train", [])), data)
   # A TFDS ClassLabel names the classes itself; data.labels is for files.
   labels = (
     None
@@ -357,6 +355,7 @@ def build_token_classification(config, workdir: str) -> Task:
       if data.source == "files"
       else ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None)
     )
+  check_unknown(tokenizer, (" ".join(s.words) for s in sentences.get("train", [])), data)
   labels = ner.resolve_labels(data.labels, sentences.get("train", []))
   arrays, stats, positions = {}, {}, {}
   for split, split_sentences in sentences.items():
@@ -400,6 +399,8 @@ def build_question_answering(config, workdir: str) -> Task:
       if data.source == "files"
       else squad.tfds_qa_examples(data.tfds_name, source, data.tfds_data_dir or None)
     )
+    if split == "train":
+      check_unknown(tokenizer, (e.context for e in examples[split]), data)
     arrays[split], windows[split], stats[split] = squad.encode_windows(
       examples[split], tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length
     )
@@ -458,6 +459,7 @@ def build_cloze(config, workdir: str) -> Task:
     (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns
   )
   examples, tfds_labels = read_text_examples(data)
+  check_unknown(tokenizer, (e.text_a for e in examples.get("train", [])), data)
   verbalizer_labels = list(data.verbalizer.keys()) if hasattr(data.verbalizer, "keys") else []
   labels = tfds_labels or classification.resolve_labels(
     data.labels or verbalizer_labels, examples.get("train", [])
@@ -537,4 +539,6 @@ BUILDERS = {
 def build_task(config, workdir: str) -> Task:
   if config.task not in BUILDERS:
     raise ValueError(f"task={config.task!r}: known tasks are {sorted(BUILDERS)}")
+  if config.get("init"):  # before anything reads from it: name a missing source as such
+    warm_start.check_init_source(config.init)
   return BUILDERS[config.task](config, workdir)
