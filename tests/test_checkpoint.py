@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from helpers import assert_bitwise_equal
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -35,13 +36,6 @@ def train_state(seed: int, as_nnx: bool = False):
     "rng": jax.random.fold_in(key, 7),
     "step": jnp.asarray(seed, jnp.int32),
   }
-
-
-def assert_bitwise_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert x.dtype == y.dtype
-    assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("as_nnx", [False, True], ids=["dict", "nnx_state"])

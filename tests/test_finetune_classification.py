@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import assert_bitwise_equal, saved_state
 from helpers import finetune as ff
-from test_pretraining_run import assert_bitwise_equal, saved_state
 
 from train import loop, predict
 from train.checkpoint import Checkpointer

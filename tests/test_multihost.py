@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import saved_state
 from helpers.pretraining import tiny_config
-from test_pretraining_run import REPO, saved_state
 
 from train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _free_port() -> int:

@@ -11,12 +11,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import assert_bitwise_equal, saved_state
 from helpers.pretraining import tiny_config
 
 from train import hf, loop
 from train import mesh as mesh_lib
 from train import step as step_lib
-from train.checkpoint import read_on_host
 from train.losses import PretrainingObjective
 from train.profiling import train_flops_per_step
 from train.state import create_train_state
@@ -24,19 +24,6 @@ from train.tasks import build_task
 from train.writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def saved_state(workdir, step=None):
-  """The saved state tree of a workdir's checkpoint, as numpy."""
-  state, _, step = read_on_host(os.path.join(workdir, "checkpoints"), step, parts=None)
-  return step, state
-
-
-def assert_bitwise_equal(a, b):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b) > 10
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ a second job on a live workdir is refused, a dead job's lock is not.
 """
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -17,6 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import absl_records_in, saved_state
 from helpers import finetune as ff
 from helpers.pretraining import tiny_config
 
@@ -33,18 +33,13 @@ def steps_in(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def saved_state(workdir, step=None):
-  state, _, step = read_on_host(os.path.join(workdir, "checkpoints"), step, parts=None)
-  return state
-
-
 @pytest.mark.slow
 def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 2, "stop_at_step": 4})
   loop.train_and_evaluate(config, workdir)
   assert steps_in(workdir) == [2, 4]
-  before = saved_state(workdir, 4)
+  before = saved_state(workdir, 4)[1]
 
   # The same run, resumed with a learning rate that blows it up.
   config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 2, "optimizer.lr": 1e10})
@@ -55,9 +50,9 @@ def test_divergence_stops_before_saving_and_keeps_the_last_finite_checkpoint(tmp
   assert f"the newest checkpoint, step 4 in {workdir}/checkpoints, is finite and kept" in message
   assert steps_in(workdir) == [2, 4]  # rotation did not push the finite ones out
   for step in (2, 4):
-    floats = [x for x in jax.tree.leaves(saved_state(workdir, step)) if x.dtype.kind == "f"]
+    floats = [x for x in jax.tree.leaves(saved_state(workdir, step)[1]) if x.dtype.kind == "f"]
     assert len(floats) > 10 and all(np.isfinite(x).all() for x in floats)
-  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir, 4), before)
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir, 4)[1], before)
 
 
 @pytest.mark.slow
@@ -106,18 +101,14 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_exactly(
   assert steps_in(workdir) == [2, 4, 6]
   damage(os.path.join(workdir, "checkpoints", "6"))
 
-  absl_logger = logging.getLogger("absl")  # absl's records do not reach the root logger
-  absl_logger.addHandler(caplog.handler)
-  try:
+  with absl_records_in(caplog):
     loop.train_and_evaluate(config, workdir)
-  finally:
-    absl_logger.removeHandler(caplog.handler)
   warned = "\n".join(r.getMessage() for r in caplog.records)
   assert "Checkpoint 6 in" in warned and "is damaged" in warned
   assert "Resuming from checkpoint 4" in warned and "6.damaged" in warned
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6.damaged"))  # kept, not deleted
   assert steps_in(workdir)[-1] == 8
-  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir), saved_state(straight))
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir)[1], saved_state(straight)[1])
 
 
 def test_no_readable_checkpoint_names_each_one(tmp_path):
@@ -228,15 +219,11 @@ def test_predict_on_an_unfinished_run_warns_and_names_the_step(tmp_path, caplog)
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(ff.classification_config(tmp_path, stop_at_step=2), workdir)
   assert not os.listdir(os.path.join(workdir, "best", "checkpoints"))  # never evaluated
-  absl_logger = logging.getLogger("absl")
-  absl_logger.addHandler(caplog.handler)
-  try:
+  with absl_records_in(caplog):
     predictor = Predictor(workdir)
     warned = "\n".join(r.getMessage() for r in caplog.records)
     caplog.clear()
     chosen = Predictor(workdir, step=2)
-  finally:
-    absl_logger.removeHandler(caplog.handler)
   assert predictor.step == 2
   assert f"{workdir} has no best checkpoint" in warned and "using its newest, step 2" in warned
   assert "--step=N picks another" in warned
@@ -252,12 +239,8 @@ def test_unfinished_saves_of_a_killed_run_are_removed_with_a_note(tmp_path, capl
   os.makedirs(os.path.join(stray, "state"))  # what a SIGKILL during a save leaves
   read_on_host(os.path.join(workdir, "checkpoints"))  # a reader leaves it alone
   assert os.path.isdir(stray)
-  absl_logger = logging.getLogger("absl")
-  absl_logger.addHandler(caplog.handler)
-  try:
+  with absl_records_in(caplog):
     loop.train_and_evaluate(config, workdir)
-  finally:
-    absl_logger.removeHandler(caplog.handler)
   assert "Removing 1 unfinished save(s)" in caplog.text and "4.orbax-checkpoint-tmp" in caplog.text
   assert not os.path.exists(stray) and steps_in(workdir) == [2, 4]
 

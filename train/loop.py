@@ -421,20 +421,15 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
 
+  def run_eval(params, batches, split: str = "eval") -> dict:
+    return evaluate(
+      eval_step, params, frozen, batches, mesh, rules, task.objective, task.score, split
+    )
+
   try:
     with mesh_lib.activate(mesh, rules):
       if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
-        last_eval = evaluate(
-          eval_step,
-          state.params,
-          frozen,
-          task.eval_batches,
-          mesh,
-          rules,
-          task.objective,
-          task.score,
-          "eval",
-        )
+        last_eval = run_eval(state.params, task.eval_batches)
         writer.write(0, _scalars(last_eval), split="eval")
         _log_eval(0, "eval", last_eval)
       for step in range(start, end_step):
@@ -478,17 +473,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         # Not at a stop_at_step pause: an extra evaluation there would count
         # against early-stopping patience and the resumed run would diverge.
         if done % eval_every == 0 or done == total_steps:
-          last_eval = evaluate(
-            eval_step,
-            state.params,
-            frozen,
-            task.eval_batches,
-            mesh,
-            rules,
-            task.objective,
-            task.score,
-            "eval",
-          )
+          last_eval = run_eval(state.params, task.eval_batches)
           writer.write(done, _scalars(last_eval), split="eval")
           _log_eval(done, "eval", last_eval)
           if stopping and stopping.update(done, last_eval):
@@ -550,17 +535,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         stopping.best_step, {"params": abstract_like(state.params)}
       )
       with mesh_lib.activate(mesh, rules):
-        test = evaluate(
-          eval_step,
-          best_params["params"],
-          frozen,
-          task.test_batches,
-          mesh,
-          rules,
-          task.objective,
-          task.score,
-          "test",
-        )
+        test = run_eval(best_params["params"], task.test_batches, "test")
       writer.write(stopping.best_step, _scalars(test), split="test")
       _log_eval(stopping.best_step, "test", test)
       final["test"] = {k: v for k, v in test.items() if not k.endswith("_text")}

@@ -35,6 +35,7 @@ def resolve(path) -> str:
 
 LOCK_FILE = "lock.json"
 LEASE_SECONDS = 900  # a lock not refreshed for this long belongs to a dead job
+REFRESH_SECONDS = 60
 
 
 def _describe(holder: dict) -> str:
@@ -74,6 +75,7 @@ class WorkdirLock:
     self.path = epath.Path(resolve(workdir)) / LOCK_FILE
     self.enabled = enabled
     self._record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    self._refreshed = 0.0
 
   def acquire(self) -> WorkdirLock:
     if not self.enabled:
@@ -87,15 +89,18 @@ class WorkdirLock:
           f"stop it, or use another --workdir. If that job is gone, delete {self.path}."
         )
       logging.warning("Taking over the lock of a job that is gone (%s)", _describe(holder))
-    self.refresh()
+    self.refresh(force=True)
     if (self._read() or {}).get("token") != self._token():  # lost a race to another start
       raise UserError(
         f"{self.path.parent} was just taken by another job: {_describe(self._read() or {})}"
       )
     return self
 
-  def refresh(self) -> None:
-    if self.enabled:
+  def refresh(self, force: bool = False) -> None:
+    """Renews the lease; at most once every REFRESH_SECONDS unless `force` (a bucket
+    write per log step would cost more than the step on a small model)."""
+    if self.enabled and (force or time.time() - self._refreshed >= REFRESH_SECONDS):
+      self._refreshed = time.time()
       record = dict(self._record, refreshed=time.time(), token=self._token())
       tmp = self.path.parent / f".{LOCK_FILE}.{self._token()}"
       tmp.write_text(json.dumps(record))

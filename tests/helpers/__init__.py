@@ -4,6 +4,9 @@
 configs of the pretraining and fine-tuning tests.
 """
 
+import contextlib
+import logging
+
 import numpy as np
 
 
@@ -64,3 +67,36 @@ def set_keys(c, overrides):
       target = target[parent]
     target[leaf] = value
   return c
+
+
+def saved_state(workdir, step=None):
+  """(step, the whole saved state tree as numpy) of a workdir's checkpoint (None: newest)."""
+  import os
+
+  from train.checkpoint import read_on_host
+
+  state, _, step = read_on_host(os.path.join(workdir, "checkpoints"), step, parts=None)
+  return step, state
+
+
+def assert_bitwise_equal(a, b):
+  """Same tree, same dtypes, same bits; an empty tree is a mistake, not a pass."""
+  import jax
+
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert leaves_a
+  for x, y in zip(leaves_a, leaves_b):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@contextlib.contextmanager
+def absl_records_in(caplog):
+  """Routes absl's log records, which do not reach the root logger, into `caplog`."""
+  logger = logging.getLogger("absl")
+  logger.addHandler(caplog.handler)
+  try:
+    yield caplog
+  finally:
+    logger.removeHandler(caplog.handler)
