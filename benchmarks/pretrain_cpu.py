@@ -33,12 +33,9 @@ from benchmarks import wiki_text
 from benchmarks.shared import minilm_dir, synthetic_batch
 from configs.pretrain import common
 from model.config import BertConfig
-from model.heads import BertForPreTraining
 from train import loop, optim, tasks
 from train import mesh as mesh_lib
-from train import step as step_lib
-from train.losses import PretrainingObjective
-from train.state import create_train_state
+from train.run import build_run
 from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
@@ -81,25 +78,24 @@ def job_config(text_path: str, vocab: str, steps: int, batch_size: int, seq_len:
   return c
 
 
-def _mesh_and_rules(config):
-  return mesh_lib.make_mesh(config.mesh.shape), mesh_lib.rules_from_config(config.mesh.rules)
-
-
 def initial_eval(config, workdir: str) -> tuple[dict, tasks.Task]:
   """Held-out metrics of the untrained model, on the very eval batches the loop uses.
 
-  `create_train_state` is a pure function of config.seed, so these are the
-  weights `train_and_evaluate` starts from; the loop itself evaluates only at
-  the end.
+  `build_run`'s initial state is a pure function of config.seed, so these are
+  the weights `train_and_evaluate` starts from; the loop itself evaluates only
+  at the end.
   """
-  task = tasks.build_task(config, workdir)
-  mesh, rules = _mesh_and_rules(config)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdef, state, frozen, _ = create_train_state(task.model_factory, tx, mesh, rules, config.seed)
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, task.objective))
-  with mesh_lib.activate(mesh, rules):
+  run = build_run(config, workdir)
+  task = run.task
+  with mesh_lib.activate(run.mesh, run.rules):
     metrics = loop.evaluate(
-      eval_step, state.params, frozen, task.eval_batches, mesh, rules, task.objective
+      run.eval_step,
+      run.state.params,
+      run.frozen,
+      task.eval_batches,
+      run.mesh,
+      run.rules,
+      task.objective,
     )
   return metrics, task
 
@@ -150,23 +146,18 @@ def ours_step(config, batch: dict):
 
   Clip + AdamW + schedule, donated state; each call waits for the result.
   """
-  model_config = BertConfig.from_dict(config.model)
-  factory = lambda rngs: BertForPreTraining(model_config, rngs)
-  mesh, rules = _mesh_and_rules(config)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
-  train_step = step_lib.jit_train_step(
-    graphdef, tx, PretrainingObjective(), config.optimizer, shardings
-  )
+  run = build_run(config, with_data=False)
+  mesh, rules, frozen = run.mesh, run.rules, run.frozen
+  count = optim.count_params(run.state.params)["total"]
   sharded = mesh_lib.shard_batch(batch, mesh, rules)
-  holder = {"state": state}
+  holder = {"state": run.state}  # donated by each step
 
   def step():
     with mesh_lib.activate(mesh, rules):
-      holder["state"], metrics = train_step(holder["state"], frozen, sharded)
+      holder["state"], metrics = run.train_step(holder["state"], frozen, sharded)
     jax.block_until_ready((holder["state"], metrics))
 
-  return step, optim.count_params(state.params)["total"]
+  return step, count
 
 
 def torch_step(model_config: BertConfig, batch: dict, gathered: bool):

@@ -152,29 +152,14 @@ def _peak_rss_bytes() -> int:
 def build_ours_step(config, mesh, rules):
   """(jitted train step, initial state, the step's other arguments before the batch).
 
-  Built as `train.loop.train_and_evaluate` builds it. The one place that calls
-  make_optimizer / create_train_state / make_train_step: when their signatures
-  change, only this follows them. The step is called as
+  Built by `train.run.build_run`, as `train.loop.train_and_evaluate` builds it
+  (no data read: the batches are synthetic). The step is called as
   `step(state, *others, batch) -> (state, metrics)`, its state donated.
   """
-  from model.config import BertConfig
-  from model.heads import BertForPreTraining
-  from train import optim
-  from train import step as step_lib
-  from train.losses import PretrainingObjective
-  from train.state import create_train_state
+  from train.run import build_run
 
-  model_config = BertConfig.from_dict(config.model)
-
-  def factory(rngs):
-    return BertForPreTraining(model_config, rngs)
-
-  tx = optim.make_optimizer(config.optimizer)
-  graphdef, state, frozen, shardings = create_train_state(factory, tx, mesh, rules, config.seed)
-  train_step = step_lib.jit_train_step(
-    graphdef, tx, PretrainingObjective(), config.optimizer, shardings
-  )
-  return train_step, state, (frozen,)
+  run = build_run(config, devices=list(mesh.devices.flat), with_data=False)
+  return run.train_step, run.state, (run.frozen,)
 
 
 def run_ours(size: str, seq_len: int, predictions: int, dtype: str, gpu: bool) -> dict:

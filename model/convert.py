@@ -1,8 +1,9 @@
 """The one mapping between transformers' BERT tensors and our parameter tree.
 
 HF side: a flat dict of numpy arrays named as in `BertForPreTraining.state_dict()`,
-plus the fine-tuning heads of `BertFor{Sequence,Token}Classification` (`classifier.*`)
-and `BertForQuestionAnswering` (`qa_outputs.*`); torch `Linear` weights are [out, in].
+plus a task's head: one `Linear` named at the top level (`classifier.*` of
+`BertFor{Sequence,Token}Classification` and `BertForMultipleChoice`,
+`qa_outputs.*` of `BertForQuestionAnswering`); torch `Linear` weights are [out, in].
 Our side: the nested pure dict of `nnx.state(model).to_pure_dict()`, layers stacked
 on axis 0 and attention kernels split into heads. Pure numpy, no I/O: `train/hf.py`
 reads and writes the files.
@@ -21,8 +22,10 @@ from model.config import BertConfig
 Tree = dict[str, Any]
 
 
-# Top-level HF names outside the encoder: pretraining heads and fine-tuning heads.
-HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
+# BertModel's own modules: a checkpoint saved from BertModel names them without "bert.".
+ENCODER_MODULES = ("embeddings.", "encoder.", "pooler.")
+# Our top-level modules that are not a task head: the encoder and the pretraining heads.
+PRETRAINING_MODULES = ("bert", "mlm", "nsp")
 
 
 def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -37,7 +40,7 @@ def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
       continue
     name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
     name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
-    if not name.startswith(("bert.",) + HEAD_PREFIXES):
+    if name.startswith(ENCODER_MODULES):
       name = "bert." + name
     out[name] = np.asarray(value)
   return out
@@ -96,14 +99,21 @@ def _top_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
   ]
 
 
-def _head_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
+def head_names(names) -> list[str]:
+  """The task heads among top-level names: one Linear each, `<head>.weight` / `<head>.bias`
+  on the HF side, `<head>/kernel` / `<head>/bias` on ours."""
+  heads = {name.split(".")[0] for name in names if name.count(".") == 1}
+  return sorted(heads - {"bert", "cls", *PRETRAINING_MODULES})
+
+
+def _head_map(heads) -> list[tuple[str, tuple[str, ...], Any, Any]]:
   """Fine-tuning heads: optional on both sides (a model has at most one of them).
 
   Our kernels are [hidden, classes] whatever the einsum ('bd,dc' or 'btd,dc').
   """
   t, same = (lambda w: w.T), (lambda x: x)
   rows = []
-  for head in ("classifier", "qa_outputs"):
+  for head in heads:
     rows += [
       (f"{head}.weight", (head, "kernel"), t, t),
       (f"{head}.bias", (head, "bias"), same, same),
@@ -142,10 +152,11 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
 
   A `BertModel` checkpoint has no `cls.*` heads: their names come back in the
   missing list and the caller keeps freshly initialised heads for them. A
-  fine-tuning head (`classifier.*`, `qa_outputs.*`) is mapped when present and
-  never counted missing: most checkpoints have none.
+  fine-tuning head (`classifier.*`, `qa_outputs.*`: a top-level Linear) is mapped
+  when present and never counted missing: most checkpoints have none.
   """
   hf = normalise_hf_names(tensors)
+  heads = head_names(hf)
   tree: Tree = {}
   missing = []
   for name, path, to_ours, _ in _top_map():
@@ -153,7 +164,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
       set_path(tree, path, to_ours(hf[name]).astype(np.float32))
     else:
       missing.append(name)
-  for name, path, to_ours, _ in _head_map():
+  for name, path, to_ours, _ in _head_map(heads):
     if name in hf:
       set_path(tree, path, to_ours(hf[name]).astype(np.float32))
   per_layer: list[dict] = []
@@ -175,7 +186,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
   set_path(tree, LAYERS_PATH, stacked)
   extra = sorted(
     set(hf)
-    - _all_hf_names(config)
+    - _all_hf_names(config, heads)
     - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
   )
   if extra:
@@ -187,8 +198,8 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
   return tree, missing
 
 
-def _all_hf_names(config: BertConfig) -> set[str]:
-  names = {name for name, *_ in _top_map() + _head_map()}
+def _all_hf_names(config: BertConfig, heads) -> set[str]:
+  names = {name for name, *_ in _top_map() + _head_map(heads)}
   for i in range(config.num_hidden_layers):
     names |= {name for name, *_ in _layer_map(i, config)}
   return names
@@ -202,7 +213,8 @@ def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
   raises rather than vanish from the export.
   """
   out, mapped = {}, set()
-  for name, path, _, to_hf in _top_map() + _head_map():
+  heads = sorted(set(params) - set(PRETRAINING_MODULES))
+  for name, path, _, to_hf in _top_map() + _head_map(heads):
     if path[0] != "bert" and path[0] not in params:
       continue  # a head this model does not have
     out[name] = np.ascontiguousarray(to_hf(np.asarray(get_path(params, path), np.float32)))

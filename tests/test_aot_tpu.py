@@ -45,3 +45,29 @@ def test_a_config_too_big_for_the_chip_is_reported():
   config.mesh.shape = dict(data=-1, fsdp=1, tensor=1)
   report = aot.compile_for_topology(config, "v5e:2x2")
   assert not report.fits and "DOES NOT FIT" in report.summary()
+
+
+@pytest.mark.slow
+def test_fine_tuning_lora_and_continual_configs_compile_for_v5e_4x4():
+  """Every kind of config goes through train.run.build_run(abstract=True): no data is read."""
+  from configs.continual import sst2_conll
+  from configs.finetune import sst2
+
+  full = sst2.get_config("minilm")
+  lora = sst2.get_config("minilm")
+  lora.peft.method = "lora"
+  reports = {
+    "full": aot.compile_for_topology(full, "v5e:4x4"),
+    "lora": aot.compile_for_topology(lora, "v5e:4x4"),
+  }
+  stages = aot.compiled_configs(sst2_conll.get_config("/data"))
+  assert [name for name, _ in stages] == ["sst2", "conll2003"]
+  assert stages[1][1].ewc.weight > 0 and stages[0][1].ewc.weight == 0
+  for name, stage in stages:
+    reports[name] = aot.compile_for_topology(stage, "v5e:4x4")
+  for report in reports.values():
+    print(report.summary())
+    assert report.fits and report.num_devices == 16 and report.bytes_per_chip > 0
+  # LoRA keeps Adam moments for its branches only; EWC adds an anchor and a Fisher.
+  assert reports["lora"].bytes_per_chip < reports["full"].bytes_per_chip
+  assert reports["conll2003"].bytes_per_chip > reports["sst2"].bytes_per_chip

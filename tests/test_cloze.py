@@ -14,6 +14,7 @@ from model.config import BertConfig
 from model.heads import BertForPreTraining
 from train import loop, tasks
 from train.losses import ClozeObjective
+from train.tasks import cloze as cloze_task
 from train.writers import read_metrics
 
 TEMPLATE = "{sentence} then saw [MASK] ."
@@ -299,10 +300,10 @@ def test_a_checkpoint_without_mlm_head_is_detected(tmp_path):
     {"embeddings.word_embeddings.weight": np.zeros((2, 2), np.float32)},
     str(tmp_path / "model.safetensors"),
   )
-  assert tasks._mlm_head_missing({"hf_dir": str(tmp_path)})
+  assert cloze_task.mlm_head_missing({"hf_dir": str(tmp_path)})
   save_file({"cls.predictions.bias": np.zeros(2, np.float32)}, str(tmp_path / "model.safetensors"))
-  assert not tasks._mlm_head_missing({"hf_dir": str(tmp_path)})
-  assert not tasks._mlm_head_missing({"hf_dir": "bert-base-uncased"})
+  assert not cloze_task.mlm_head_missing({"hf_dir": str(tmp_path)})
+  assert not cloze_task.mlm_head_missing({"hf_dir": "bert-base-uncased"})
 
 
 def test_sst2_prompt_configs():

@@ -11,6 +11,7 @@ from helpers import finetune as ff
 
 from train import loop, predict
 from train.checkpoint import Checkpointer
+from train.early_stopping import EarlyStopping
 from train.writers import read_metrics
 
 PATIENCE = 2
@@ -76,22 +77,22 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(run
 
 
 def test_early_stopping_counts_only_evaluations_that_do_not_improve():
-  stopping = loop.EarlyStopping("f1", "max", patience=2)
+  stopping = EarlyStopping("f1", "max", patience=2)
   decisions = []
   for step, value in enumerate([0.5, 0.4, 0.6, 0.6, 0.55]):
     decisions.append((stopping.update(step, {"f1": value}), stopping.should_stop))
   assert decisions == [(True, False), (False, False), (True, False), (False, False), (False, True)]
   assert (stopping.best_step, stopping.best_value) == (2, 0.6)
-  resumed = loop.EarlyStopping("f1", "max", 2, saved=json.loads(json.dumps(stopping.to_meta())))
+  resumed = EarlyStopping("f1", "max", 2, saved=json.loads(json.dumps(stopping.to_meta())))
   assert resumed.should_stop and resumed.best_step == 2
-  lowest = loop.EarlyStopping("loss", "min", 1)
+  lowest = EarlyStopping("loss", "min", 1)
   assert lowest.update(0, {"loss": 2.0}) and lowest.update(1, {"loss": 1.0})
   with pytest.raises(
     ValueError,
     match=r"early_stopping.metric='f1' is not among the "
     r"evaluation metrics \['loss'\]",
   ):
-    loop.EarlyStopping("f1").update(0, {"loss": 1.0, "report_text": "x"})
+    EarlyStopping("f1").update(0, {"loss": 1.0, "report_text": "x"})
 
 
 def test_best_checkpoint_is_the_best_evaluation_and_test_uses_it(run):
@@ -101,7 +102,7 @@ def test_best_checkpoint_is_the_best_evaluation_and_test_uses_it(run):
   predictor = predict.Predictor(workdir)
   assert predictor.step == final["best"]["step"]
   rows = [line.split("\t") for line in open(config.data.eval_path).read().splitlines()[1:]]
-  results = predictor.classify([text for text, _ in rows])
+  results = predictor([text for text, _ in rows])
   accuracy = np.mean([r["label"] == label for r, (_, label) in zip(results, rows)])
   assert accuracy == pytest.approx(final["best"]["eval"]["accuracy"])
   # The test file is a copy of the dev file: the best parameters score the same on it.
@@ -139,4 +140,4 @@ def test_resume_is_bitwise_exact_with_early_stopping(run, tmp_path):
   # The checkpoint remembers that patience ran out, so a rerun trains no further.
   with Checkpointer(workdir, async_save=False) as checkpointer:
     progress = checkpointer.read_meta()["early_stopping"]
-  assert loop.EarlyStopping("accuracy", "max", PATIENCE, progress).should_stop
+  assert EarlyStopping("accuracy", "max", PATIENCE, progress).should_stop

@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax import nnx
 from helpers import finetune as ff
-from helpers import tiny_hf_config
+from helpers.finetune import TINY, write_hf_dir
 
 from model.config import BertConfig
 from model.convert import hf_to_params
@@ -23,29 +23,10 @@ from model.heads import (
 )
 from train import losses, warm_start
 from train import mesh as mesh_lib
-from train.checkpoint import Checkpointer
-from train.loop import _fingerprint
+from train.checkpoint import Checkpointer, fingerprint
 from train.state import create_train_state
-from train.tasks import build_task, finetune_tokenizer
-
-TINY = dict(
-  vocab_size=64,
-  hidden_size=32,
-  num_hidden_layers=2,
-  num_attention_heads=2,
-  intermediate_size=64,
-  max_position_embeddings=64,
-)
-
-
-def write_hf_dir(path, vocab_file, **overrides):
-  from transformers import BertModel
-
-  torch.manual_seed(0)
-  model = BertModel(tiny_hf_config(**dict(TINY, **overrides))).eval()
-  model.save_pretrained(str(path))
-  shutil.copy(vocab_file, path / "vocab.txt")
-  return str(path), {k: v.detach().numpy() for k, v in model.state_dict().items()}, model
+from train.tasks import build_task
+from train.tasks.common import finetune_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +115,7 @@ def write_pretraining_workdir(path, config, mesh_and_rules):
     lambda rngs: BertForPreTraining(model_config, rngs), optax.sgd(1e-3), *mesh_and_rules, seed=5
   )
   with Checkpointer(path, async_save=False) as checkpointer:
-    checkpointer.save(7, state, {"config": _fingerprint(config), "total_steps": 7})
+    checkpointer.save(7, state, {"config": fingerprint(config), "total_steps": 7})
   return str(path), pure(state.params)
 
 

@@ -260,16 +260,7 @@ def _hf_base(path, vocab_file, seed):
   from transformers import BertModel
 
   torch.manual_seed(seed)
-  model = BertModel(
-    tiny_hf_config(
-      vocab_size=64,
-      hidden_size=32,
-      num_hidden_layers=2,
-      num_attention_heads=2,
-      intermediate_size=64,
-      max_position_embeddings=64,
-    )
-  ).eval()
+  model = BertModel(tiny_hf_config(**ff.TINY)).eval()
   model.save_pretrained(str(path))
   shutil.copy(vocab_file, path / "vocab.txt")
   return str(path), {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -326,4 +317,4 @@ def test_lora_run_saves_only_trainable_parameters_and_resumes_only_on_its_base(t
   for path in tree_paths(expected):
     leaf = functools.partial(functools.reduce, lambda t, k: t[k], path)
     np.testing.assert_array_equal(np.asarray(leaf(used)), leaf(expected), err_msg=str(path))
-  assert predictor.classify(["a good cat"])[0]["label"] in ("0", "1")
+  assert predictor(["a good cat"])[0]["label"] in ("0", "1")

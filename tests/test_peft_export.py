@@ -19,14 +19,15 @@ import torch
 from flax import nnx
 from helpers import finetune as ff
 from helpers import random_batch
-from test_finetune_init import write_hf_dir
+from helpers.finetune import write_hf_dir
 
 from model.config import BertConfig
 from model.convert import hf_to_params, merge_trees, params_to_hf
 from model.peft import trainable
 from train import hf, loop, tasks, warm_start
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, fingerprint
 from train.state import split_params
+from train.tasks.common import finetune_tokenizer, peft_config
 
 pytest.importorskip("peft")
 
@@ -83,19 +84,19 @@ def make_workdir(
   config.init.hf_dir = base_dir
   model_config = BertConfig.from_dict(config.model)
   labels = LABELS[task]
-  model = tasks.finetune_model_factory(config, model_config, labels)(nnx.Rngs(seed))
+  model = tasks.model_factory(config, model_config, labels)(nnx.Rngs(seed))
   tree = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   base, _ = warm_start.base_tree(config.init, model_config)
   if base is not None:
     tree = merge_trees(tree, {k: v for k, v in base.items() if k in tree})
   tree = _randomise(tree, method, np.random.default_rng(seed))
   nnx.update(model, tree)
-  params, _ = split_params(nnx.state(model, nnx.Param), trainable(tasks.peft_config(config)))
+  params, _ = split_params(nnx.state(model, nnx.Param), trainable(peft_config(config)))
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
-  tokenizer = tasks.finetune_tokenizer(config, model_config)
+  tokenizer = finetune_tokenizer(config, model_config)
   loop.save_run_files(config, types.SimpleNamespace(labels=labels, tokenizer=tokenizer), workdir)
-  meta = {"config": loop._fingerprint(config)}
+  meta = {"config": fingerprint(config)}
   with Checkpointer(os.path.join(workdir, loop.BEST_DIR), 1, async_save=False) as best:
     best.save(7, {"params": params}, meta)
   return workdir, model, base_dir
@@ -150,14 +151,7 @@ def num_labels(task):
 
 
 def test_task_heads_map_both_ways_and_pretraining_names_stay():
-  config = BertConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-  )
+  config = BertConfig(**ff.TINY)
   from model.heads import BertForQuestionAnswering, BertForSequenceClassification
 
   for model in (
@@ -175,14 +169,7 @@ def test_task_heads_map_both_ways_and_pretraining_names_stay():
 
 
 def test_unmerged_low_rank_branches_are_not_dropped_silently():
-  config = BertConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-  )
+  config = BertConfig(**ff.TINY)
   from model.heads import BertForSequenceClassification
   from model.peft import PeftConfig
 

@@ -75,16 +75,7 @@ def test_loss_and_weights_follow_torch_adamw_step_for_step(tmp_path, kind, dropo
   )
   torch.manual_seed(0)
   hf_dir = tmp_path / "hf"
-  BertModel(
-    tiny_hf_config(
-      vocab_size=64,
-      hidden_size=32,
-      num_hidden_layers=2,
-      num_attention_heads=2,
-      intermediate_size=64,
-      max_position_embeddings=64,
-    )
-  ).save_pretrained(str(hf_dir))
+  BertModel(tiny_hf_config(**ff.TINY)).save_pretrained(str(hf_dir))
   shutil.copy(config.data.vocab, hf_dir / "vocab.txt")
   config.init.hf_dir = str(hf_dir)
 

@@ -30,8 +30,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from model.peft import PeftConfig
+from train.mesh import host_value
 from train.optim import path_names
 
 
@@ -169,3 +171,17 @@ def ranks(params) -> dict[str, Any]:
   return {
     "/".join(path): jnp.sum(leaves[b["e"]] != 0, axis=-1) for path, b in _branches(params).items()
   }
+
+
+class RankReport:
+  """The run hook of AdaLoRA (train/run.py): the ranks each module kept, in final_metrics.json."""
+
+  def on_start(self, state, resuming: bool):
+    return state
+
+  def on_end(self, state, mesh) -> dict:
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    reached = jax.jit(ranks, out_shardings=replicated)(state.params)
+    allocated = {k: host_value(v).tolist() for k, v in reached.items()}
+    logging.info("AdaLoRA ranks reached: %s", allocated)
+    return {"adalora_ranks": allocated}

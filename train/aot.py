@@ -5,6 +5,12 @@ compile for a TPU slice it does not have: this checks the sharding, the
 per-chip memory and the FLOPs of a config before a pod is ever booked.
 
   python -m train.aot --config=configs/pretrain/bert_base.py:phase1 --topology=v5e:4x4
+  python -m train.aot --config=configs/finetune/sst2.py --topology=v5e:4x4 \
+      --config.peft.method=lora
+
+Any task's config compiles, with its PEFT method and EWC penalty, from the
+config alone (train/run.build_run(abstract=True): no data is read); a
+continual config compiles each of its stages.
 
 Exits non-zero when the step would not fit the chip's HBM.
 """
@@ -15,18 +21,12 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 from absl import flags, logging
 from ml_collections import config_flags
 
-from model.config import BertConfig
-from model.heads import BertForPreTraining
 from train import mesh as mesh_lib
-from train import optim
-from train import step as step_lib
-from train.losses import PretrainingObjective
 from train.profiling import train_flops_per_step
-from train.state import abstract_train_state
+from train.run import build_run
 
 # HBM per chip, GiB, by the device_kind jax reports.
 HBM_GIB = {
@@ -73,24 +73,8 @@ class CompileReport:
     )
 
 
-def pretraining_batch_shapes(config, mesh, rules) -> dict:
-  """Abstract global batch of the pretraining step, with the batch sharding."""
-  b, t, p = config.batch_size, config.data.max_seq_length, config.data.max_predictions
-  sharding = mesh_lib.batch_sharding(mesh, rules)
-  shapes = {
-    "input_ids": (b, t),
-    "token_type_ids": (b, t),
-    "attention_mask": (b, t),
-    "masked_positions": (b, p),
-    "masked_ids": (b, p),
-    "next_sentence_label": (b,),
-  }
-  batch = {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding) for k, s in shapes.items()}
-  batch["masked_weights"] = jax.ShapeDtypeStruct((b, p), jnp.float32, sharding=sharding)
-  return batch
-
-
 def compile_for_topology(config, topology: str) -> CompileReport:
+  """Lowers and compiles `config`'s train step (any task, PEFT and EWC wrappers included)."""
   import time
 
   from jax.experimental import topologies
@@ -100,24 +84,15 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   # v4 and v5p chips hold two TensorCores run as one device ("megacore").
   megacore = {"chip_config_name": "megacore"} if topology.startswith(("v4", "v5p")) else {}
   devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **megacore).devices
-  mesh = mesh_lib.make_mesh(config.mesh.shape, devices)
-  rules = mesh_lib.rules_from_config(config.mesh.rules)
-  model_config = BertConfig.from_dict(config.model)
-  factory = lambda rngs: BertForPreTraining(model_config, rngs)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdef, state, frozen, shardings = abstract_train_state(factory, tx, mesh, rules)
-  jitted = step_lib.jit_train_step(
-    graphdef, tx, PretrainingObjective(), config.optimizer, shardings
-  )
+  run = build_run(config, devices=devices, abstract=True)
+  mesh, rules = run.mesh, run.rules
   kind = devices[0].device_kind
   if kind not in HBM_GIB:
     raise ValueError(f"unknown TPU kind {kind!r}: add its HBM to train/aot.py HBM_GIB")
   start = time.perf_counter()
   try:
     with mesh_lib.activate(mesh, rules):
-      compiled = jitted.lower(
-        state, frozen, pretraining_batch_shapes(config, mesh, rules)
-      ).compile()
+      compiled = run.train_step.lower(run.state, run.frozen, run.batch_shapes).compile()
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
@@ -145,8 +120,9 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  length = config.data.max_seq_length
   model_flops = train_flops_per_step(
-    model_config, config.batch_size, config.data.max_seq_length, config.data.max_predictions
+    run.model_config, run.tokens_per_step // length, length, run.mlm_predictions
   )
   return CompileReport(
     topology,
@@ -166,11 +142,39 @@ config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
 flags.DEFINE_string("topology", "v5e:4x4", "TPU topology, e.g. v5e:4x4, v4:2x2x1, v5p:2x2x1")
 
 
+def compiled_configs(config) -> list[tuple[str, object]]:
+  """[(name, config)] to compile: the config itself, or each stage of a continual config
+  as train.continual runs it (EWC's anchor and Fisher in the optimizer state after the first)."""
+  if "stages" not in config:
+    return [(config.task, config)]
+  from train import continual
+
+  weight = config.ewc_weight if config.method == "ewc" else 0.0
+  return [
+    (
+      name,
+      continual.prepare(
+        stage,
+        i,
+        None if i == 0 else "(stage before)",
+        config.init,
+        stage.data.vocab,
+        "(fisher)",
+        weight,
+      ),
+    )
+    for i, (name, stage) in enumerate(continual.stage_configs(config))
+  ]
+
+
 def main(argv):
   del argv
-  report = compile_for_topology(FLAGS.config, FLAGS.topology)
-  print(report.summary())
-  if not report.fits:
+  fits = True
+  for name, config in compiled_configs(FLAGS.config):
+    report = compile_for_topology(config, FLAGS.topology)
+    print(f"{name}: {report.summary()}")
+    fits = fits and report.fits
+  if not fits:
     raise SystemExit(1)
 
 

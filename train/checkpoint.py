@@ -19,12 +19,14 @@ Rules that keep good checkpoints safe:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -331,3 +333,82 @@ def read_on_host(
       args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
     )
   return _strip_values(restored), meta, step
+
+
+# --------------------------------------------------------------------------
+# What a checkpoint is bound to: checked before a run resumes it
+
+# Keys of the config a checkpoint must agree with before a run may resume it.
+RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc")
+
+
+def fingerprint(config) -> dict:
+  """The part of the config a checkpoint is bound to (compute options excluded)."""
+  compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
+  model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
+  fingerprint = {
+    "task": config.task,
+    "model": model,
+    "data": config.data.to_dict(),
+    "batch_size": config.batch_size,
+    "seed": config.seed,
+  }
+  if config.get("peft") and config.peft.method != "none":
+    # Only then: full fine-tuning and pretraining checkpoints stay as they were.
+    peft = config.peft.to_dict()
+    if peft["method"] != "adalora":
+      peft.pop("adalora", None)  # the schedule binds AdaLoRA runs only
+    fingerprint["peft"] = peft
+  if config.get("ewc") and config.ewc.weight:
+    fingerprint["ewc"] = config.ewc.to_dict()  # a resumed stage keeps its penalty
+  return fingerprint
+
+
+def base_fingerprint(frozen) -> str:
+  """A checksum of the frozen parameters: a PEFT checkpoint is only valid on its base."""
+  if not jax.tree.leaves(frozen):
+    return ""
+  moments = jax.jit(
+    lambda f: jax.tree.map(
+      lambda x: jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * x)]), f
+    )
+  )(frozen)
+  text = json.dumps(
+    [
+      [f"{v:.6e}" for v in np.asarray(m if m.is_fully_addressable else m.addressable_data(0))]
+      for m in jax.tree.leaves(moments)
+    ]
+  )
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_same_base(saved_meta: dict, meta: dict, workdir: str) -> None:
+  saved, now = saved_meta.get("base", {}), meta.get("base", {})
+  if saved.get("fingerprint", "") != now.get("fingerprint", ""):
+    raise ValueError(
+      f"{workdir} holds a run trained on other frozen base weights ({saved.get('init') or 'none'},"
+      f" checksum {saved.get('fingerprint') or '-'}) than config.init gives now "
+      f"({now.get('init') or 'none'}, checksum {now.get('fingerprint') or '-'}): its trainable "
+      "parameters only make sense on their own base; use that base or a fresh workdir"
+    )
+
+
+def check_newest_step(ckpt: Checkpointer, meta: dict, workdir: str) -> None:
+  """Refuses a workdir whose newest checkpoint is another config's (a damaged newest step
+  is left to restore_resumable, which names it and falls back)."""
+  try:
+    newest = ckpt.read_meta()
+  except Exception:
+    return
+  check_compatible(newest, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+
+
+def restore_resumable(ckpt: Checkpointer, state, meta: dict, workdir: str):
+  """(state, saved meta) of the newest checkpoint this run may resume: same config, same base."""
+
+  def check(saved):
+    check_compatible(saved, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+    check_same_base(saved, meta, workdir)
+
+  state, saved_meta, _ = ckpt.restore_latest(abstract_like(state), check)
+  return state, saved_meta

@@ -25,16 +25,15 @@ import os
 
 import jax
 import numpy as np
-import optax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from train import ewc, loop, tasks, warm_start
+from train import ewc, loop, warm_start
 from train import mesh as mesh_lib
-from train import step as step_lib
 from train.checkpoint import read_on_host
-from train.state import create_train_state, load_params
+from train.run import build_run
+from train.state import load_params
 from train.workdir import resolve as resolve_workdir
 
 METHODS = ("naive", "ewc")
@@ -104,18 +103,10 @@ class StageModel:
   """
 
   def __init__(self, stage, workdir: str):
-    self.task = tasks.build_task(stage, workdir)
-    self.mesh = mesh_lib.make_mesh(stage.mesh.shape)
-    self.rules = mesh_lib.rules_from_config(stage.mesh.rules)
-    self.tx = optax.identity()
-    self.graphdef, self.state, self.frozen, _ = create_train_state(
-      self.task.model_factory, self.tx, self.mesh, self.rules, stage.seed
-    )
-    self.eval_step = jax.jit(
-      step_lib.make_eval_step(
-        self.graphdef, self.task.objective, with_outputs=self.task.score is not None
-      )
-    )
+    run = build_run(stage, workdir)
+    self.task, self.mesh, self.rules, self.tx = run.task, run.mesh, run.rules, run.tx
+    self.graphdef, self.state, self.frozen = run.graphdef, run.state, run.frozen
+    self.eval_step = run.eval_step
 
   def load(self, params: dict) -> None:
     self.state, self.frozen = load_params(self.state, self.frozen, params, self.tx)
@@ -223,7 +214,7 @@ def run(config, workdir: str) -> dict:
       logging.info("continual: task %d/%d, %s (%s)", index + 1, len(stages), name, wd)
       loop.train_and_evaluate(stage, wd)
     params = final_params(wd)
-    heads[name] = {k: v for k, v in params.items() if k in warm_start.TASK_HEADS}
+    heads[name] = {k: v for k, v in params.items() if k != "bert"}
     encoder = params["bert"]
     if index >= len(matrix):
       row = [None] * len(stages)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -153,3 +154,22 @@ def load_into(opt_state, path: str):
     anchor=fill(ewc_state.anchor, anchor, "anchor"), fisher=fill(ewc_state.fisher, fisher, "fisher")
   )
   return (ewc_state,) + tuple(opt_state[1:])
+
+
+class AnchorHook:
+  """The run hook of EWC (train/run.py): a fresh run loads the anchor and Fisher it is pulled to.
+
+  A resumed run has them in its checkpointed optimizer state already.
+  """
+
+  def __init__(self, weight: float, path: str):
+    self.weight, self.path = weight, path
+
+  def on_start(self, state, resuming: bool):
+    if resuming:
+      return state
+    logging.info("EWC: weight %g, anchor and Fisher from %s", self.weight, self.path)
+    return state.replace(opt_state=load_into(state.opt_state, self.path))
+
+  def on_end(self, state, mesh) -> dict:
+    return {}

@@ -20,7 +20,6 @@ from model.config import BertConfig
 from model.convert import check_shapes, leaf_paths, union_trees
 from model.peft import PeftConfig
 
-TASKS = ("classification", "token_classification", "question_answering")
 BEST_DIR = "best"  # <workdir>/best: the loop's best checkpoint by early_stopping.metric
 
 
@@ -37,15 +36,24 @@ class FinetunedRun:
   def task(self) -> str:
     return self.config.task
 
+  @property
+  def spec(self):
+    """The task's record in the registry (train/tasks)."""
+    from train import tasks
+
+    return tasks.get(self.config.task)
+
 
 def finetuned_task(workdir: str) -> str | None:
   """The fine-tuning task of a workdir's config.json; None for pretraining / cloze / none."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return None
+  from train import tasks
+
   with open(path) as f:
     task = json.load(f).get("task")
-  return task if task in TASKS else None
+  return task if task in tasks.finetuned_names() else None
 
 
 def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) -> FinetunedRun:
@@ -53,6 +61,7 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
   back to the newest when there is none) or 'latest'."""
   from train import tasks
   from train.checkpoint import read_on_host
+  from train.tasks.common import peft_config
 
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
@@ -61,8 +70,11 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
     )
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if config.task not in TASKS:
-    raise ValueError(f"{workdir} holds a {config.task!r} run; this needs a fine-tuned one {TASKS}")
+  if config.task not in tasks.finetuned_names():
+    raise ValueError(
+      f"{workdir} holds a {config.task!r} run; this needs a fine-tuned one "
+      f"{tasks.finetuned_names()}"
+    )
   if checkpoint not in ("best", "latest"):
     raise ValueError(f"--checkpoint={checkpoint!r}: expected 'best' or 'latest'")
   labels = None
@@ -89,7 +101,7 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
   return FinetunedRun(
     config,
     BertConfig.from_dict(config.model),
-    tasks.peft_config(config),
+    peft_config(config),
     labels,
     parts["params"],
     step,
@@ -103,7 +115,7 @@ def full_params(run: FinetunedRun) -> dict:
   from train import tasks, warm_start
   from train.state import abstract_model
 
-  factory = tasks.finetune_model_factory(run.config, run.model_config, run.labels)
+  factory = tasks.model_factory(run.config, run.model_config, run.labels)
   reference = nnx.to_pure_dict(abstract_model(factory)[1])
   tree = run.params
   if run.peft.method != "none":

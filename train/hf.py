@@ -4,8 +4,8 @@ Import: a directory with config.json and model.safetensors (or
 pytorch_model.bin, read with torch's weights_only loader) -> (BertConfig, our
 parameter tree). Export: our tree -> a directory `transformers.
 BertForPreTraining.from_pretrained` loads (pretraining workdirs), or, for a
-fine-tuned workdir, one `BertForSequenceClassification` / `BertForTokenClassification`
-/ `BertForQuestionAnswering.from_pretrained` loads, with labels and LoRA /
+fine-tuned workdir, one that its task's transformers class (`BertForSequenceClassification`,
+`BertForMultipleChoice`, ...: the task's hf_architecture) loads, with labels and LoRA /
 AdaLoRA folded into the kernels (--format=merged); or LoRA as an HF PEFT adapter
 on the run's init.hf_dir (--format=peft). The tensor mapping lives in
 `model/convert.py`; this file only reads and writes.
@@ -156,21 +156,6 @@ def save_hf_checkpoint(
 # --------------------------------------------------------------------------
 # Fine-tuned workdirs
 
-ARCHITECTURES = {
-  "classification": "BertForSequenceClassification",
-  "token_classification": "BertForTokenClassification",
-  "question_answering": "BertForQuestionAnswering",
-}
-PEFT_TASK_TYPES = {
-  "classification": "SEQ_CLS",
-  "token_classification": "TOKEN_CLS",
-  "question_answering": "QUESTION_ANS",
-}
-TASK_HEADS = {
-  "classification": "classifier",
-  "token_classification": "classifier",
-  "question_answering": "qa_outputs",
-}
 # Our module names inside a layer -> transformers' (the suffix after encoder.layer.{i}.).
 HF_LAYER_MODULES = {
   "attention.query": "attention.self.query",
@@ -198,6 +183,11 @@ def export_finetuned(
     raise ValueError(f"--format={export_format!r}: expected one of {EXPORT_FORMATS}")
   run = finetuned.read_run(workdir, step=step)
   method = run.peft.method
+  if export_format == "peft" and not run.spec.peft_task_type:
+    raise ValueError(
+      f"--format=peft: HF PEFT has no task type for task={run.task!r}; export it with "
+      "--format=merged"
+    )
   if export_format == "peft" and method != "lora":
     merged_ok = method not in ARCHITECTURE_METHODS
     raise ValueError(
@@ -207,7 +197,7 @@ def export_finetuned(
   if method in ARCHITECTURE_METHODS:
     raise ValueError(
       f"peft.method={method!r} changes BERT's architecture: transformers' "
-      f"{ARCHITECTURES[run.task]} has no place for its parameters, so it has no "
+      f"{run.spec.hf_architecture} has no place for its parameters, so it has no "
       "merged export (predict with `python -m train.predict` instead)"
     )
   if export_format == "peft":
@@ -222,18 +212,6 @@ def export_finetuned(
   return run
 
 
-def _label_config(run: finetuned.FinetunedRun) -> dict[str, Any]:
-  if run.task == "question_answering":
-    return {}
-  if run.config.data.get("regression"):
-    return {"num_labels": 1, "problem_type": "regression"}
-  return {
-    "num_labels": len(run.labels),
-    "id2label": {str(i): label for i, label in enumerate(run.labels)},
-    "label2id": {label: i for i, label in enumerate(run.labels)},
-  }
-
-
 def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
   from model.peft import merge_low_rank
@@ -241,12 +219,15 @@ def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   tensors = convert.params_to_hf(
     merge_low_rank(finetuned.full_params(run), run.peft), run.model_config
   )
-  if run.task != "classification":  # transformers builds these without the pooler
+  spec = run.spec
+  if not spec.hf_pooler:  # transformers builds these without the pooler
     tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
   _write_model_dir(
     out_dir,
     tensors,
-    _hf_model_config(run.model_config, ARCHITECTURES[run.task], **_label_config(run)),
+    _hf_model_config(
+      run.model_config, spec.hf_architecture, **spec.hf_labels(run.config, run.labels)
+    ),
   )
   return out_dir
 
@@ -293,7 +274,7 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
         f"init.hf_dir={hf_dir} lacks {lacking[:3]}: those weights were random in "
         "training and an adapter cannot carry them; use --format=merged"
       )
-  peft, head = run.peft, TASK_HEADS[run.task]
+  peft, head = run.peft, run.spec.head
   targets = [m for m in LAYER_MODULES if peft.targets_module(m)]
   layers = run.params["bert"]["encoder"]["layers"]
   tensors = {}
@@ -310,7 +291,7 @@ def save_lora_adapter(out_dir: str, run: finetuned.FinetunedRun) -> str:
   alpha = int(peft.alpha) if float(peft.alpha).is_integer() else float(peft.alpha)
   adapter_config = {
     "peft_type": "LORA",
-    "task_type": PEFT_TASK_TYPES[run.task],
+    "task_type": run.spec.peft_task_type,
     "base_model_name_or_path": hf_dir,
     "r": peft.rank,
     "lora_alpha": alpha,
@@ -362,7 +343,7 @@ def main(argv):
     what = (
       f"an HF PEFT LoRA adapter on {run.config.init.hf_dir}"
       if flags_.format == "peft"
-      else f"{ARCHITECTURES[run.task]}, peft.method={run.peft.method} merged"
+      else f"{run.spec.hf_architecture}, peft.method={run.peft.method} merged"
     )
     print(f"wrote step {run.step} of {flags_.workdir} to {flags_.out} ({what})")
   elif command == "export":

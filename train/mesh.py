@@ -136,3 +136,8 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules) -> dict[str,
     key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
     for key, value in batch.items()
   }
+
+
+def host_value(x) -> np.ndarray:
+  """A replicated result as numpy; in a multi-process job only local shards are readable."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))

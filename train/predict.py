@@ -1,4 +1,4 @@
-"""Label text with a fine-tuned workdir: a class, entities with character spans, an answer.
+"""Label text with a fine-tuned workdir: a class, entities with spans, an answer, a choice.
 
   python -m train.predict --workdir=/tmp/sst2 --text="a gripping, funny film"
   python -m train.predict --workdir=/tmp/mrpc --text="He left." --text_pair="He went away."
@@ -6,12 +6,16 @@
                                                                           # pairs: TAB between
   python -m train.predict --workdir=/tmp/conll --text="Angela Merkel visited Paris."
   python -m train.predict --workdir=/tmp/squad --question="Who?" --context="..."
+  python -m train.predict --workdir=/tmp/swag --text="She opens the door." \
+      --choice="and walks in." --choice="and the sky sings."
 
-Prints one JSON object per input. The model is rebuilt from the workdir's
-config.json, labels.json and tokenizer/ (written by the train loop), with the
-best checkpoint's parameters (<workdir>/best), or the newest when there is
-none. Inputs are encoded by the same functions as the training data, so a
-prediction means what an evaluation measured.
+Prints one JSON object per input; what an input is and what its result holds
+is the task's `predict` (train/tasks). In a notebook: `Predictor(workdir)(inputs)`.
+The model is rebuilt from the workdir's config.json, labels.json and
+tokenizer/ (written by the train loop), with the best checkpoint's parameters
+(<workdir>/best), or the newest when there is none. Inputs are encoded by the
+same functions as the training data, so a prediction means what an evaluation
+measured.
 """
 
 from __future__ import annotations
@@ -24,135 +28,88 @@ import jax
 import numpy as np
 from flax import nnx
 
-from data import classification, finetune, ner, squad
+from data import finetune
 from data.tokenizer import load_tokenizer
 from train import finetuned, tasks
 from train.state import abstract_model
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = np.exp(logits - logits.max(-1, keepdims=True))
-  return shifted / shifted.sum(-1, keepdims=True)
-
-
 class Predictor:
-  """A fine-tuned model from its workdir, on the default device, no mesh needed."""
+  """A fine-tuned model from its workdir, on the default device, no mesh needed.
+
+  `predictor(inputs)` labels a list of inputs as the run's task reads them: a
+  text or (text, pair) for classification, a text for NER, (question, context)
+  for question answering, (context, ending, ending, ...) for multiple choice.
+  """
 
   def __init__(
     self, workdir: str, checkpoint: str = "best", batch_size: int = 32, step: int | None = None
   ):
     run = finetuned.read_run(workdir, checkpoint, step)
-    self.config, self.labels, self.step = run.config, run.labels, run.step
+    self.config, self.labels, self.step, self.spec = run.config, run.labels, run.step, run.spec
     self.tokenizer = load_tokenizer(
       os.path.join(workdir, "tokenizer"), lowercase=self.config.data.lowercase
     )
     self.batch_size = batch_size
-    factory = tasks.finetune_model_factory(self.config, run.model_config, self.labels)
+    factory = tasks.model_factory(self.config, run.model_config, self.labels)
     graphdef, abstract = abstract_model(factory)
     nnx.replace_by_pure_dict(abstract, finetuned.full_params(run))
     self.params = jax.device_put(abstract)
-    objective = tasks.finetune_objective(self.config, self.labels)
+    objective = self.spec.objective(self.config, self.labels)
     self._forward = jax.jit(
       lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None)
     )
 
-  def _outputs(self, arrays: dict) -> dict[str, np.ndarray]:
+  def outputs(self, arrays: dict) -> dict[str, np.ndarray]:
     """Model outputs of every row of `arrays`, batched and padded as in evaluation."""
     n = len(arrays["weight"])
     outputs = [
-      self._forward(self.params, {k: v for k, v in batch.items()})
+      self._forward(self.params, dict(batch))
       for batch in finetune.eval_batches(arrays, self.batch_size)
     ]
     return {key: np.concatenate([np.asarray(o[key]) for o in outputs])[:n] for key in outputs[0]}
 
-  def classify(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-    """{'label', 'probability'} per text (or {'score'} for a regression task)."""
-    data = self.config.data
-    examples = [
-      classification.TextExample(t, None if pairs is None else pairs[i], None, f"input {i + 1}")
-      for i, t in enumerate(texts)
-    ]
-    for example in examples:
-      if not example.text_a.strip() or (pairs is not None and not example.text_b.strip()):
-        raise ValueError(f"{example.origin}: empty text")
-    if data.entity_markers:
-      examples = classification.mark_relation_examples(examples, data.entity_markers)
-    arrays, _ = classification.encode_examples(
-      examples, self.tokenizer, data.max_seq_length, None if data.regression else self.labels
-    )
-    logits = self._outputs(arrays)["logits"]
-    if data.regression:
-      return [{"text": t, "score": float(row[0])} for t, row in zip(texts, logits)]
-    probabilities = softmax(logits)
-    return [
-      {"text": t, "label": self.labels[int(p.argmax())], "probability": float(p.max())}
-      for t, p in zip(texts, probabilities)
-    ]
-
-  def tag(self, texts: list[str]) -> list[dict]:
-    """Entities per text: type, character start/end, and text[start:end]."""
-    words = [ner.split_words(text, self.tokenizer) for text in texts]
-    for i, text_words in enumerate(words):
-      if not text_words:
-        raise ValueError(f"input {i + 1}: empty text")
-    sentences = [
-      ner.TaggedSentence(tuple(w for w, _, _ in ws), None, f"input {i + 1}")
-      for i, ws in enumerate(words)
-    ]
-    arrays, positions, _ = ner.encode_sentences(
-      sentences, self.tokenizer, self.config.data.max_seq_length, self.labels
-    )
-    predicted = self._outputs(arrays)["logits"].argmax(-1)
-    results = []
-    for i, text in enumerate(texts):
-      tags = ner.word_tags(predicted[i], positions[i], self.labels)
-      results.append({"text": text, "entities": ner.entities_in_text(text, words[i], tags)})
-    return results
-
-  def answer(self, question: str, context: str) -> dict:
-    """The best span of `context`: its text and character start/end."""
-    if not question.strip() or not context.strip():
-      raise ValueError("--question and --context must both be non-empty")
-    data = self.config.data
-    example = squad.QAExample("0", question, context, (), "--question/--context")
-    arrays, windows, _ = squad.encode_windows(
-      [example], self.tokenizer, data.max_seq_length, data.doc_stride, data.max_query_length
-    )
-    outputs = self._outputs(arrays)
-    best = squad.best_answer(
-      context,
-      outputs["start_logits"],
-      outputs["end_logits"],
-      windows.offsets,
-      windows.max_context,
-      data.n_best_size,
-      data.max_answer_length,
-    )
-    return {
-      "question": question,
-      "answer": best["text"],
-      "start": best["start"],
-      "end": best["end"],
-      "score": best["score"],
-    }
+  def __call__(self, inputs) -> list[dict]:
+    """One result per input; an input is a string or a tuple of strings."""
+    rows = [(row,) if isinstance(row, str) else tuple(row) for row in inputs]
+    if not rows:
+      raise ValueError("no inputs to predict")
+    return self.spec.predict(self, rows)
 
 
-def read_inputs(path: str) -> tuple[list[str], list[str] | None]:
-  """Texts of a file, one per non-blank line; 'a<TAB>b' lines make pairs."""
-  texts, pairs = [], []
+def read_inputs(path: str) -> list[tuple[str, ...]]:
+  """The inputs of a file, one per non-blank line, its fields separated by TABs."""
+  rows, widths = [], set()
   for number, line in finetune.read_lines(path):
     if not line.strip():
       continue
-    fields = line.split("\t")
-    if len(fields) > 2:
+    rows.append(tuple(line.split("\t")))
+    widths.add(len(rows[-1]))
+    if len(widths) > 1:
       raise ValueError(
-        f"{path}:{number}: {len(fields)} tab-separated fields; give a text or a pair"
+        f"{path}:{number}: {len(rows[-1])} tab-separated fields; earlier lines have {len(rows[0])}"
       )
-    texts.append(fields[0])
-    pairs.append(fields[1] if len(fields) == 2 else None)
-  if any(p is not None for p in pairs) and any(p is None for p in pairs):
-    raise ValueError(f"{path}: some lines are pairs (a TAB) and some are not")
-  return texts, (pairs if pairs and pairs[0] is not None else None)
+  return rows
+
+
+def inputs_from_flags(texts=None, text_pairs=None, choices=None, question=None, context=None):
+  """The command line's inputs as rows: --text [--text_pair | --choice], or --question/--context."""
+  if question is not None or context is not None:
+    if not (question and context):
+      raise ValueError("give both --question and --context")
+    return [(question, context)]
+  if not texts:
+    raise ValueError("give --text, --input_file or --question/--context")
+  texts = list(texts)
+  if choices:
+    if len(texts) != 1:
+      raise ValueError(f"--choice belongs to one --text; got {len(texts)}")
+    return [(texts[0], *choices)]
+  if text_pairs:
+    if len(text_pairs) != len(texts):
+      raise ValueError(f"{len(texts)} --text but {len(text_pairs)} --text_pair")
+    return list(zip(texts, text_pairs))
+  return [(text,) for text in texts]
 
 
 def predict(
@@ -165,24 +122,15 @@ def predict(
   checkpoint: str = "best",
   batch_size: int = 32,
   step: int | None = None,
+  choices=None,
 ) -> list[dict]:
   """What the command prints, as a list: one result per input."""
-  predictor = Predictor(workdir, checkpoint, batch_size, step)
-  task = predictor.config.task
-  if task == "question_answering":
-    if not (question and context):
-      raise ValueError("a question-answering workdir needs --question and --context")
-    return [predictor.answer(question, context)]
-  if input_file:
-    texts, text_pairs = read_inputs(input_file)
-  elif not texts:
-    raise ValueError("give --text or --input_file")
-  texts = list(texts)
-  if text_pairs is not None and len(text_pairs) != len(texts):
-    raise ValueError(f"{len(texts)} --text but {len(text_pairs)} --text_pair")
-  if task == "classification":
-    return predictor.classify(texts, None if text_pairs is None else list(text_pairs))
-  return predictor.tag(texts)
+  rows = (
+    read_inputs(input_file)
+    if input_file
+    else inputs_from_flags(texts, text_pairs, choices, question, context)
+  )
+  return Predictor(workdir, checkpoint, batch_size, step)(rows)
 
 
 def main(argv):
@@ -202,6 +150,7 @@ def main(argv):
     FLAGS.checkpoint,
     FLAGS.batch_size,
     FLAGS.step,
+    FLAGS.choice,
   )
   for result in results:
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -214,6 +163,7 @@ if __name__ == "__main__":
   flags.DEFINE_multi_string("text", None, "Text to label (repeatable).")
   flags.DEFINE_multi_string("text_pair", None, "Second sentence of each --text, for pair tasks.")
   flags.DEFINE_string("input_file", None, "UTF-8 file, a text (or 'a<TAB>b' pair) per line.")
+  flags.DEFINE_multi_string("choice", None, "An ending of --text, for a multiple-choice workdir.")
   flags.DEFINE_string("question", None, "Question, for a question-answering workdir.")
   flags.DEFINE_string("context", None, "Context the answer is taken from.")
   flags.DEFINE_string("checkpoint", "best", "'best' (falls back to the newest) or 'latest'.")

@@ -19,12 +19,11 @@ import os
 from absl import logging
 from flax import nnx
 
+from model import convert
 from model.config import BertConfig
 from train import hf
 from train.checkpoint import read_on_host
 from train.state import TrainState, load_params
-
-TASK_HEADS = frozenset({"classifier", "qa_outputs"})
 
 
 def _check_architecture(saved_model: dict, config: BertConfig, where: str) -> None:
@@ -67,7 +66,7 @@ def hf_params(name_or_dir: str, config: BertConfig) -> dict:
 
 def _without_task_heads(tree: dict, where: str) -> dict:
   """A fine-tuned model's head (classifier, qa_outputs) is another task's: heads start fresh."""
-  heads = sorted(set(tree) & TASK_HEADS)
+  heads = sorted(set(tree) - set(convert.PRETRAINING_MODULES))
   if heads:
     logging.info("%s: not using its task head %s", where, heads)
   return {key: value for key, value in tree.items() if key not in heads}

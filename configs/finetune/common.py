@@ -9,8 +9,12 @@ dev from {5e-5, 4e-5, 3e-5, 2e-5}, max_seq_length 128 (GLUE) / 384 (SQuAD).
                                relations with data.entity_markers
   task='token_classification'  CoNLL files (IOB1 or BIO) or TFDS conll2003
   task='question_answering'    SQuAD v1.1 JSON or TFDS squad
+  task='multiple_choice'       SWAG-format CSV: a context and endings, one right
   task='cloze'                 classification data as a prompt the MLM head fills in
                                (data.template, data.verbalizer); epochs=0: zero-shot
+
+The data fields every task shares are here; each task adds its own (its
+module's DATA_DEFAULTS in train/tasks/<task>.py).
 
 Weights come from init.hf_dir (an HF BERT directory or hub name) or
 init.checkpoint (a pretraining workdir of this codebase); with neither, the
@@ -21,9 +25,8 @@ source has a vocab.txt.
 import ml_collections
 
 from configs import sizes
+from train import tasks
 from train.mesh import DEFAULT_RULES
-
-TASKS = ("classification", "token_classification", "question_answering", "cloze")
 
 # The published uncased checkpoints of each size (Turc et al. 2019 for the small ones).
 HF_CHECKPOINTS = {
@@ -38,8 +41,9 @@ HF_CHECKPOINTS = {
 
 
 def get_config(task: str = "classification", size: str = "base") -> ml_collections.ConfigDict:
-  if task not in TASKS:
-    raise ValueError(f"unknown fine-tuning task {task!r}; known: {TASKS}")
+  spec = tasks.get(task)
+  if task == "pretraining":
+    raise ValueError("task='pretraining' has its own configs: configs/pretrain/")
   c = ml_collections.ConfigDict()
   c.task = task
   c.seed = 0
@@ -58,35 +62,14 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       tfds_data_dir="",
       tfds_text_keys="",  # classification: '' = text_columns
       tfds_label_key="label",  # classification; its ClassLabel names become the labels
+      labels=(),  # class / tag names in id order; () = those of train, sorted
       vocab="",  # vocab.txt, a directory or HF name; '' = the init source's
       lowercase=True,
       max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
       max_seq_length=128,  # longer text is truncated (counted in the log)
-      # classification
-      text_columns="sentence",  # one or two (a pair) header names, or 0-based numbers
-      label_column="label",
-      has_header=True,
-      bad_rows="error",  # 'skip': drop TSV rows with the wrong field count, logged
-      labels=(),  # class names in id order; () = sorted labels of train
-      regression=False,  # one float output, squared error (STS-B)
-      entity_markers=(),  # relations: (e1 open, e1 close, e2 open, e2 close)
-      metrics=("accuracy",),  # accuracy, f1, mcc, pearson, spearman
-      # token classification
-      tag_column=-1,  # CoNLL column holding the tag (the word is column 0)
-      # question answering
-      doc_stride=128,  # context tokens between the starts of two windows
-      max_query_length=64,
-      n_best_size=20,
-      max_answer_length=30,
     )
   )
-
-  if task == "cloze":
-    c.data.update(
-      template="",  # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
-      verbalizer=None,  # a word per label, label order; or a dict label -> word
-      train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
-    )
+  c.data.update(spec.data_defaults)
 
   # Parameter-efficient fine-tuning (model/peft.py); 'none' trains every parameter.
   c.peft = ml_collections.ConfigDict(

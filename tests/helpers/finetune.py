@@ -115,16 +115,20 @@ def write_squad(path, data):
   return str(path)
 
 
+# The encoder of every tiny config here (transformers' BertConfig keys).
+TINY = dict(
+  vocab_size=64,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=64,
+)
+
+
 def tiny_config(task, tmp_path, **overrides):
   c = common.get_config(task, "tiny")
-  c.model.update(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-  )
+  c.model.update(TINY)
   c.data.update(vocab=write_vocab(tmp_path / "vocab.txt"), max_seq_length=32)
   c.init.hf_dir = ""
   c.batch_size = 8
@@ -168,3 +172,20 @@ def squad_config(tmp_path, **overrides):
   )
   c.early_stopping.update(metric="f1")
   return set_keys(c, overrides)
+
+
+def write_hf_dir(path, vocab_file, **overrides):
+  """A random tiny transformers BertModel saved as an HF directory with the tests' vocab:
+  (directory, its tensors, the torch model)."""
+  import shutil
+
+  import torch
+  from transformers import BertModel
+
+  from helpers import tiny_hf_config
+
+  torch.manual_seed(0)
+  model = BertModel(tiny_hf_config(**dict(TINY, **overrides))).eval()
+  model.save_pretrained(str(path))
+  shutil.copy(vocab_file, path / "vocab.txt")
+  return str(path), {k: v.detach().numpy() for k, v in model.state_dict().items()}, model

@@ -1,0 +1,151 @@
+"""PET-style cloze classification: the MLM head fills a template's [MASK] with a label word.
+
+No parameter starts fresh, so the model scores classes before any training
+(zero-shot, epochs=0); k-shot training keeps the first k examples of each class.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+from data import classification, cloze, finetune
+from model.heads import BertForPreTraining
+from train import metrics
+from train.losses import ClozeObjective
+from train.tasks import common
+from train.tasks.base import Task, TaskSpec
+from train.tasks.classification import DATA_DEFAULTS as CLASSIFICATION_DEFAULTS
+from train.tasks.classification import read_text_examples
+
+DATA_DEFAULTS = dict(
+  CLASSIFICATION_DEFAULTS,
+  template="",  # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
+  verbalizer=None,  # a word per label, label order; or a dict label -> word
+  train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
+)
+
+
+def mlm_head_missing(init) -> bool:
+  """True when init.hf_dir is a local safetensors checkpoint without cls.predictions.*.
+
+  Such a checkpoint (a sentence-transformers BertModel) leaves the MLM transform
+  random, so its cloze scores say little; other sources are not inspected.
+  """
+  hf_dir = init.get("hf_dir", "")
+  path = os.path.join(hf_dir, "model.safetensors") if hf_dir else ""
+  if not (path and os.path.isfile(path)):
+    return False
+  from safetensors import safe_open
+
+  with safe_open(path, "np") as f:
+    names = f.keys()
+  return not any(name.startswith("cls.predictions.") for name in names)
+
+
+def build(config, workdir: str) -> Task:
+  """PET-style prompts: the MLM head scores each label's word at the template's [MASK].
+
+  Reads data like the classification task, plus data.template, data.verbalizer and
+  data.train_examples_per_class (k-shot: the first k of each class after a shuffle
+  by config.seed; 0: all). With epochs=0 no training data is needed: the loop
+  evaluates the initial weights (zero-shot).
+  """
+  data = config.data
+  if config.get("peft") and config.peft.get("method", "none") != "none":
+    raise ValueError(
+      f"peft.method={config.peft.method!r}: task='cloze' trains every parameter "
+      "(PEFT with the MLM head is not wired up); set peft.method='none'"
+    )
+  model_config = common.model_config_of(config)
+  tokenizer = common.finetune_tokenizer(config, model_config)
+  columns = classification.parse_columns(
+    (data.tfds_text_keys or data.text_columns) if data.source == "tfds" else data.text_columns
+  )
+  examples, tfds_labels = read_text_examples(data)
+  common.check_unknown(tokenizer, (e.text_a for e in examples.get("train", [])), data)
+  verbalizer_labels = list(data.verbalizer.keys()) if hasattr(data.verbalizer, "keys") else []
+  labels = tfds_labels or classification.resolve_labels(
+    data.labels or verbalizer_labels, examples.get("train", [])
+  )
+  if not labels:
+    raise ValueError("no labels: set data.labels (or give data.verbalizer as label -> word)")
+  verbalizer_ids = cloze.verbalizer_token_ids(data.verbalizer, labels, tokenizer)
+  k = data.train_examples_per_class
+  if k and "train" in examples:
+    examples["train"] = cloze.first_k_per_class(examples["train"], labels, k, config.seed)
+  arrays, stats, gold = {}, {}, {}
+  for split, split_examples in examples.items():
+    arrays[split], stats[split] = cloze.encode_cloze(
+      split_examples, columns, data.template, tokenizer, data.max_seq_length, labels
+    )
+    gold[split] = arrays[split]["label"]
+  if "eval" not in arrays:
+    raise ValueError("no eval data: set data.eval_path (or the TFDS split)")
+  trains = config.optimizer.total_steps or config.epochs
+  if trains and "train" not in arrays:
+    raise ValueError(
+      "no train data: set data.train_path (or the TFDS split), or epochs=0 and "
+      "optimizer.total_steps=0 to evaluate without training (zero-shot)"
+    )
+  if mlm_head_missing(config.init):
+    logging.warning(
+      "init.hf_dir=%s has no MLM head (cls.predictions.*): its transform starts "
+      "random, so cloze scores are close to chance until trained",
+      config.init.hf_dir,
+    )
+
+  def score(split: str, outputs: dict) -> dict:
+    predictions = outputs["logits"][: len(gold[split])].argmax(-1)
+    return metrics.classification_scores(list(data.metrics), predictions, gold[split])
+
+  train_data = (
+    finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+    if "train" in arrays
+    else None
+  )
+  test_batches = (
+    finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else []
+  )
+  words = [tokenizer.convert_ids_to_tokens(i) for i in verbalizer_ids]
+  summary = {
+    "splits": stats,
+    "labels": labels,
+    "verbalizer": dict(zip(labels, words)),
+    "template": data.template,
+  }
+  logging.info("cloze data: %s", summary)
+  return Task(
+    model_config=model_config,
+    model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
+    objective=ClozeObjective(verbalizer_ids),
+    train_data=train_data,
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+    test_batches=test_batches,
+    score=score,
+    labels=labels,
+    tokenizer=tokenizer,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary=summary,
+    steps_per_epoch=train_data.steps_per_epoch if train_data else None,
+    mlm_predictions=1,
+  )
+
+
+def example_shapes(config):
+  verbalizer = config.data.verbalizer
+  labels = list(verbalizer.keys()) if hasattr(verbalizer, "keys") else None
+  shapes = dict(
+    common.token_shapes(config.data.max_seq_length),
+    mask_position=((), np.int32),
+    label=((), np.int32),
+    weight=((), np.float32),
+  )
+  return labels or common.configured_labels(config), shapes
+
+
+SPEC = TaskSpec(
+  name="cloze", build=build, example_shapes=example_shapes, data_defaults=DATA_DEFAULTS
+)

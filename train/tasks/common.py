@@ -1,0 +1,121 @@
+"""What every fine-tuning task shares: its model config, tokenizer, splits and batches."""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from data import finetune
+from data import tokenizer as tokenizer_lib
+from model.config import BertConfig
+from model.peft import PeftConfig, check_sequence_fits
+from train import warm_start
+from train.tasks.base import Task
+
+SPLITS = ("train", "eval", "test")
+
+
+def model_config_of(config) -> BertConfig:
+  """config.model, checked against data.max_seq_length."""
+  model_config = BertConfig.from_dict(config.model)
+  if config.data.max_seq_length > model_config.max_position_embeddings:
+    raise ValueError(
+      f"data.max_seq_length={config.data.max_seq_length} exceeds "
+      f"model.max_position_embeddings={model_config.max_position_embeddings}"
+    )
+  return model_config
+
+
+def check_unknown(tokenizer, texts, data, where: str = "") -> None:
+  """tokenizer.check_unknown_rate on a sample of the training text, named by its source."""
+  tokenizer_lib.check_unknown_rate(
+    tokenizer,
+    texts,
+    where or data.get("train_path") or data.get("tfds_name") or data.source,
+    data.get("max_unknown_fraction", tokenizer_lib.MAX_UNKNOWN_FRACTION),
+  )
+
+
+def finetune_tokenizer(config, model_config: BertConfig):
+  """data.vocab, or else the vocab that came with init.checkpoint / init.hf_dir."""
+  vocab = config.data.vocab or warm_start.init_vocab(config.init)
+  if not vocab:
+    raise ValueError(
+      "data.vocab is empty and init gives no vocab.txt: set data.vocab to "
+      "the vocab the encoder was trained with"
+    )
+  tokenizer = tokenizer_lib.load_tokenizer(vocab, lowercase=config.data.lowercase)
+  tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
+  return tokenizer
+
+
+def split_source(data, split: str) -> str | None:
+  """The file path or TFDS split name of a split; None when the config has none."""
+  if data.source == "files":
+    path = {"train": data.train_path, "eval": data.eval_path, "test": data.test_path}[split]
+    return path or None
+  if data.source == "tfds":
+    if not data.tfds_name:
+      raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
+    name = {
+      "train": data.tfds_train_split,
+      "eval": data.tfds_eval_split,
+      "test": data.tfds_test_split,
+    }[split]
+    return name or None
+  raise ValueError(f"data.source={data.source!r}: expected 'files' or 'tfds'")
+
+
+def peft_config(config) -> PeftConfig:
+  """The config's `peft` section, checked against the model and sequence length."""
+  peft = PeftConfig.from_dict(config.peft.to_dict() if config.get("peft") else None)
+  check_sequence_fits(peft, config.data.max_seq_length, config.model.max_position_embeddings)
+  return peft
+
+
+def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, labels, summary):
+  """The Task of a fine-tuning spec: batches for every split present; train and eval required."""
+  for split in ("train", "eval"):
+    if split not in arrays:
+      raise ValueError(f"no {split} data: set data.{split}_path (or the TFDS split)")
+  peft = peft_config(config)
+  train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+  logging.info("fine-tuning data: %s", summary)
+  return Task(
+    model_config=model_config,
+    model_factory=spec.model_factory(config, model_config, labels, peft),
+    objective=spec.objective(config, labels),
+    train_data=train_data,
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+    test_batches=finetune.eval_batches(arrays["test"], config.batch_size)
+    if "test" in arrays
+    else [],
+    score=score,
+    labels=labels,
+    tokenizer=tokenizer,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary=summary,
+    steps_per_epoch=train_data.steps_per_epoch,
+    peft=peft,
+  )
+
+
+def token_shapes(length: int, prefix: tuple = ()) -> dict:
+  """The three token arrays of an encoded row (or of `prefix` rows per example)."""
+  keys = ("input_ids", "token_type_ids", "attention_mask")
+  return {key: (prefix + (length,), np.int32) for key in keys}
+
+
+def configured_labels(config, default: int = 2) -> list[str]:
+  """data.labels, or `default` placeholder names: what a run's labels are before data is read."""
+  labels = [str(label) for label in config.data.get("labels", ())]
+  return labels or [str(i) for i in range(default)]
+
+
+def label_fields(labels) -> dict:
+  """transformers' config.json fields of a classifier over `labels`."""
+  return {
+    "num_labels": len(labels),
+    "id2label": {str(i): label for i, label in enumerate(labels)},
+    "label2id": {label: i for i, label in enumerate(labels)},
+  }

@@ -1,0 +1,154 @@
+"""Pretraining: masked-LM + next-sentence prediction on a text corpus (BertForPreTraining).
+
+The corpus is text files, a TFDS text dataset or the embedded sample; the vocab
+is named or learned from the corpus and kept in the workdir. Held-out documents
+give the evaluation batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+from absl import logging
+from etils import epath
+
+from data import corpus
+from data import tokenizer as tokenizer_lib
+from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
+from model.config import BertConfig
+from model.heads import BertForPreTraining
+from train import writers
+from train.losses import PretrainingObjective
+from train.tasks.base import Task, TaskSpec
+from train.tasks.common import check_unknown, token_shapes
+
+
+def load_documents(data) -> list[list[str]]:
+  if data.source == "embedded":
+    return corpus.embedded_corpus()
+  if data.source == "text":
+    if not data.paths:
+      raise ValueError("data.paths is empty: give text files for data.source='text'")
+    documents = corpus.read_bert_text_files([p for p in data.paths.split(",") if p])
+  elif data.source == "tfds":
+    if not data.tfds_name:
+      raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
+    documents = corpus.tfds_documents(
+      data.tfds_name,
+      data.tfds_split,
+      data.tfds_text_key,
+      data.tfds_data_dir or None,
+      data.max_documents or None,
+    )
+  else:
+    raise ValueError(f"data.source={data.source!r}: expected 'text', 'tfds' or 'embedded'")
+  return documents[: data.max_documents] if data.max_documents else documents
+
+
+def load_or_train_tokenizer(data, documents, workdir: str):
+  """A vocab by path/name, or one learned from the corpus and kept in the workdir.
+
+  A learned vocab is written once; a resumed run reads the same file back, so
+  token ids never shift under a checkpoint.
+  """
+  if data.vocab != "train":
+    return tokenizer_lib.load_tokenizer(data.vocab, lowercase=data.lowercase)
+  kept = epath.Path(workdir) / "vocab" / "vocab.txt"
+  if not writers.is_remote(workdir):
+    if not kept.exists():
+      texts = (sentence for document in documents for sentence in document)
+      tokenizer_lib.train_wordpiece(texts, data.train_vocab_size, str(kept.parent), data.lowercase)
+    return tokenizer_lib.load_tokenizer(str(kept), lowercase=data.lowercase)
+  # A bucket workdir: learn (or fetch) the vocab in a local folder, keep a copy in the bucket.
+  local = tempfile.mkdtemp(prefix="vocab_")
+  if kept.exists():
+    (epath.Path(local) / "vocab.txt").write_text(kept.read_text())
+  else:
+    texts = (sentence for document in documents for sentence in document)
+    tokenizer_lib.train_wordpiece(texts, data.train_vocab_size, local, data.lowercase)
+    writers.copy_dir(local, kept.parent)
+  return tokenizer_lib.load_tokenizer(os.path.join(local, "vocab.txt"), lowercase=data.lowercase)
+
+
+def build(config, workdir: str) -> Task:
+  data = config.data
+  model_config = BertConfig.from_dict(config.model)
+  if data.max_seq_length > model_config.max_position_embeddings:
+    raise ValueError(
+      f"data.max_seq_length={data.max_seq_length} exceeds "
+      f"model.max_position_embeddings={model_config.max_position_embeddings}"
+    )
+  documents = load_documents(data)
+  if not documents:
+    raise ValueError(f"data.source={data.source!r} gave an empty corpus")
+  tokenizer = load_or_train_tokenizer(data, documents, workdir)
+  tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
+  check_unknown(tokenizer, (s for d in documents for s in d), data, data.paths)
+  train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
+
+  def arrays_for(docs, seed):
+    return build_pretraining_data(
+      docs,
+      tokenizer,
+      data.max_seq_length,
+      data.short_seq_prob,
+      data.dupe_factor,
+      seed,
+      data.whole_word,
+    )
+
+  train_arrays, train_stats = arrays_for(train_docs, config.seed)
+  heldout_arrays, heldout_stats = arrays_for(heldout_docs, config.seed + 1)
+  masking = MaskingConfig.from_tokenizer(
+    tokenizer,
+    mask_prob=data.mask_prob,
+    max_predictions=data.max_predictions,
+    whole_word=data.whole_word,
+  )
+  train_data = PretrainingData(train_arrays, config.batch_size, config.seed, masking)
+  heldout = PretrainingData(heldout_arrays, config.batch_size, config.seed + 1, masking)
+  eval_batches = [
+    heldout.batch(i) for i in range(min(config.eval_batches, heldout.steps_per_epoch))
+  ]
+  logging.info("pretraining corpus: train %s; heldout %s", train_stats, heldout_stats)
+  return Task(
+    model_config=model_config,
+    model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
+    objective=PretrainingObjective(),
+    train_data=train_data,
+    eval_batches=eval_batches,
+    vocab_file=getattr(tokenizer, "vocab_file", None),
+    summary={
+      "train": dataclasses.asdict(train_stats),
+      "heldout": dataclasses.asdict(heldout_stats),
+      "vocab_size": len(tokenizer),
+    },
+    steps_per_epoch=train_data.steps_per_epoch,
+    mlm_predictions=data.max_predictions,
+  )
+
+
+def example_shapes(config):
+  t, p = config.data.max_seq_length, config.data.max_predictions
+  shapes = dict(
+    token_shapes(t),
+    masked_positions=((p,), np.int32),
+    masked_ids=((p,), np.int32),
+    masked_weights=((p,), np.float32),
+    next_sentence_label=((), np.int32),
+  )
+  return None, shapes
+
+
+SPEC = TaskSpec(
+  name="pretraining",
+  build=build,
+  example_shapes=example_shapes,
+  model_factory=lambda config, model_config, labels, peft: (
+    lambda rngs: BertForPreTraining(model_config, rngs, peft)
+  ),
+  objective=lambda config, labels: PretrainingObjective(),
+)
