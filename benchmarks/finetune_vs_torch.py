@@ -51,6 +51,7 @@ from flax import nnx
 
 from benchmarks import torch_dropout
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
+from data.finetune import concatenate_outputs
 from train import loop, warm_start
 from train import mesh as mesh_lib
 from train import step as step_lib
@@ -63,7 +64,15 @@ flags.DEFINE_string("data_dir", "", "Folder with sst2/, conll2003/ and squad_v1/
 flags.DEFINE_string("seeds", "0", "Comma-separated seeds; each runs both frameworks.")
 flags.DEFINE_integer("steps", 300, "Train steps, both rows.")
 flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both rows.")
-flags.DEFINE_integer("seq_len", 128, "Tokens per example, both rows.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per example (the longest), both rows.")
+flags.DEFINE_enum(
+  "padding",
+  "dynamic",
+  ["dynamic", "fixed"],
+  "dynamic: as users run each side: ours in length buckets (data.bucket_lengths=auto), "
+  "PyTorch padded to each batch's longest row (what DataCollatorWithPadding does); "
+  "fixed: both at --seq_len.",
+)
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
 flags.DEFINE_integer(
@@ -141,6 +150,7 @@ def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple
     items.append(("data.test_path", test))
   items += [
     ("data.max_seq_length", FLAGS.seq_len),
+    ("data.bucket_lengths", "auto" if FLAGS.padding == "dynamic" else "none"),
     ("batch_size", FLAGS.batch_size),
     ("optimizer.lr", FLAGS.lr),
     ("optimizer.total_steps", FLAGS.steps),
@@ -244,10 +254,19 @@ def torch_model(hf_dir: str, task, head: dict):
   return model
 
 
+def hf_padding(batch: dict) -> dict:
+  """--padding=dynamic: the batch cut to its longest row, as DataCollatorWithPadding pads."""
+  if FLAGS.padding != "dynamic":
+    return batch
+  longest = int(batch["attention_mask"].sum(-1).max())
+  return {k: v[:, :longest] if np.ndim(v) == 2 else v for k, v in batch.items()}
+
+
 def torch_forward(model, batch: dict, with_labels: bool):
   """transformers' forward on one of our numpy batches; with_labels adds its own loss."""
   import torch
 
+  batch = hf_padding(batch)
   as_long = lambda key: torch.from_numpy(np.asarray(batch[key], np.int64))
   kwargs = {k: as_long(k) for k in ("input_ids", "token_type_ids", "attention_mask")}
   if with_labels:
@@ -279,7 +298,7 @@ def torch_evaluate(model, task, split: str) -> dict:
   model.eval()
   with torch.no_grad():
     outputs = [torch_outputs(torch_forward(model, b, False)) for b in batches]
-  outputs = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  outputs = concatenate_outputs(outputs, task.objective.token_outputs)
   return pick(task.score(split, outputs))
 
 
@@ -302,7 +321,10 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   model.eval()
   with torch.no_grad():
     step0 = torch_outputs(torch_forward(model, task.eval_batches[0], False))
-  step0_diff = max(float(np.max(np.abs(step0[k] - ours_step0[k]))) for k in step0)
+  length = min(np.shape(step0[k])[1] for k in step0)  # the two may pad to other lengths
+  step0_diff = max(
+    float(np.max(np.abs(step0[k][:, :length] - ours_step0[k][:, :length]))) for k in step0
+  )
   model.train()
 
   no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name

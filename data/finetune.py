@@ -5,6 +5,8 @@
   pack_segments     [CLS] A [SEP] (B [SEP]) padded, ids from a tokenizer
   FinetuneData      training batches as a pure function of (seed, step)
   eval_batches      fixed eval batches, the last one padded with weight-0 rows
+  Buckets           a batch cut to the shortest bucket length that holds its rows
+  pad_token_axis    bucketed outputs back at max_seq_length
 
 Encoders (classification.py, ner.py, squad.py) turn their files into a dict of
 numpy arrays with one row per example (a window, for SQuAD) and a float32
@@ -13,6 +15,7 @@ numpy arrays with one row per example (a window, for SQuAD) and a float32
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,17 +98,77 @@ def _num_rows(arrays: dict[str, np.ndarray]) -> int:
   return next(iter(sizes.values()))
 
 
+def bucket_lengths(setting: str, max_seq_length: int) -> tuple[int, ...]:
+  """The lengths batches are padded to, from `data.bucket_lengths`.
+
+  'auto': powers of two from 16 below max_seq_length, then max_seq_length;
+  'none': max_seq_length alone (every batch padded to it, one shape);
+  '32,64,128': those (max_seq_length is added when missing).
+  """
+  setting = str(setting).strip().lower()
+  if setting == "none":
+    return (max_seq_length,)
+  if setting == "auto":
+    lengths, length = [], 16
+    while length < max_seq_length:
+      lengths.append(length)
+      length *= 2
+    return (*lengths, max_seq_length)
+  try:
+    lengths = sorted({int(x) for x in setting.split(",") if x.strip()})
+  except ValueError:
+    raise ValueError(
+      f"data.bucket_lengths={setting!r}: expected 'auto', 'none' or lengths like '32,64,128'"
+    ) from None
+  if not lengths or lengths[0] < 1 or lengths[-1] > max_seq_length:
+    raise ValueError(
+      f"data.bucket_lengths={setting!r}: lengths must lie in 1..max_seq_length={max_seq_length}"
+    )
+  return tuple(lengths) if lengths[-1] == max_seq_length else (*lengths, max_seq_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+  """Pads a batch to the shortest bucket length that holds its longest row.
+
+  Rows are padded at the end, so the longest row is the longest run of
+  attention_mask; `length_keys` are the arrays whose last axis is the token
+  axis, cut to the bucket. The choice depends on the batch's rows only, so a
+  batch stays a pure function of (seed, step), and every host of a global
+  batch picks the same length.
+  """
+
+  lengths: tuple[int, ...]
+  length_keys: tuple[str, ...]
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    mask = batch["attention_mask"]
+    longest = int(mask.reshape(-1, mask.shape[-1]).sum(-1).max()) if mask.size else 1
+    length = next(n for n in self.lengths if n >= longest)
+    if length == mask.shape[-1]:
+      return batch
+    return {k: v[..., :length] if k in self.length_keys else v for k, v in batch.items()}
+
+
 class FinetuneData:
   """Training batches as a pure function of (seed, step), like PretrainingData.
 
   Epoch e visits the rows in permutation(default_rng((seed, e))) order and
   drops the last N % batch_size of them (different ones each epoch). Resuming
-  needs only the step number.
+  needs only the step number. With `buckets`, each global batch is padded to
+  its bucket length before this host takes its share.
   """
 
-  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
+  def __init__(
+    self,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    buckets: Buckets | None = None,
+  ):
     self.sampler = EpochSampler(_num_rows(arrays), batch_size, seed, "training examples")
     self.arrays = arrays
+    self.buckets = buckets
     self.num_examples = self.sampler.num_examples
     self.steps_per_epoch = self.sampler.steps_per_epoch
 
@@ -115,14 +178,19 @@ class FinetuneData:
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     rows = self.example_indices(step)
     batch = {key: value[rows] for key, value in self.arrays.items()}
+    if self.buckets is not None:
+      batch = self.buckets(batch)
     return host_share(batch, process_index, process_count)
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]:
+def eval_batches(
+  arrays: dict[str, np.ndarray], batch_size: int, buckets: Buckets | None = None
+) -> list[dict]:
   """Every row once, in order; the last batch filled with copies of row 0 at weight 0.
 
   Copies rather than zeros keep every row a well-formed input (a row with no
-  attended token can make fused attention kernels return NaN).
+  attended token can make fused attention kernels return NaN). With
+  `buckets`, each batch is padded to its own bucket length.
   """
   n = _num_rows(arrays)
   if n == 0:
@@ -135,10 +203,36 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]:
     }
     arrays["weight"] = arrays["weight"].copy()
     arrays["weight"][n:] = 0.0
-  return [
+  batches = [
     {key: value[start : start + batch_size] for key, value in arrays.items()}
     for start in range(0, n + padded, batch_size)
   ]
+  return [buckets(b) for b in batches] if buckets is not None else batches
+
+
+def pad_token_axis(outputs: dict, keys, max_seq_length: int, fill: float = -1e9) -> dict:
+  """Model outputs of a bucketed batch back at max_seq_length, so batches concatenate.
+
+  `keys` are the outputs with a token axis (axis 1: the objective's
+  `token_outputs`); the added positions hold `fill`, below any logit, so no
+  tag or span is read there.
+  """
+  out = dict(outputs)
+  for key in keys:
+    value = np.asarray(out[key])
+    if value.shape[1] < max_seq_length:
+      widths = [(0, 0), (0, max_seq_length - value.shape[1])] + [(0, 0)] * (value.ndim - 2)
+      out[key] = np.pad(value, widths, constant_values=fill)
+  return out
+
+
+def concatenate_outputs(outputs: list[dict], token_outputs) -> dict[str, np.ndarray]:
+  """Per-batch model outputs as one array per key, in batch order; outputs with a token axis
+  (bucketed batches have their own lengths) are first padded to the longest batch."""
+  if token_outputs:
+    longest = max(np.shape(o[key])[1] for o in outputs for key in token_outputs)
+    outputs = [pad_token_axis(o, token_outputs, longest) for o in outputs]
+  return {key: np.concatenate([np.asarray(o[key]) for o in outputs]) for key in outputs[0]}
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):

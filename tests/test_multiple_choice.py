@@ -167,7 +167,7 @@ def test_abstract_batch_is_the_real_batch(tmp_path):
   from train import mesh as mesh_lib
   from train.run import build_run
 
-  run = build_run(swag_config(tmp_path), str(tmp_path / "run"))
+  run = build_run(swag_config(tmp_path, **{"data.bucket_lengths": "none"}), str(tmp_path / "run"))
   batch = mesh_lib.shard_batch(run.task.train_data.batch(0), run.mesh, run.rules)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
     k: (v.shape, v.dtype) for k, v in run.batch_shapes.items()

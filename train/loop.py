@@ -35,6 +35,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data.finetune import concatenate_outputs
 from data.sampling import host_share
 from train import mesh as mesh_lib
 from train import optim, profiling, warm_start, writers
@@ -95,7 +96,7 @@ def evaluate(
     return objective.finalize(_sum_metrics(results))
   metrics = objective.finalize(_sum_metrics([sums for sums, _ in results]))
   outputs = [multihost_utils.process_allgather(out, tiled=True) for _, out in results]
-  outputs = {key: np.concatenate([np.asarray(o[key]) for o in outputs]) for key in outputs[0]}
+  outputs = concatenate_outputs(outputs, getattr(objective, "token_outputs", ()))
   metrics.update(score(split, outputs))
   return metrics
 
@@ -254,16 +255,11 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   bar = writers.progress(end_step, initial=min(start, end_step), enabled=is_main)
   preemption = _Preemption()
   history, last_eval = [], {}
-  tokens_per_step = run.tokens_per_step
   accuracy_key = next((k for k in task.objective.metric_names if "accuracy" in k), None)
   timer = time.perf_counter()
   steps_since_log, data_seconds = 0, 0.0
-  flops_per_step = profiling.train_flops_per_step(
-    task.model_config,
-    tokens_per_step // config.data.max_seq_length,  # rows: every choice of an example is one
-    config.data.max_seq_length,
-    run.mlm_predictions,
-  )
+  interval = {"tokens": 0, "real_tokens": 0, "flops": 0.0}  # since the last log, this host's
+  lengths_seen: set[int] = set()  # one compile of the train step per batch length
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
 
@@ -287,6 +283,17 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         local = task.train_data.batch(step, jax.process_index(), jax.process_count())
         batch = mesh_lib.shard_batch(local, mesh, rules)
         data_seconds += time.perf_counter() - fetched
+        ids = local["input_ids"]
+        if ids.shape[-1] not in lengths_seen:
+          lengths_seen.add(ids.shape[-1])
+          logging.info(
+            "train step compiles for batch length %d (%d so far)", ids.shape[-1], len(lengths_seen)
+          )
+        interval["tokens"] += ids.size
+        interval["real_tokens"] += int(local["attention_mask"].sum())
+        interval["flops"] += profiling.train_flops_per_step(
+          task.model_config, ids.size // ids.shape[-1], ids.shape[-1], run.mlm_predictions
+        )
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
           state, metrics = train_step(state, frozen, batch)
         profiler.after(step, metrics)
@@ -304,11 +311,14 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
             grad_norm=sums["grad_norm"] / len(history),
             step_time=elapsed / steps_since_log,
             data_wait_time=data_seconds / steps_since_log,  # host batch building, in step_time
-            tokens_per_second=tokens_per_step * steps_since_log / elapsed,
-            model_tflops_per_second=flops_per_step * steps_since_log / elapsed / 1e12,
+            # padded positions computed, all hosts; the share of them that are real tokens
+            tokens_per_second=interval["tokens"] * jax.process_count() / elapsed,
+            real_token_fraction=interval["real_tokens"] / max(interval["tokens"], 1),
+            model_tflops_per_second=interval["flops"] * jax.process_count() / elapsed / 1e12,
+            compiled_lengths=len(lengths_seen),
           )
           if peak:
-            scalars["mfu"] = flops_per_step * steps_since_log / elapsed / peak
+            scalars["mfu"] = interval["flops"] * jax.process_count() / elapsed / peak
           writer.write(done, scalars)
           _stop_if_nonfinite(done, scalars, ckpt)
           lock.refresh()
@@ -318,6 +328,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
           bar.set_postfix(**postfix)
           history, steps_since_log, timer = [], 0, time.perf_counter()
           data_seconds = 0.0
+          interval = {"tokens": 0, "real_tokens": 0, "flops": 0.0}
 
         # Not at a stop_at_step pause: an extra evaluation there would count
         # against early-stopping patience and the resumed run would diverge.

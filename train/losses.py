@@ -83,7 +83,13 @@ class PretrainingObjective:
 
 
 class _FinetuneObjective:
-  """`__call__` = `loss_and_sums(outputs(...))`, the protocol the train step uses."""
+  """`__call__` = `loss_and_sums(outputs(...))`, the protocol the train step uses.
+
+  `token_outputs` names the outputs with a token axis (axis 1), which a
+  bucketed batch has at its own length.
+  """
+
+  token_outputs: tuple[str, ...] = ()
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {"examples": jnp.maximum(jnp.sum(batch["weight"]), 1.0)}
@@ -140,6 +146,7 @@ class TokenClassificationObjective(_FinetuneObjective):
   """
 
   metric_names = ("loss", "token_accuracy")
+  token_outputs = ("logits",)
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {"tokens": jnp.maximum(jnp.sum(self._weights(batch)), 1.0)}
@@ -175,6 +182,7 @@ class SpanObjective(_FinetuneObjective):
   """
 
   metric_names = ("loss", "span_accuracy")
+  token_outputs = ("start_logits", "end_logits")
 
   def outputs(self, model, batch: Batch, dropout_rng) -> dict:
     start, end = self._forward(model, batch, dropout_rng)

@@ -32,6 +32,7 @@ from data import finetune
 from data.tokenizer import load_tokenizer
 from train import finetuned, tasks
 from train.state import abstract_model
+from train.tasks.common import buckets_of
 
 
 class Predictor:
@@ -55,7 +56,8 @@ class Predictor:
     graphdef, abstract = abstract_model(factory)
     nnx.replace_by_pure_dict(abstract, finetuned.full_params(run))
     self.params = jax.device_put(abstract)
-    objective = self.spec.objective(self.config, self.labels)
+    objective = self.objective = self.spec.objective(self.config, self.labels)
+    self.buckets = buckets_of(self.spec, self.config)
     self._forward = jax.jit(
       lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None)
     )
@@ -65,9 +67,10 @@ class Predictor:
     n = len(arrays["weight"])
     outputs = [
       self._forward(self.params, dict(batch))
-      for batch in finetune.eval_batches(arrays, self.batch_size)
+      for batch in finetune.eval_batches(arrays, self.batch_size, self.buckets)
     ]
-    return {key: np.concatenate([np.asarray(o[key]) for o in outputs])[:n] for key in outputs[0]}
+    outputs = finetune.concatenate_outputs(outputs, self.objective.token_outputs)
+    return {key: value[:n] for key, value in outputs.items()}
 
   def __call__(self, inputs) -> list[dict]:
     """One result per input; an input is a string or a tuple of strings."""

@@ -101,13 +101,14 @@ def build(config, workdir: str) -> Task:
     predictions = outputs["logits"][: len(gold[split])].argmax(-1)
     return metrics.classification_scores(list(data.metrics), predictions, gold[split])
 
+  buckets = common.buckets_of(SPEC, config)
   train_data = (
-    finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+    finetune.FinetuneData(arrays["train"], config.batch_size, config.seed, buckets)
     if "train" in arrays
     else None
   )
   test_batches = (
-    finetune.eval_batches(arrays["test"], config.batch_size) if "test" in arrays else []
+    finetune.eval_batches(arrays["test"], config.batch_size, buckets) if "test" in arrays else []
   )
   words = [tokenizer.convert_ids_to_tokens(i) for i in verbalizer_ids]
   summary = {
@@ -122,7 +123,7 @@ def build(config, workdir: str) -> Task:
     model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
     objective=ClozeObjective(verbalizer_ids),
     train_data=train_data,
-    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size, buckets),
     test_batches=test_batches,
     score=score,
     labels=labels,

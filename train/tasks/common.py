@@ -79,15 +79,16 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
     if split not in arrays:
       raise ValueError(f"no {split} data: set data.{split}_path (or the TFDS split)")
   peft = peft_config(config)
-  train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed)
+  buckets = buckets_of(spec, config)
+  train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed, buckets)
   logging.info("fine-tuning data: %s", summary)
   return Task(
     model_config=model_config,
     model_factory=spec.model_factory(config, model_config, labels, peft),
     objective=spec.objective(config, labels),
     train_data=train_data,
-    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size),
-    test_batches=finetune.eval_batches(arrays["test"], config.batch_size)
+    eval_batches=finetune.eval_batches(arrays["eval"], config.batch_size, buckets),
+    test_batches=finetune.eval_batches(arrays["test"], config.batch_size, buckets)
     if "test" in arrays
     else [],
     score=score,
@@ -110,6 +111,17 @@ def configured_labels(config, default: int = 2) -> list[str]:
   """data.labels, or `default` placeholder names: what a run's labels are before data is read."""
   labels = [str(label) for label in config.data.get("labels", ())]
   return labels or [str(i) for i in range(default)]
+
+
+def buckets_of(spec, config) -> finetune.Buckets | None:
+  """The task's batch bucketing from data.bucket_lengths; None when it gives one length."""
+  max_seq_length = config.data.max_seq_length
+  lengths = finetune.bucket_lengths(config.data.get("bucket_lengths", "none"), max_seq_length)
+  if len(lengths) == 1:
+    return None
+  _, shapes = spec.example_shapes(config)
+  keys = tuple(k for k, (shape, _) in shapes.items() if shape and shape[-1] == max_seq_length)
+  return finetune.Buckets(lengths, keys)
 
 
 def label_fields(labels) -> dict:
