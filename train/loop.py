@@ -85,7 +85,7 @@ def evaluate(
   with_outputs): the outputs of every row are gathered to the host in batch
   order and handed to `score(split, outputs)`.
   """
-  bar = writers.progress(len(batches), desc=f"eval {split}", enabled=jax.process_index() == 0)
+  bar = writers.progress(len(batches), desc=split, enabled=jax.process_index() == 0)
   results = []
   for batch in batches:
     local = host_share(batch, jax.process_index(), jax.process_count())
@@ -300,7 +300,6 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         history.append(metrics)
         steps_since_log += 1
         done = step + 1
-        bar.update(1)
 
         if done % config.log_every_steps == 0 or done == end_step:
           sums = _sum_metrics(history)  # the host waits for the devices here only
@@ -325,6 +324,9 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
           postfix = {"loss": f"{scalars['loss']:.3f}"}
           if accuracy_key:
             postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
+          # Moved here, after the host waited for the devices: the bar counts finished
+          # steps, not dispatched ones, and needs no sync of its own.
+          bar.update(done - bar.n)
           bar.set_postfix(**postfix)
           history, steps_since_log, timer = [], 0, time.perf_counter()
           data_seconds = 0.0
