@@ -86,6 +86,8 @@ def test_main_command_runs_checkpoints_and_resumes_from_a_fresh_copy(tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert f"resumed from step {STEPS}" in second.stderr
   assert f"is already at step {STEPS} of {STEPS}: nothing to train" in second.stderr
+  assert "had already finished; its final metrics are in" in second.stderr
+  assert "'mlm_accuracy'" in second.stderr.split("final eval:")[-1]  # the metrics, not {}
   assert len(read_metrics(workdir)) == rows_before  # nothing logged twice
   assert (
     sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == steps

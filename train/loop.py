@@ -434,4 +434,10 @@ def finish_run(
         )
     if last_eval:
       _write_json(os.path.join(workdir, "final_metrics.json"), final)
+  saved = epath.Path(workdir) / "final_metrics.json"
+  if not last_eval and saved.exists():  # nothing evaluated this time: the run's own end result
+    previous = json.loads(saved.read_text())
+    if previous.get("step") == final["step"]:
+      logging.info("%s had already finished; its final metrics are in %s", workdir, saved)
+      return previous
   return final
