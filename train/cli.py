@@ -110,11 +110,26 @@ def user_message(error: BaseException, argv) -> str | None:
   return None
 
 
+class QuietLibraries:
+  """Drops INFO chatter of Orbax (dozens of lines per save); warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "orbax" not in record.pathname
+
+
 def run(main) -> None:
-  """`app.run(main)`, with user errors as one message and exit status 1."""
+  """`app.run(main)`, with user errors as one message and exit status 1, and Orbax's
+  INFO lines left out of every tool's log."""
   argv = list(sys.argv)
+
+  def quiet_main(args):
+    from absl import logging
+
+    logging.get_absl_handler().addFilter(QuietLibraries())
+    return main(args)
+
   try:
-    app.run(main)
+    app.run(quiet_main)
   except Exception as error:
     message = user_message(error, argv)
     if message is None or _verbose(argv):

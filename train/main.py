@@ -42,17 +42,9 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize()  # coordinator and ids from the TPU / SLURM environment
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of Orbax (dozens of lines per save); warnings still show."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
 
   from train import loop
