@@ -51,7 +51,7 @@ from flax import nnx
 
 from benchmarks import torch_dropout
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
-from data.finetune import concatenate_outputs
+from data.finetune import gather_outputs
 from train import loop, warm_start
 from train import mesh as mesh_lib
 from train import step as step_lib
@@ -298,7 +298,7 @@ def torch_evaluate(model, task, split: str) -> dict:
   model.eval()
   with torch.no_grad():
     outputs = [torch_outputs(torch_forward(model, b, False)) for b in batches]
-  outputs = concatenate_outputs(outputs, task.objective.token_outputs)
+  outputs = gather_outputs(batches, outputs, task.objective.token_outputs)
   return pick(task.score(split, outputs))
 
 

@@ -6,7 +6,7 @@
   FinetuneData      training batches as a pure function of (seed, step)
   eval_batches      fixed eval batches, the last one padded with weight-0 rows
   Buckets           a batch cut to the shortest bucket length that holds its rows
-  pad_token_axis    bucketed outputs back at max_seq_length
+  gather_outputs    eval outputs back in row order and at one length
 
 Encoders (classification.py, ner.py, squad.py) turn their files into a dict of
 numpy arrays with one row per example (a window, for SQuAD) and a float32
@@ -186,21 +186,28 @@ class FinetuneData:
 def eval_batches(
   arrays: dict[str, np.ndarray], batch_size: int, buckets: Buckets | None = None
 ) -> list[dict]:
-  """Every row once, in order; the last batch filled with copies of row 0 at weight 0.
+  """Every row once; the last batch filled with copies of a row at weight 0.
 
   Copies rather than zeros keep every row a well-formed input (a row with no
   attended token can make fused attention kernels return NaN). With
-  `buckets`, each batch is padded to its own bucket length.
+  `buckets`, rows are taken shortest first, so that each batch is padded to a
+  bucket close to its rows' length. `row` in each batch is the index of each
+  row in `arrays` (padding rows count on from the end): `gather_outputs` puts
+  the model outputs back in the arrays' order.
   """
   n = _num_rows(arrays)
   if n == 0:
     return []
+  order = np.arange(n)
+  if buckets is not None:
+    mask = arrays["attention_mask"]
+    lengths = mask.reshape(n, -1, mask.shape[-1]).sum(-1).max(-1)
+    order = np.argsort(lengths, kind="stable")
   padded = -n % batch_size
+  rows = np.concatenate([order, np.repeat(order[:1], padded)])
+  arrays = {key: value[rows] for key, value in arrays.items()}
+  arrays["row"] = np.concatenate([order, np.arange(n, n + padded)]).astype(np.int32)
   if padded:
-    arrays = {
-      key: np.concatenate([value, np.repeat(value[:1], padded, axis=0)])
-      for key, value in arrays.items()
-    }
     arrays["weight"] = arrays["weight"].copy()
     arrays["weight"][n:] = 0.0
   batches = [
@@ -226,13 +233,18 @@ def pad_token_axis(outputs: dict, keys, max_seq_length: int, fill: float = -1e9)
   return out
 
 
-def concatenate_outputs(outputs: list[dict], token_outputs) -> dict[str, np.ndarray]:
-  """Per-batch model outputs as one array per key, in batch order; outputs with a token axis
+def gather_outputs(batches: list[dict], outputs: list[dict], token_outputs) -> dict:
+  """Per-batch model outputs of `eval_batches` as one array per key, rows in the order of
+  the arrays the batches came from (padding rows last); outputs with a token axis
   (bucketed batches have their own lengths) are first padded to the longest batch."""
   if token_outputs:
     longest = max(np.shape(o[key])[1] for o in outputs for key in token_outputs)
     outputs = [pad_token_axis(o, token_outputs, longest) for o in outputs]
-  return {key: np.concatenate([np.asarray(o[key]) for o in outputs]) for key in outputs[0]}
+  joined = {key: np.concatenate([np.asarray(o[key]) for o in outputs]) for key in outputs[0]}
+  if "row" not in batches[0]:
+    return joined
+  order = np.argsort(np.concatenate([np.asarray(b["row"]) for b in batches]))
+  return {key: value[order] for key, value in joined.items()}
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):

@@ -105,3 +105,22 @@ def test_the_train_step_compiles_once_per_bucket_length(tmp_path, caplog):
   lengths = int(train[-1]["compiled_lengths"])
   assert len(compiles) == lengths == 2  # 10 and 11; no batch needs max_seq_length=32
   assert all(0.2 < r["real_token_fraction"] <= 1.0 for r in train)
+
+
+def test_bucketed_eval_takes_rows_shortest_first_and_gives_outputs_back_in_order():
+  from data.finetune import gather_outputs
+
+  lengths = np.array([30, 3, 12, 5, 14, 2, 9])
+  mask = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int32)
+  arrays = {"attention_mask": mask, "input_ids": mask * 5, "weight": np.ones(7, np.float32)}
+  batches = eval_batches(arrays, 3, Buckets((8, 16, 32), ("attention_mask", "input_ids")))
+  assert [b["input_ids"].shape[1] for b in batches] == [8, 16, 32]  # was 32 for every batch
+  assert batches[-1]["weight"].tolist() == [1, 0, 0]
+  # A model output per row (its length) and per token, back in the arrays' row order.
+  outputs = [
+    {"length": b["attention_mask"].sum(-1), "tokens": b["input_ids"].astype(np.float32)}
+    for b in batches
+  ]
+  gathered = gather_outputs(batches, outputs, ("tokens",))
+  np.testing.assert_array_equal(gathered["length"][:7], lengths)
+  np.testing.assert_array_equal(gathered["tokens"][:7, :32][mask == 1], 5)

@@ -35,7 +35,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data.finetune import concatenate_outputs
+from data.finetune import gather_outputs
 from data.sampling import host_share
 from train import mesh as mesh_lib
 from train import optim, profiling, warm_start, writers
@@ -96,7 +96,7 @@ def evaluate(
     return objective.finalize(_sum_metrics(results))
   metrics = objective.finalize(_sum_metrics([sums for sums, _ in results]))
   outputs = [multihost_utils.process_allgather(out, tiled=True) for _, out in results]
-  outputs = concatenate_outputs(outputs, getattr(objective, "token_outputs", ()))
+  outputs = gather_outputs(batches, outputs, getattr(objective, "token_outputs", ()))
   metrics.update(score(split, outputs))
   return metrics
 

@@ -65,11 +65,9 @@ class Predictor:
   def outputs(self, arrays: dict) -> dict[str, np.ndarray]:
     """Model outputs of every row of `arrays`, batched and padded as in evaluation."""
     n = len(arrays["weight"])
-    outputs = [
-      self._forward(self.params, dict(batch))
-      for batch in finetune.eval_batches(arrays, self.batch_size, self.buckets)
-    ]
-    outputs = finetune.concatenate_outputs(outputs, self.objective.token_outputs)
+    batches = finetune.eval_batches(arrays, self.batch_size, self.buckets)
+    outputs = [self._forward(self.params, dict(batch)) for batch in batches]
+    outputs = finetune.gather_outputs(batches, outputs, self.objective.token_outputs)
     return {key: value[:n] for key, value in outputs.items()}
 
   def __call__(self, inputs) -> list[dict]:
