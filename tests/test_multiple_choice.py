@@ -155,12 +155,14 @@ def test_predict_and_merged_export_agree_with_transformers(run):
     hf.export_finetuned(workdir, str(tmp_path / "adapter"), export_format="peft")
 
 
-def test_swag_config_is_the_papers_recipe():
+def test_the_swag_config_builds_a_four_choice_run_without_data():
   from configs.finetune import swag
+  from train.run import build_run
 
-  c = swag.get_config("tiny")
-  assert (c.task, c.batch_size, c.epochs, c.optimizer.lr) == ("multiple_choice", 16, 3, 2e-5)
-  assert c.data.ending_columns == "ending0,ending1,ending2,ending3"
+  run = build_run(swag.get_config("tiny"), abstract=True)
+  assert run.batch_shapes["input_ids"].shape == (16, 4, 128)  # batch 16, 4 endings
+  assert run.labels == ["0", "1", "2", "3"]
+  assert run.state.params["classifier"]["kernel"].shape == (128, 1)  # one score per choice
 
 
 def test_abstract_batch_is_the_real_batch(tmp_path):

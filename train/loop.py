@@ -96,7 +96,7 @@ def evaluate(
     return objective.finalize(_sum_metrics(results))
   metrics = objective.finalize(_sum_metrics([sums for sums, _ in results]))
   outputs = [multihost_utils.process_allgather(out, tiled=True) for _, out in results]
-  outputs = gather_outputs(batches, outputs, getattr(objective, "token_outputs", ()))
+  outputs = gather_outputs(batches, outputs, objective.token_outputs)
   metrics.update(score(split, outputs))
   return metrics
 
@@ -259,7 +259,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   timer = time.perf_counter()
   steps_since_log, data_seconds = 0, 0.0
   interval = {"tokens": 0, "real_tokens": 0, "flops": 0.0}  # since the last log, this host's
-  lengths_seen: set[int] = set()  # one compile of the train step per batch length
+  flops_by_shape: dict[tuple, float] = {}  # per batch shape; one train-step compile each
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
 
@@ -284,16 +284,18 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         batch = mesh_lib.shard_batch(local, mesh, rules)
         data_seconds += time.perf_counter() - fetched
         ids = local["input_ids"]
-        if ids.shape[-1] not in lengths_seen:
-          lengths_seen.add(ids.shape[-1])
+        if ids.shape not in flops_by_shape:
+          flops_by_shape[ids.shape] = profiling.train_flops_per_step(
+            task.model_config, ids.size // ids.shape[-1], ids.shape[-1], run.mlm_predictions
+          )
           logging.info(
-            "train step compiles for batch length %d (%d so far)", ids.shape[-1], len(lengths_seen)
+            "train step compiles for batch length %d (%d so far)",
+            ids.shape[-1],
+            len(flops_by_shape),
           )
         interval["tokens"] += ids.size
         interval["real_tokens"] += int(local["attention_mask"].sum())
-        interval["flops"] += profiling.train_flops_per_step(
-          task.model_config, ids.size // ids.shape[-1], ids.shape[-1], run.mlm_predictions
-        )
+        interval["flops"] += flops_by_shape[ids.shape]
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
           state, metrics = train_step(state, frozen, batch)
         profiler.after(step, metrics)
@@ -314,7 +316,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
             tokens_per_second=interval["tokens"] * jax.process_count() / elapsed,
             real_token_fraction=interval["real_tokens"] / max(interval["tokens"], 1),
             model_tflops_per_second=interval["flops"] * jax.process_count() / elapsed / 1e12,
-            compiled_lengths=len(lengths_seen),
+            compiled_lengths=len(flops_by_shape),
           )
           if peak:
             scalars["mfu"] = interval["flops"] * jax.process_count() / elapsed / peak

@@ -37,6 +37,7 @@ class PretrainingObjective:
   """
 
   metric_names = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+  token_outputs: tuple[str, ...] = ()  # its eval step returns sums only
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {
