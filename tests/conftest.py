@@ -10,6 +10,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A test run never uploads: W&B records it locally, and the tests read those files.
+os.environ["WANDB_MODE"] = "offline"
 # A persistent XLA compilation cache for the suite and the jobs it starts in
 # subprocesses (they inherit the environment): a second run, or a test that
 # compiles what an earlier one did, reads the executable instead of compiling it.

@@ -1,5 +1,6 @@
 """Sentence classification end to end: learns, stops early, keeps the best, predicts, resumes."""
 
+import glob
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_bitwise_equal, saved_state
 from helpers import finetune as ff
+from helpers.wandb_files import read_offline_run
 
 from train import loop, predict
 from train.checkpoint import Checkpointer
@@ -37,7 +39,7 @@ def run_config(tmp_path, **overrides):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("classification")
-  config = run_config(tmp_path)
+  config = run_config(tmp_path, **{"wandb.enabled": True, "wandb.mode": "offline"})
   workdir = str(tmp_path / "run")
   final = loop.train_and_evaluate(config, workdir)
   return config, workdir, final
@@ -63,6 +65,37 @@ def test_loss_falls_and_dev_metrics_are_logged(run):
   assert np.asarray(final["test"]["confusion"]).sum() == 20
   for split in ("eval", "test"):
     assert os.path.getsize(os.path.join(workdir, f"confusion_{split}.png")) > 1000
+
+
+def test_wandb_offline_run_holds_the_config_metrics_plots_and_final_metrics(run):
+  config, workdir, final = run
+  wandb_run = read_offline_run(workdir)
+  with open(os.path.join(workdir, "wandb_run_id")) as f:  # a resumed run continues this id
+    assert f.read() == wandb_run["id"]
+  assert wandb_run["config"]["optimizer"]["lr"] == config.optimizer.lr
+  history = {
+    (row["_step"], key): value
+    for row in wandb_run["history"]
+    for key, value in row.items()
+    if not key.startswith("_")
+  }
+  # Every scalar of metrics.jsonl is in W&B at its step, but the test split's (scored at the
+  # best step, earlier than the last: W&B takes no step that goes back; it is in the summary).
+  logged = {
+    (r["step"], f"{r['split']}/{key}"): value
+    for r in read_metrics(workdir)
+    for key, value in r.items()
+    if key not in ("step", "split") and r["split"] != "test"
+  }
+  assert len(logged) > 20
+  assert {key: history.get(key) for key in logged} == pytest.approx(logged)
+  (files,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "files"))
+  for image in ("loss_curves", "confusion_eval", "confusion_test"):  # the plots, at the last step
+    assert history[(final["step"], f"{image}/_type")] == "image-file"
+    assert os.path.getsize(os.path.join(files, history[(final["step"], f"{image}/path")])) > 1000
+  summary = wandb_run["summary"]
+  assert summary["test"]["accuracy"] == pytest.approx(final["test"]["accuracy"])
+  assert summary["best"]["step"] == final["best"]["step"]
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(run):

@@ -187,3 +187,20 @@ def test_run_files_go_to_a_bucket_workdir(bucket, tmp_path):
   assert (epath.Path("gs://runs/c/tokenizer") / saved[0]).read_bytes() == (
     tmp_path / "local" / saved[0]
   ).read_bytes()
+
+
+def test_wandb_mode_is_offline_without_an_api_key_and_the_environment_wins(tmp_path, monkeypatch):
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from `wandb login`
+  monkeypatch.delenv("NETRC", raising=False)
+  assert writers.wandb_mode() == "offline"
+  assert writers.wandb_mode("disabled") == "disabled"
+  monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+  assert writers.wandb_mode() == "online"
+  (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "1" * 40)
+  (tmp_path / ".netrc").chmod(0o600)  # netrc refuses a password file others can read
+  monkeypatch.delenv("WANDB_API_KEY")
+  assert writers.wandb_mode() == "online"
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  assert writers.wandb_mode("online") == "offline"

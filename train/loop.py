@@ -235,8 +235,16 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   eval_every = config.eval_every_steps or task.steps_per_epoch
   checkpoint_every = config.checkpoint.every_steps or eval_every
 
+  tracking = config.get("wandb")
   writer = writers.MetricWriter(
-    workdir, enabled=is_main, resume_step=int(state.step) if resuming else None
+    workdir,
+    enabled=is_main,
+    resume_step=int(state.step) if resuming else None,
+    wandb=(
+      writers.WandbRun(tracking, workdir, json.loads(config.to_json_best_effort()))
+      if is_main and tracking and tracking.enabled
+      else None
+    ),
   )
   start = int(state.step)
   if not resuming:
@@ -367,7 +375,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   except NonFiniteError:
     profiler.close()
     bar.close()
-    writer.close()  # the NaN row is in metrics.jsonl and TensorBoard
+    writer.finish()  # the NaN row is in metrics.jsonl, TensorBoard and W&B
     ckpt.close()
     raise
 
@@ -419,8 +427,9 @@ def finish_run(
   if best_ckpt:
     best_ckpt.close()
   writer.close()
+  images = {}
   if jax.process_index() == 0:
-    writers.plot_loss_curves(workdir, keys=curve_keys)
+    images["loss_curves"] = writers.plot_loss_curves(workdir, keys=curve_keys)
     # Labels against predictions, where a person would rather look than read counts.
     plots = [
       ("eval", final, final["step"]),
@@ -428,7 +437,7 @@ def finish_run(
     ]
     for split, results, step in plots:
       if results.get("confusion") and task.labels:
-        writers.plot_confusion(
+        images[f"confusion_{split}"] = writers.plot_confusion(
           results["confusion"],
           task.labels,
           os.path.join(workdir, f"confusion_{split}.png"),
@@ -441,5 +450,6 @@ def finish_run(
     previous = json.loads(saved.read_text())
     if previous.get("step") == final["step"]:
       logging.info("%s had already finished; its final metrics are in %s", workdir, saved)
-      return previous
+      final = previous
+  writer.finish(summary=final, images=images)
   return final

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import netrc
 import os
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
+
+from train.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "loss_curves.png"
@@ -93,9 +96,16 @@ class MetricWriter:
   is told to hide its events past it (purge_step), so each step appears once.
   """
 
-  def __init__(self, workdir, enabled: bool = True, resume_step: int | None = None):
+  def __init__(
+    self,
+    workdir,
+    enabled: bool = True,
+    resume_step: int | None = None,
+    wandb: WandbRun | None = None,
+  ):
     self.workdir = str(workdir)
     self.enabled = enabled
+    self.wandb = wandb if enabled else None
     self._tensorboard = None
     self._jsonl = None
     self._remote = is_remote(workdir)
@@ -133,6 +143,8 @@ class MetricWriter:
       self._tensorboard.add_scalar(f"{split}/{name}", value, step)
     # NaN and inf are written as JSON's NaN / Infinity, which json.loads reads back.
     self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+    if self.wandb:
+      self.wandb.log(step, {f"{split}/{name}": value for name, value in values.items()})
 
   def flush(self) -> None:
     """metrics.jsonl is on disk after this; TensorBoard within ~10 s.
@@ -154,6 +166,7 @@ class MetricWriter:
     copy_dir(self._staging, epath.Path(self.workdir) / "tensorboard")
 
   def close(self) -> None:
+    """Closes the files; a W&B run stays open for `finish` (the run's plots and final metrics)."""
     if self.enabled and self._jsonl is not None:
       self._tensorboard.close()
       if self._remote:
@@ -161,11 +174,91 @@ class MetricWriter:
       self._jsonl.close()
       self._jsonl = None
 
+  def finish(self, summary: dict | None = None, images: dict | None = None) -> None:
+    """Closes the files and ends the W&B run, with the final metrics as its summary and
+    the plots (name -> PNG path) as images."""
+    self.close()
+    if self.wandb:
+      self.wandb.finish(summary or {}, images or {})
+      self.wandb = None
+
   def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def wandb_mode(configured: str = "") -> str:
+  """WANDB_MODE if set, else the config's mode, else online with an API key and offline without."""
+  if os.environ.get("WANDB_MODE"):
+    return os.environ["WANDB_MODE"]
+  if configured:
+    return configured
+  if os.environ.get("WANDB_API_KEY"):
+    return "online"
+  try:
+    logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None  # `wandb login`
+  except (OSError, netrc.NetrcParseError):
+    logged_in = False
+  return "online" if logged_in else "offline"
+
+
+class WandbRun:
+  """One Weights & Biases run per workdir, the second writer beside TensorBoard.
+
+  Its id is kept in <workdir>/wandb_run_id, so a resumed run continues the same
+  W&B run; W&B keeps the rows it already has for steps before the resume. An
+  offline run is written under <workdir>/wandb (a local staging folder for a
+  bucket workdir) for `wandb sync` to upload.
+  """
+
+  def __init__(self, settings, workdir, run_config: dict):
+    try:
+      import wandb
+    except ImportError as e:
+      raise UserError(
+        "config.wandb.enabled=True needs the wandb package: pip install 'bert-flax[wandb]'"
+      ) from e
+    self._wandb = wandb
+    workdir = str(workdir)
+    local = tempfile.mkdtemp(prefix="wandb_") if is_remote(workdir) else workdir
+    os.makedirs(local, exist_ok=True)
+    id_file = epath.Path(workdir) / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+    write_text(id_file, run_id)
+    self.mode = wandb_mode(settings.mode)
+    self._run = wandb.init(
+      project=settings.project,
+      entity=settings.entity or None,
+      name=settings.name or os.path.basename(os.path.normpath(workdir)),
+      tags=list(settings.tags),
+      config=run_config,
+      dir=local,
+      id=run_id,
+      resume="allow",
+      mode=self.mode,
+      settings=wandb.Settings(console="off"),  # absl and tqdm keep the terminal
+    )
+    self.dir = self._run.dir
+    self._step = -1
+
+  def log(self, step: int, values: dict) -> None:
+    # W&B refuses steps that go back (the test split, scored at the best step, does);
+    # those values reach the run through its summary.
+    if step >= self._step:
+      self._run.log(values, step=step)
+      self._step = step
+
+  def finish(self, summary: dict, images: dict) -> None:
+    shown = {name: self._wandb.Image(path) for name, path in images.items() if os.path.exists(path)}
+    if shown:
+      self._run.log(shown, step=max(self._step, 0))
+    self._run.summary.update(summary)
+    self._run.finish()
 
 
 def read_metrics(workdir) -> list[dict]:

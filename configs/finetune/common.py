@@ -24,7 +24,7 @@ source has a vocab.txt.
 
 import ml_collections
 
-from configs import sizes
+from configs import sizes, tracking
 from train import tasks
 from train.mesh import DEFAULT_RULES
 
@@ -141,6 +141,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, max_to_keep=1, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there; resume later
   c.log_every_steps = 50
+  c.wandb = tracking.wandb()  # Weights & Biases beside TensorBoard; off by default
   c.profile_steps = 0  # >0: trace that many steps into WORKDIR/profile (TensorBoard)
   c.eval_every_steps = 0  # 0: at the end of every epoch
   return c

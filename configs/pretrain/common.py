@@ -9,7 +9,7 @@ create_pretraining_data.py: 15 % masking, max 20 predictions at 128 (80 at
 
 import ml_collections
 
-from configs import sizes
+from configs import sizes, tracking
 from train.mesh import DEFAULT_RULES
 
 
@@ -72,6 +72,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there (time-boxed jobs); resume later
   c.log_every_steps = 100
+  c.wandb = tracking.wandb()  # Weights & Biases beside TensorBoard; off by default
   c.profile_steps = 0  # >0: trace that many steps into WORKDIR/profile (TensorBoard)
   c.eval_every_steps = 5000
   c.eval_batches = 20
