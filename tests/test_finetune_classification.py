@@ -1,6 +1,7 @@
 """Sentence classification end to end: learns, stops early, keeps the best, predicts, resumes."""
 
 import glob
+import io
 import json
 import os
 import shutil
@@ -153,6 +154,28 @@ def test_predict_gives_class_and_probability_from_a_file(run, tmp_path):
   assert all(0.5 < r["probability"] <= 1.0 for r in results)
   with pytest.raises(ValueError, match="input 2: empty text"):
     predict.predict(workdir, texts=["a good cat", " "])
+
+
+def test_a_streamed_file_gives_the_same_results_in_order_with_few_compiles(run, tmp_path):
+  _, workdir, _ = run
+  texts = [f"{'a good ' * (i % 7)}cat number {i}" for i in range(45)]
+  inputs = tmp_path / "many.txt"
+  inputs.write_text("\n".join(texts) + "\n", encoding="utf-8")
+  predictor = predict.Predictor(workdir, batch_size=4)
+  whole = predictor([(t,) for t in texts])
+  out = io.StringIO()
+  speed = predict.predict_file(predictor, str(inputs), out, chunk_size=10, show_progress=False)
+  streamed = [json.loads(line) for line in out.getvalue().splitlines()]
+  assert [r["text"] for r in streamed] == texts
+  assert [r["label"] for r in streamed] == [r["label"] for r in whole]
+  assert [r["probability"] for r in streamed] == pytest.approx([r["probability"] for r in whole])
+  assert speed["inputs"] == 45 and speed["inputs_per_second"] > 0
+  # Batches of 4 in length buckets: a compile per bucket used, not per chunk or batch.
+  assert speed["compiled_batch_shapes"] == len(predictor.batch_shapes) <= 3
+  # An error names the input by its place in the stream, not in its chunk.
+  rows = [("a good cat",)] * 12 + [(" ",)]
+  with pytest.raises(ValueError, match="^input 13: empty text"):
+    list(predictor.stream(rows, chunk_size=5))
 
 
 @pytest.mark.slow

@@ -2,15 +2,18 @@
 
   python -m train.predict --workdir=/tmp/sst2 --text="a gripping, funny film"
   python -m train.predict --workdir=/tmp/mrpc --text="He left." --text_pair="He went away."
-  python -m train.predict --workdir=/tmp/sst2 --input_file=reviews.txt   # a text per line;
-                                                                          # pairs: TAB between
+  python -m train.predict --workdir=/tmp/sst2 --input_file=reviews.txt \
+      --output_file=labels.jsonl   # a text per line (pairs: TAB between), streamed
   python -m train.predict --workdir=/tmp/conll --text="Angela Merkel visited Paris."
   python -m train.predict --workdir=/tmp/squad --question="Who?" --context="..."
   python -m train.predict --workdir=/tmp/swag --text="She opens the door." \
       --choice="and walks in." --choice="and the sky sings."
 
-Prints one JSON object per input; what an input is and what its result holds
-is the task's `predict` (train/tasks). In a notebook: `Predictor(workdir)(inputs)`.
+Prints (or writes to --output_file) one JSON object per input; what an input is
+and what its result holds is the task's `predict` (train/tasks). An --input_file
+of any size streams through in chunks of rows, each sorted into length buckets
+and batches, with a progress bar and a closing throughput line on stderr. In a
+notebook: `Predictor(workdir)(inputs)`, or `Predictor(workdir).stream(rows)`.
 The model is rebuilt from the workdir's config.json, labels.json and
 tokenizer/ (written by the train loop), with the best checkpoint's parameters
 (<workdir>/best), or the newest when there is none. Inputs are encoded by the
@@ -20,9 +23,13 @@ measured.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import sys
+import time
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -30,7 +37,7 @@ from flax import nnx
 
 from data import finetune
 from data.tokenizer import load_tokenizer
-from train import finetuned, tasks
+from train import finetuned, tasks, writers
 from train.state import abstract_model
 from train.tasks.common import buckets_of
 
@@ -61,11 +68,13 @@ class Predictor:
     self._forward = jax.jit(
       lambda params, batch: objective.outputs(nnx.merge(graphdef, params), batch, None)
     )
+    self.batch_shapes: set[tuple[int, ...]] = set()  # one compile each
 
   def outputs(self, arrays: dict) -> dict[str, np.ndarray]:
     """Model outputs of every row of `arrays`, batched and padded as in evaluation."""
     n = len(arrays["weight"])
     batches = finetune.eval_batches(arrays, self.batch_size, self.buckets)
+    self.batch_shapes.update(np.shape(batch["input_ids"]) for batch in batches)
     outputs = [self._forward(self.params, dict(batch)) for batch in batches]
     outputs = finetune.gather_outputs(batches, outputs, self.objective.token_outputs)
     return {key: value[:n] for key, value in outputs.items()}
@@ -77,20 +86,71 @@ class Predictor:
       raise ValueError("no inputs to predict")
     return self.spec.predict(self, rows)
 
+  def stream(self, inputs: Iterable, chunk_size: int = 4096) -> Iterator[dict]:
+    """`self(inputs)`, a chunk of `chunk_size` inputs at a time: results come in input order
+    while the rest is still read, so an input of any length takes flat memory. Within a
+    chunk, rows are batched shortest first (buckets) as in evaluation."""
+    inputs, offset = iter(inputs), 0
+    while chunk := list(itertools.islice(inputs, chunk_size)):
+      try:
+        results = self(chunk)
+      except ValueError as e:  # "input 3" of a chunk is input offset + 3 of the stream
+        renumbered = re.sub(r"^input (\d+)", lambda m: f"input {int(m[1]) + offset}", str(e))
+        raise ValueError(renumbered) from e
+      yield from results
+      offset += len(chunk)
 
-def read_inputs(path: str) -> list[tuple[str, ...]]:
-  """The inputs of a file, one per non-blank line, its fields separated by TABs."""
-  rows, widths = [], set()
+
+def iter_inputs(path: str) -> Iterator[tuple[str, ...]]:
+  """The inputs of a file, read lazily: one per non-blank line, its fields separated by TABs."""
+  width = None
   for number, line in finetune.read_lines(path):
     if not line.strip():
       continue
-    rows.append(tuple(line.split("\t")))
-    widths.add(len(rows[-1]))
-    if len(widths) > 1:
-      raise ValueError(
-        f"{path}:{number}: {len(rows[-1])} tab-separated fields; earlier lines have {len(rows[0])}"
-      )
-  return rows
+    row = tuple(line.split("\t"))
+    if width is not None and len(row) != width:
+      raise ValueError(f"{path}:{number}: {len(row)} tab-separated fields; earlier lines: {width}")
+    width = len(row)
+    yield row
+
+
+def read_inputs(path: str) -> list[tuple[str, ...]]:
+  """Every input of a file (`iter_inputs`), as a list."""
+  return list(iter_inputs(path))
+
+
+def count_inputs(path: str) -> int:
+  """The number of inputs in a file (its non-blank lines), for the progress bar's total."""
+  return sum(1 for _, line in finetune.read_lines(path) if line.strip())
+
+
+def predict_file(
+  predictor: Predictor, input_file: str, out, chunk_size: int = 4096, show_progress: bool = True
+) -> dict:
+  """Streams `input_file` through `predictor`, one JSON line per input to `out`; returns
+  the throughput (inputs, seconds, inputs/s, compiled batch shapes), also printed to stderr."""
+  bar = writers.progress(
+    count_inputs(input_file), desc="predict", enabled=show_progress, unit="input"
+  )
+  start, count = time.perf_counter(), 0
+  for result in predictor.stream(iter_inputs(input_file), chunk_size):
+    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    count += 1
+    bar.update(1)
+  bar.close()
+  seconds = time.perf_counter() - start
+  speed = {
+    "inputs": count,
+    "seconds": seconds,
+    "inputs_per_second": count / seconds if seconds else float("nan"),
+    "batch_size": predictor.batch_size,
+    "compiled_batch_shapes": len(predictor.batch_shapes),
+  }
+  sys.stderr.write(
+    f"predicted {count} inputs in {seconds:.1f} s: {speed['inputs_per_second']:.1f} inputs/s "
+    f"at batch {predictor.batch_size}, {speed['compiled_batch_shapes']} compiled batch shapes\n"
+  )
+  return speed
 
 
 def inputs_from_flags(texts=None, text_pairs=None, choices=None, question=None, context=None):
@@ -141,6 +201,20 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # stdout carries the JSON; keep stderr quiet too
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.output_file and not FLAGS.input_file:
+    raise ValueError("--output_file goes with --input_file")
+  if FLAGS.input_file:
+    if FLAGS.output_file and os.path.exists(FLAGS.output_file):
+      raise ValueError(f"--output_file={FLAGS.output_file} exists; remove it or pick another")
+    predictor = Predictor(FLAGS.workdir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.step)
+    if not FLAGS.output_file:
+      predict_file(predictor, FLAGS.input_file, sys.stdout)
+      return
+    partial = FLAGS.output_file + ".partial"  # the named file appears only when complete
+    with open(partial, "w", encoding="utf-8") as out:
+      predict_file(predictor, FLAGS.input_file, out)
+    os.replace(partial, FLAGS.output_file)
+    return
   results = predict(
     FLAGS.workdir,
     FLAGS.text,
@@ -164,6 +238,7 @@ if __name__ == "__main__":
   flags.DEFINE_multi_string("text", None, "Text to label (repeatable).")
   flags.DEFINE_multi_string("text_pair", None, "Second sentence of each --text, for pair tasks.")
   flags.DEFINE_string("input_file", None, "UTF-8 file, a text (or 'a<TAB>b' pair) per line.")
+  flags.DEFINE_string("output_file", None, "JSON lines go here instead of stdout (--input_file).")
   flags.DEFINE_multi_string("choice", None, "An ending of --text, for a multiple-choice workdir.")
   flags.DEFINE_string("question", None, "Question, for a question-answering workdir.")
   flags.DEFINE_string("context", None, "Context the answer is taken from.")

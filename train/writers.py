@@ -338,7 +338,9 @@ def plot_confusion(counts, labels, out_png, title: str) -> str:
   return str(out_png)
 
 
-def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
+def progress(
+  total: int, initial: int = 0, desc: str = "train", enabled: bool = True, unit: str = "step"
+):
   """A tqdm bar with rate and ETA; in a log file (no TTY) it prints every ~5 s.
 
   Call `.update(n)` per step and `.close()` at the end; `enabled=False` (other
@@ -349,7 +351,7 @@ def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = 
     total=total,
     initial=initial,
     desc=desc,
-    unit="step",
+    unit=unit,
     file=sys.stderr,
     disable=not enabled,
     dynamic_ncols=interactive,
