@@ -178,6 +178,22 @@ def mark_relation_examples(examples: list[TextExample], markers) -> list[TextExa
   ]
 
 
+def name_labels(
+  examples: dict[str, list[TextExample]], values: Sequence[str], names: Sequence[str]
+) -> dict[str, list[TextExample]]:
+  """Examples whose label is values[i] get names[i] instead ('0' -> 'negative'); a label
+  that is none of `values` stays as it is, for `encode_examples` to name as unknown."""
+  if len(names) != len(values):
+    raise ValueError(
+      f"data.label_names has {len(names)} names for {len(values)} labels {list(values)}"
+    )
+  rename = dict(zip(map(str, values), map(str, names)))
+  return {
+    split: [dataclasses.replace(e, label=rename.get(str(e.label), e.label)) for e in split_examples]
+    for split, split_examples in examples.items()
+  }
+
+
 def resolve_labels(configured: Sequence[str], train: list[TextExample]) -> list[str]:
   """The configured label list, or the sorted labels of the training set."""
   if configured:

@@ -31,6 +31,7 @@ def run_config(tmp_path, **overrides):
       "early_stopping.patience": PATIENCE,
       "early_stopping.metric": "accuracy",
       "checkpoint.every_steps": 1000,
+      "data.label_names": ("negative", "positive"),  # the files' labels are 0 / 1
     },
   )
   config.data.test_path = str(shutil.copy(config.data.eval_path, tmp_path / "test.tsv"))
@@ -137,7 +138,8 @@ def test_best_checkpoint_is_the_best_evaluation_and_test_uses_it(run):
   assert predictor.step == final["best"]["step"]
   rows = [line.split("\t") for line in open(config.data.eval_path).read().splitlines()[1:]]
   results = predictor([text for text, _ in rows])
-  accuracy = np.mean([r["label"] == label for r, (_, label) in zip(results, rows)])
+  names = dict(zip(config.data.labels, config.data.label_names))  # the file has 0 / 1
+  accuracy = np.mean([r["label"] == names[label] for r, (_, label) in zip(results, rows)])
   assert accuracy == pytest.approx(final["best"]["eval"]["accuracy"])
   # The test file is a copy of the dev file: the best parameters score the same on it.
   assert final["test"]["accuracy"] == pytest.approx(final["best"]["eval"]["accuracy"])
@@ -150,7 +152,9 @@ def test_predict_gives_class_and_probability_from_a_file(run, tmp_path):
   inputs.write_text("The cat sat on a good tree.\n\nA bad dog ran.\n", encoding="utf-8")
   results = predict.predict(workdir, input_file=str(inputs))
   assert [r["text"] for r in results] == ["The cat sat on a good tree.", "A bad dog ran."]
-  assert [r["label"] for r in results] == ["1", "0"]
+  assert [r["label"] for r in results] == ["positive", "negative"]
+  with open(os.path.join(workdir, "labels.json")) as f:
+    assert json.load(f) == ["negative", "positive"]
   assert all(0.5 < r["probability"] <= 1.0 for r in results)
   with pytest.raises(ValueError, match="input 2: empty text"):
     predict.predict(workdir, texts=["a good cat", " "])

@@ -92,6 +92,16 @@ def test_unknown_label_names_file_and_line(tmp_path, tokenizer):
     classification.encode_examples(examples, tokenizer, 16, ["0", "1"])
 
 
+def test_label_names_rename_the_files_labels_in_order_and_must_match_in_number(tmp_path):
+  path = ff.write_tsv(tmp_path / "t.tsv", [("good", "1"), ("bad", "0"), ("odd", "2")])
+  examples = {"train": classification.read_tsv(path, "sentence", "label", True)}
+  named = classification.name_labels(examples, ("0", "1"), ("negative", "positive"))
+  assert [e.label for e in named["train"]] == ["positive", "negative", "2"]  # 2: left unknown
+  assert [e.text_a for e in named["train"]] == ["good", "bad", "odd"]
+  with pytest.raises(ValueError, match=r"label_names has 1 names for 2 labels \['0', '1'\]"):
+    classification.name_labels(examples, ("0", "1"), ("negative",))
+
+
 def test_empty_text_names_file_and_line(tmp_path):
   path = ff.write_tsv(tmp_path / "train.tsv", [("the cat", "1"), ("  ", "0")])
   with pytest.raises(ValueError, match=rf"{path}:3: empty text in column 0"):

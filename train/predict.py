@@ -95,7 +95,7 @@ class Predictor:
       try:
         results = self(chunk)
       except ValueError as e:  # "input 3" of a chunk is input offset + 3 of the stream
-        renumbered = re.sub(r"^input (\d+)", lambda m: f"input {int(m[1]) + offset}", str(e))
+        renumbered = re.sub(r"^input (\d+)", lambda m, o=offset: f"input {int(m[1]) + o}", str(e))
         raise ValueError(renumbered) from e
       yield from results
       offset += len(chunk)

@@ -71,6 +71,16 @@ TASKS = {
 }
 
 
+# What the TSV files' 0 / 1 labels mean: TFDS's names for them, shown by predictions and exports.
+LABEL_NAMES = {
+  "cola": ("unacceptable", "acceptable"),
+  "sst2": ("negative", "positive"),
+  "mrpc": ("not_equivalent", "equivalent"),
+  "qqp": ("not_duplicate", "duplicate"),
+  "wnli": ("not_entailment", "entailment"),
+}
+
+
 def get_config(arg: str = "sst2"):
   task, _, size = arg.partition(",")
   if task not in TASKS:
@@ -82,6 +92,7 @@ def get_config(arg: str = "sst2"):
     label_column=label_column,
     has_header=header,
     labels=labels,
+    label_names=LABEL_NAMES.get(task, ()),
     metrics=metrics,
     regression=task == "stsb",
     tfds_name=f"glue/{task}",

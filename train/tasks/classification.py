@@ -25,6 +25,9 @@ DATA_DEFAULTS = dict(
   regression=False,  # one float output, squared error (STS-B)
   entity_markers=(),  # relations: (e1 open, e1 close, e2 open, e2 close)
   metrics=("accuracy",),  # accuracy, f1, mcc, pearson, spearman
+  # Names for data.labels, in their order ('negative', 'positive' for '0', '1'): what
+  # predictions, labels.json, the confusion plots and the HF export's id2label show.
+  label_names=(),
 )
 
 
@@ -71,6 +74,9 @@ def build(config, workdir: str):
     if data.regression
     else (tfds_labels or classification.resolve_labels(data.labels, examples.get("train", [])))
   )
+  if data.get("label_names") and labels is not None and not tfds_labels:
+    examples = classification.name_labels(examples, labels, data.label_names)
+    labels = [str(name) for name in data.label_names]
   arrays, stats, gold = {}, {}, {}
   for split, split_examples in examples.items():
     arrays[split], stats[split] = classification.encode_examples(
