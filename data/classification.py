@@ -1,6 +1,7 @@
 """Sequence classification data: sentences, sentence pairs, scores, relations.
 
-  GLUE-style TSV (columns by header name or 0-based index) --read_tsv-->
+  GLUE-style TSV, CSV (columns by header name or 0-based index) --read_tsv-->
+  JSON lines (CLUE's layout: text and label by key)                --read_jsonl-->
   TFDS by name (glue/sst2, glue/mnli, imdb_reviews, ...) --tfds_examples-->
       TextExample(text_a, text_b, label, origin)
   --encode_examples--> {input_ids, token_type_ids, attention_mask, label, weight}
@@ -17,8 +18,11 @@ Errors name the file and line (or the TFDS example) they come from.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 
@@ -53,28 +57,142 @@ def _column_index(column, header: list[str] | None, path: str) -> int:
       "give 0-based column numbers"
     )
   if column not in header:
-    raise ValueError(f"{path}:1: no column {column!r} in the header {header}")
+    raise ValueError(
+      f"{path}:1: no column {column!r} in the header {header}; if that row is data, the file "
+      "has no header: data.has_header=False and columns by number (data.text_columns=0 "
+      "data.label_column=1)"
+    )
   return header.index(column)
 
 
-def read_tsv(
-  path: str, text_columns, label_column, has_header: bool = True, bad_rows: str = "error"
+def file_format(path: str, configured: str = "auto") -> str:
+  """'tsv', 'csv' or 'jsonl': data.file_format, or 'auto' by the file's extension (TSV else)."""
+  if configured not in ("auto", "tsv", "csv", "jsonl"):
+    raise ValueError(f"data.file_format={configured!r}: expected auto, tsv, csv or jsonl")
+  if configured != "auto":
+    return configured
+  extension = os.path.splitext(path)[1].lower()
+  return {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}.get(
+    extension, "tsv"
+  )
+
+
+def _split_fields(text: str, fmt: str) -> list[str]:
+  # TSV as GLUE writes it: no quoting (its sentences hold bare quotes). CSV: quoted fields.
+  return text.split("\t") if fmt == "tsv" else next(csv.reader([text]))
+
+
+def _looks_like_header(first: list[str], rows: list[list[str]], label_index: int | None) -> bool:
+  """With columns given by number: the first row is a header when its label field is not
+  one of the labels below it (which repeat: classes) or is not a number where they are."""
+  if label_index is None or not rows:
+    return False
+  below = [fields[label_index] for fields in rows[:1000] if len(fields) > label_index]
+  if label_index >= len(first) or not below:
+    return False
+  if all(_is_number(value) for value in below):
+    return not _is_number(first[label_index])
+  return len(set(below)) <= max(20, len(below) // 2) and first[label_index] not in below
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def read_examples(
+  path: str,
+  text_columns,
+  label_column,
+  has_header: bool | str = True,
+  bad_rows: str = "error",
+  fmt: str = "auto",
 ) -> list[TextExample]:
-  """Examples from a tab-separated file (GLUE's train.tsv / dev.tsv layout).
+  """Examples from a TSV, CSV or JSON-lines file (`file_format`)."""
+  fmt = file_format(path, fmt)
+  if fmt == "jsonl":
+    return read_jsonl(path, text_columns, label_column)
+  return read_tsv(path, text_columns, label_column, has_header, bad_rows, fmt)
+
+
+def read_jsonl(path: str, text_keys, label_key) -> list[TextExample]:
+  """Examples from JSON lines, one object per line; text and label by key (CLUE's layout).
+
+  A numeric label stays a number for regression and becomes its text for classes.
+  """
+  keys = parse_columns(text_keys)
+  if not 1 <= len(keys) <= 2 or any(isinstance(k, int) for k in keys):
+    raise ValueError(
+      f"data.text_columns={text_keys!r}: JSON lines name one or two keys, like 'sentence' "
+      "or 'sentence1,sentence2'"
+    )
+  examples = []
+  for number, text in read_lines(path):
+    if not text.strip():
+      continue
+    origin = f"{path}:{number}"
+    try:
+      record = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{origin}: not a JSON object ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{origin}: a line is one JSON object; got {type(record).__name__}")
+    for key in keys + ([label_key] if label_key not in (None, "") else []):
+      if key not in record:
+        raise ValueError(f"{origin}: no key {key!r}; the line has {sorted(record)}")
+    texts = [as_text(record[key]).strip() for key in keys]
+    for key, value in zip(keys, texts):
+      if not value:
+        raise ValueError(f"{origin}: empty text in {key!r}")
+    label = None if label_key in (None, "") else record[label_key]
+    if isinstance(label, bool) or not isinstance(label, (int, float, type(None))):
+      label = as_text(label)  # a number stays one (regression); encode reads classes as text
+    examples.append(TextExample(texts[0], texts[1] if len(texts) > 1 else None, label, origin))
+  if not examples:
+    raise ValueError(f"{path}: no rows")
+  return examples
+
+
+def read_tsv(
+  path: str,
+  text_columns,
+  label_column,
+  has_header: bool | str = True,
+  bad_rows: str = "error",
+  fmt: str = "tsv",
+) -> list[TextExample]:
+  """Examples from a tab-separated file (GLUE's train.tsv / dev.tsv layout), or a CSV one.
 
   Every row must have as many fields as the header (or, without one, as the
   first row). `bad_rows='skip'` drops rows that do not, and logs how many and
   where (QQP's train.tsv has a few); 'error' (the default) stops at the
   first. Blank lines are skipped. `label_column` None: unlabelled (predict).
+  `has_header='auto'`: a header when a column is given by name, else when the
+  first row's label does not look like the labels below it (logged).
   """
   if bad_rows not in ("error", "skip"):
     raise ValueError(f"data.bad_rows={bad_rows!r}: expected 'error' or 'skip'")
   lines = [(n, text) for n, text in read_lines(path) if text.strip()]
   if not lines:
     raise ValueError(f"{path}: no rows")
-  header = lines[0][1].split("\t") if has_header else None
+  if has_header == "auto":
+    labels = parse_columns(label_column) if label_column not in (None, "") else []
+    named = any(isinstance(c, str) for c in parse_columns(text_columns) + labels)
+    first = _split_fields(lines[0][1], fmt)
+    below = [_split_fields(t, fmt) for _, t in lines[1:1001]]
+    label_index = labels[0] if labels and isinstance(labels[0], int) else None
+    has_header = named or _looks_like_header(first, below, label_index)
+    logging.info("%s: the first row %s %s", path, first, "is a header" if has_header else "is data")
+  header = _split_fields(lines[0][1], fmt) if has_header else None
   rows = lines[1:] if has_header else lines
-  width, width_line = (len(header), 1) if header else (len(rows[0][1].split("\t")), rows[0][0])
+  if not rows:
+    raise ValueError(f"{path}: a header and no rows")
+  width, width_line = (
+    (len(header), 1) if header else (len(_split_fields(rows[0][1], fmt)), rows[0][0])
+  )
   text_index = [_column_index(c, header, path) for c in parse_columns(text_columns)]
   if not 1 <= len(text_index) <= 2:
     raise ValueError(f"data.text_columns={text_columns!r}: give one column or two (a pair)")
@@ -90,14 +208,15 @@ def read_tsv(
       )
   examples, skipped = [], []
   for number, text in rows:
-    fields = text.split("\t")
+    fields = _split_fields(text, fmt)
     origin = f"{path}:{number}"
     if len(fields) != width:
       if bad_rows == "skip":
         skipped.append(number)
         continue
       raise ValueError(
-        f"{origin}: {len(fields)} tab-separated fields, expected {width} as on "
+        f"{origin}: {len(fields)} {'tab' if fmt == 'tsv' else 'comma'}-separated fields, "
+        f"expected {width} as on "
         f"line {width_line} (data.bad_rows='skip' drops such rows)"
       )
     texts = [fields[i].strip() for i in text_index]

@@ -16,6 +16,17 @@ def test_accuracy_and_binary_f1_by_hand():
   assert metrics.binary_f1([0, 0], [1, 1]) == 0.0
 
 
+def test_macro_f1_by_hand_and_against_sklearn():
+  # Class 0: P 1/2 R 1/2 F1 1/2; class 1: P 1 R 1/2 F1 2/3; class 2: never right, F1 0.
+  predictions, labels = [0, 0, 1, 2], [0, 1, 1, 0]
+  assert metrics.macro_f1(predictions, labels) == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+  sklearn = pytest.importorskip("sklearn.metrics")  # seqeval brings it
+  rng = np.random.default_rng(0)
+  labels, predictions = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+  expected = sklearn.f1_score(labels, predictions, average="macro")
+  assert metrics.macro_f1(predictions, labels) == pytest.approx(expected)
+
+
 def test_confusion_matrix_by_hand():
   # gold 0 0 1 1 2, predicted 0 1 1 1 0: rows gold, columns predicted.
   assert metrics.confusion_matrix([0, 1, 1, 1, 0], [0, 0, 1, 1, 2], range(3)) == [

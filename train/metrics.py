@@ -32,6 +32,16 @@ def binary_f1(predictions, labels, positive: int = 1) -> float:
   return float(2 * precision * recall / (precision + recall))
 
 
+def macro_f1(predictions, labels) -> float:
+  """The mean of every class's F1 (each class in turn the positive one), over the classes
+  in the gold labels or the predictions: what multi-class benchmarks (CLUE's TNEWS) report."""
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  classes = np.union1d(predictions, labels)
+  if not classes.size:
+    return 0.0
+  return float(np.mean([binary_f1(predictions, labels, positive=c) for c in classes]))
+
+
 def confusion_matrix(predictions, labels, classes: Sequence) -> list[list[int]]:
   """counts[gold][predicted] over `classes` (ids or tag strings), as nested lists for JSON."""
   index = {c: i for i, c in enumerate(classes)}
@@ -99,6 +109,7 @@ def spearman(x, y) -> float:
 CLASSIFICATION_METRICS = {
   "accuracy": accuracy,
   "f1": binary_f1,
+  "macro_f1": macro_f1,
   "mcc": matthews_corrcoef,
 }
 REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}

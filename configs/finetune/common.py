@@ -40,6 +40,14 @@ HF_CHECKPOINTS = {
 }
 
 
+def _own_copy(value):
+  """A FieldReference default (a field that takes values of several types, like True or
+  'auto') copied, so that configs never share one."""
+  if isinstance(value, ml_collections.FieldReference):
+    return ml_collections.FieldReference(value.get(), field_type=value.get_type())
+  return value
+
+
 def get_config(task: str = "classification", size: str = "base") -> ml_collections.ConfigDict:
   spec = tasks.get(task)
   if task == "pretraining":
@@ -63,6 +71,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       tfds_text_keys="",  # classification: '' = text_columns
       tfds_label_key="label",  # classification; its ClassLabel names become the labels
       labels=(),  # class / tag names in id order; () = those of train, sorted
+      max_train_examples=0,  # >0: only the first N training rows (examples / sentences)
       vocab="",  # vocab.txt, a directory or HF name; '' = the init source's
       lowercase=True,
       max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
@@ -73,7 +82,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       bucket_lengths="auto",
     )
   )
-  c.data.update(spec.data_defaults)
+  c.data.update({key: _own_copy(value) for key, value in spec.data_defaults.items()})
 
   # Parameter-efficient fine-tuning (model/peft.py); 'none' trains every parameter.
   c.peft = ml_collections.ConfigDict(

@@ -8,6 +8,7 @@ data.regression gives one float output trained with squared error (STS-B).
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
 
 from data import classification
@@ -20,11 +21,13 @@ from train.tasks.base import TaskSpec
 DATA_DEFAULTS = dict(
   text_columns="sentence",  # one or two (a pair) header names, or 0-based numbers
   label_column="label",
-  has_header=True,
+  # True | False | 'auto': a header when a column is named, else when row 1 looks like one
+  has_header=ml_collections.FieldReference(True, field_type=object),
+  file_format="auto",  # tsv | csv | jsonl; auto: by extension (.csv, .jsonl / .json; else TSV)
   bad_rows="error",  # 'skip': drop TSV rows with the wrong field count, logged
   regression=False,  # one float output, squared error (STS-B)
   entity_markers=(),  # relations: (e1 open, e1 close, e2 open, e2 close)
-  metrics=("accuracy",),  # accuracy, f1, mcc, pearson, spearman
+  metrics=("accuracy",),  # accuracy, f1 (binary), macro_f1, mcc, pearson, spearman
   # Names for data.labels, in their order ('negative', 'positive' for '0', '1'): what
   # predictions, labels.json, the confusion plots and the HF export's id2label show.
   label_names=(),
@@ -42,8 +45,13 @@ def read_text_examples(data) -> tuple[dict, list[str] | None]:
     if source is None:
       continue
     if data.source == "files":
-      examples[split] = classification.read_tsv(
-        source, data.text_columns, data.label_column, data.has_header, data.bad_rows
+      examples[split] = classification.read_examples(
+        source,
+        data.text_columns,
+        data.label_column,
+        data.has_header,
+        data.bad_rows,
+        data.get("file_format", "auto"),
       )
     else:
       examples[split], tfds_labels = classification.tfds_examples(
@@ -55,6 +63,7 @@ def read_text_examples(data) -> tuple[dict, list[str] | None]:
       )
     if data.get("entity_markers"):
       examples[split] = classification.mark_relation_examples(examples[split], data.entity_markers)
+  examples = common.first_train_rows(data, examples)
   return examples, tfds_labels
 
 

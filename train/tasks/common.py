@@ -107,6 +107,15 @@ def token_shapes(length: int, prefix: tuple = ()) -> dict:
   return {key: (prefix + (length,), np.int32) for key in keys}
 
 
+def first_train_rows(data, rows: dict[str, list]) -> dict[str, list]:
+  """The first data.max_train_examples training rows (examples, sentences), when it is > 0."""
+  limit = data.get("max_train_examples", 0)
+  if limit and "train" in rows and len(rows["train"]) > limit:
+    logging.info("data.max_train_examples=%d of %d training rows", limit, len(rows["train"]))
+    rows = dict(rows, train=rows["train"][:limit])
+  return rows
+
+
 def configured_labels(config, default: int = 2) -> list[str]:
   """data.labels, or `default` placeholder names: what a run's labels are before data is read."""
   labels = [str(label) for label in config.data.get("labels", ())]

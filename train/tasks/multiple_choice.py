@@ -76,6 +76,7 @@ def build(config, workdir: str):
       continue
     examples = read_examples(data, source)
     if split == "train":
+      examples = common.first_train_rows(data, {"train": examples})["train"]
       common.check_unknown(tokenizer, (e.context for e in examples), data)
     if any(e.label is None for e in examples):
       raise ValueError(f"{source}: no {data.label_column!r} column; {split} data needs labels")

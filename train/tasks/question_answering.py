@@ -37,6 +37,7 @@ def build(config, workdir: str):
       if data.source == "files"
       else squad.tfds_qa_examples(data.tfds_name, source, data.tfds_data_dir or None)
     )
+    examples = common.first_train_rows(data, examples) if split == "train" else examples
     if split == "train":
       common.check_unknown(tokenizer, (e.context for e in examples[split]), data)
     arrays[split], windows[split], stats[split] = squad.encode_windows(

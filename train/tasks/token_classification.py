@@ -34,6 +34,7 @@ def build(config, workdir: str):
       if data.source == "files"
       else ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None)
     )
+  sentences = common.first_train_rows(data, sentences)
   common.check_unknown(tokenizer, (" ".join(s.words) for s in sentences.get("train", [])), data)
   labels = ner.resolve_labels(data.labels, sentences.get("train", []))
   arrays, stats, positions = {}, {}, {}
