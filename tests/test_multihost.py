@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import saved_state
+from helpers import saved_state, xla_flags
 from helpers.pretraining import tiny_config
 
 from train import loop
@@ -40,7 +40,7 @@ def test_two_processes_reach_the_loss_and_params_of_one(tmp_path):
     os.environ,
     PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    XLA_FLAGS=xla_flags(4),
   )
   processes = []
   for process_id in range(2):

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import assert_bitwise_equal, saved_state
+from helpers import assert_bitwise_equal, saved_state, xla_flags
 from helpers.pretraining import tiny_config
 
 from train import hf, loop
@@ -116,7 +116,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   env = dict(
     os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"), JAX_PLATFORMS="cpu"
   )
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8)
   process = subprocess.Popen(
     args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )

@@ -6,8 +6,20 @@ configs of the pretraining and fine-tuning tests.
 
 import contextlib
 import logging
+import os
 
 import numpy as np
+
+
+def xla_flags(devices: int) -> str:
+  """The suite's XLA_FLAGS (conftest.py) with `devices` fake CPU devices: a subprocess that
+  must compute bit for bit what this process does needs the same compiler options."""
+  kept = [
+    flag
+    for flag in os.environ.get("XLA_FLAGS", "").split()
+    if not flag.startswith("--xla_force_host_platform_device_count")
+  ]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
 
 
 def tiny_hf_config(**overrides):
