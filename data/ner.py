@@ -184,7 +184,9 @@ def encode_sentences(
     positions.append(first)
     kept = first >= 0
     last_kept = np.flatnonzero(kept)[-1] if kept.any() else -1
-    truncated += bool(np.any(~kept[last_kept + 1 :]))  # words lost off the end
+    # Words lost off the end; a word that tokenizes to nothing (a lone U+FE0F) is not lost.
+    lost = [sentence.words[j] for j in range(last_kept + 1, len(sentence.words))]
+    truncated += any(tokenizer.tokenize(word) for word in lost)
     if sentence.tags is not None:
       origins = [f"{sentence.origin} (word {j + 1})" for j in range(len(sentence.words))]
       ids = label_ids(list(sentence.tags), labels, origins)

@@ -20,8 +20,8 @@ from train.writers import read_metrics
 
 
 def test_bucket_lengths_from_the_config_string():
-  assert bucket_lengths("auto", 128) == (16, 32, 64, 128)
-  assert bucket_lengths("auto", 100) == (16, 32, 64, 100)
+  assert bucket_lengths("auto", 128) == (16, 24, 32, 48, 64, 96, 128)
+  assert bucket_lengths("auto", 100) == (16, 24, 32, 48, 64, 96, 100)
   assert bucket_lengths("none", 128) == (128,)
   assert bucket_lengths("64, 32", 128) == (32, 64, 128)
   with pytest.raises(ValueError, match=r"data.bucket_lengths='short': expected 'auto', 'none'"):

@@ -232,6 +232,15 @@ def test_long_sentences_are_truncated_counted_and_their_cut_words_read_as_o(toke
   assert tags[:6] == ["B-PER"] * 6 and tags[6:] == ["O"] * 6
 
 
+def test_a_last_word_with_no_sub_token_is_not_called_truncated(tokenizer, caplog):
+  """U+FE0F (an emoji's variation selector) alone tokenizes to nothing: the sentence fits."""
+  sentence = ner.TaggedSentence(("Alice", "sat", "\ufe0f"), ("B-PER", "O", "O"), "x.conll:1")
+  with caplog.at_level(logging.WARNING):
+    _, positions, stats = ner.encode_sentences([sentence], tokenizer, 8, ["O", "B-PER"])
+  assert positions[0].tolist() == [1, 2, -1]
+  assert stats["truncated"] == 0 and "truncated" not in caplog.text
+
+
 def test_predicted_entities_map_back_to_the_exact_characters(tokenizer):
   text = "Alice  went to New   York, then  Zürich."
   words = ner.split_words(text, tokenizer)

@@ -1,5 +1,6 @@
 """Where fine-tuning weights come from (an HF directory, a pretraining workdir); head objectives."""
 
+import logging
 import shutil
 
 import jax
@@ -10,6 +11,7 @@ import optax
 import pytest
 import torch
 from flax import nnx
+from helpers import absl_records_in
 from helpers import finetune as ff
 from helpers.finetune import TINY, write_hf_dir
 
@@ -74,6 +76,26 @@ def test_init_from_an_hf_directory_loads_the_encoder_and_keeps_a_fresh_head(base
   np.testing.assert_allclose(
     np.asarray(ours)[:, :5], reference.last_hidden_state.numpy()[:, :5], atol=1e-5
   )
+
+
+def test_pretraining_heads_the_hf_directory_lacks_are_named_in_a_warning(base, tmp_path, caplog):
+  """A BertModel directory has no cls.*: continued pretraining from it must say its MLM / NSP
+  heads start random. A fine-tuning head starting fresh is the design and says nothing."""
+  config, task, state, tx, (mesh, rules) = base
+  hf_dir, _, _ = write_hf_dir(tmp_path / "hf", config.data.vocab)
+  model_config = task.model_config
+  pretraining = create_train_state(
+    lambda rngs: BertForPreTraining(model_config, rngs), tx, mesh, rules, 0
+  )[1:3]
+  for start, heads in ((pretraining, "mlm / nsp"), (state, None)):
+    caplog.clear()
+    with absl_records_in(caplog), caplog.at_level(logging.WARNING):
+      warm_start.initialise(*start, init_section(hf_dir=hf_dir), model_config, tx)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if heads:
+      assert any(f"no {heads} weights" in w and "heads start random" in w for w in warned)
+    else:
+      assert not warned, warned
 
 
 def test_an_empty_data_vocab_takes_the_init_sources_vocab(tmp_path):

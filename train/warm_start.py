@@ -129,6 +129,15 @@ def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
   logging.info(
     "initialised %s from %s%s", sorted(tree), where, f"; not used: {dropped}" if dropped else ""
   )
+  # Fine-tuning heads start fresh by design; pretraining heads the source lacks are news.
+  absent = [m for m in convert.PRETRAINING_MODULES if m in model_keys and m not in tree]
+  if absent:
+    logging.warning(
+      "%s has no %s weights: the model's %s random",
+      where,
+      " / ".join(absent),
+      "head starts" if len(absent) == 1 else "heads start",
+    )
   try:
     return load_params(state, frozen, tree, tx)
   except ValueError as e:

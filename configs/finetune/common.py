@@ -77,7 +77,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
       max_seq_length=128,  # longer text is truncated (counted in the log)
       # Each batch is padded to the shortest of these that holds its longest row (one
-      # compile each): 'auto' = 16, 32, 64, ... up to max_seq_length; 'none' = always
+      # compile each): 'auto' = 16, 24, 32, 48, 64, 96, ... up to max_seq_length; 'none' = always
       # max_seq_length; or lengths like '32,64,128'.
       bucket_lengths="auto",
     )
