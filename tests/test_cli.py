@@ -61,3 +61,27 @@ def test_predict_on_a_missing_workdir_is_one_line(tmp_path):
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   assert f"error: {tmp_path / 'nothing' / 'config.json'} does not exist" in result.stderr
+
+
+def test_show_config_prints_every_field_with_its_value_and_comment():
+  result = run(
+    "train.main",
+    "--config=configs/finetune/sst2.py:minilm",
+    "--config.optimizer.lr=1e-4",
+    "--show_config",
+  )
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert "optimizer.lr = 0.0001" in lines  # the override, not the default
+  assert "model.hidden_size = 384" in lines  # the size the config's argument picked
+  assert "batch_size = 32  # global, across all hosts and devices" in lines
+  bucket = next(line for line in lines if line.startswith("data.bucket_lengths = 'auto'  # "))
+  assert "one compile each" in bucket  # the block comment above the field
+  assert "wandb.entity = ''  # a W&B team" in result.stdout  # a section built by a function
+  assert len(lines) == len(set(lines)) > 100
+
+
+def test_a_missing_workdir_is_named():
+  result = run("train.main", TINY)
+  assert result.returncode == 1
+  assert "--workdir is required" in result.stderr and "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
   python -m train.main --config=configs/pretrain/bert_tiny.py --workdir=/tmp/run \
       [--config.optimizer.lr=3e-4 ...]
+  python -m train.main --config=configs/finetune/sst2.py --show_config   # every field, commented
 
 Running it again with the same workdir resumes from the newest checkpoint.
 """
@@ -23,7 +24,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
 flags.DEFINE_integer("process_id", None, "with --coordinator_address")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+  "show_config",
+  False,
+  "Print every field of --config (overrides applied) with its value and the comment written "
+  "beside it in configs/, then exit. --workdir is not needed.",
+)
+flags.mark_flags_as_required(["config"])
 
 
 def initialize_distributed(config) -> None:
@@ -45,6 +52,13 @@ def initialize_distributed(config) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.show_config:
+    from train.describe_config import describe
+
+    print(describe(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required: where checkpoints, logs and plots go")
   import jax
 
   from train import loop
