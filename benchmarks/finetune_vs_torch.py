@@ -68,10 +68,11 @@ flags.DEFINE_integer("seq_len", 128, "Tokens per example (the longest), both row
 flags.DEFINE_enum(
   "padding",
   "dynamic",
-  ["dynamic", "fixed"],
+  ["dynamic", "packed", "fixed"],
   "dynamic: as users run each side: ours in length buckets (data.bucket_lengths=auto), "
   "PyTorch padded to each batch's longest row (what DataCollatorWithPadding does); "
-  "fixed: both at --seq_len.",
+  "packed: ours packs each step's examples into rows (data.packing=True), PyTorch as "
+  "dynamic; fixed: both at --seq_len.",
 )
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
@@ -150,7 +151,8 @@ def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple
     items.append(("data.test_path", test))
   items += [
     ("data.max_seq_length", FLAGS.seq_len),
-    ("data.bucket_lengths", "auto" if FLAGS.padding == "dynamic" else "none"),
+    ("data.bucket_lengths", "none" if FLAGS.padding == "fixed" else "auto"),
+    ("data.packing", FLAGS.padding == "packed"),
     ("batch_size", FLAGS.batch_size),
     ("optimizer.lr", FLAGS.lr),
     ("optimizer.total_steps", FLAGS.steps),
@@ -255,8 +257,9 @@ def torch_model(hf_dir: str, task, head: dict):
 
 
 def hf_padding(batch: dict) -> dict:
-  """--padding=dynamic: the batch cut to its longest row, as DataCollatorWithPadding pads."""
-  if FLAGS.padding != "dynamic":
+  """--padding=dynamic / packed: the batch cut to its longest row, as DataCollatorWithPadding
+  pads."""
+  if FLAGS.padding == "fixed":
     return batch
   longest = int(batch["attention_mask"].sum(-1).max())
   return {k: v[:, :longest] if np.ndim(v) == 2 else v for k, v in batch.items()}
@@ -552,7 +555,8 @@ def main(argv):
     logging.info("seed %d, ours: %s", seed, command)
     ours = run_ours(job_config(items), workdir)
     logging.info("seed %d, ours: %s", seed, ours)
-    torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
+    unpacked = [(k, False if k == "data.packing" else v) for k, v in items]  # torch's batches
+    torch_row = run_torch(job_config(unpacked), hf_dir, os.path.join(root, f"torch_seed{seed}"))
     logging.info("seed %d, torch: %s", seed, torch_row)
     runs.append(
       {

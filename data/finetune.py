@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data import packing
 from data.sampling import EpochSampler, host_share
 
 
@@ -159,7 +160,8 @@ class FinetuneData:
   Epoch e visits the rows in permutation(default_rng((seed, e))) order and
   drops the last N % batch_size of them (different ones each epoch). Resuming
   needs only the step number. With `buckets`, each global batch is padded to
-  its bucket length before this host takes its share.
+  its bucket length before this host takes its share; with `packed_shape`, its
+  examples are packed into rows of that shape instead (data/packing.py).
   """
 
   def __init__(
@@ -168,10 +170,12 @@ class FinetuneData:
     batch_size: int,
     seed: int,
     buckets: Buckets | None = None,
+    packed_shape=None,
   ):
     self.sampler = EpochSampler(_num_rows(arrays), batch_size, seed, "training examples")
     self.arrays = arrays
     self.buckets = buckets
+    self.packed_shape = packed_shape  # data/packing.PackedShape: packed rows instead of buckets
     self.num_examples = self.sampler.num_examples
     self.steps_per_epoch = self.sampler.steps_per_epoch
 
@@ -181,7 +185,9 @@ class FinetuneData:
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     rows = self.example_indices(step)
     batch = {key: value[rows] for key, value in self.arrays.items()}
-    if self.buckets is not None:
+    if self.packed_shape is not None:
+      batch = packing.pack(batch, self.packed_shape)
+    elif self.buckets is not None:
       batch = self.buckets(batch)
     return host_share(batch, process_index, process_count)
 

@@ -162,12 +162,27 @@ class Embeddings(nnx.Module):
     return dropout(x, c.hidden_dropout_prob, rng)
 
 
+def segment_mask(segment_ids: Array) -> Array:
+  """[batch, q, k] mask of packed rows: a token attends to the tokens of its own example only
+  (segment ids 1, 2, ... per example; 0 is padding, attended by nobody)."""
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return same & (segment_ids[:, None, :] > 0)
+
+
+def _heads_mask(mask: Array) -> Array:
+  """A key mask [batch, k] or a full mask [batch, q, k] as [batch, 1, q or 1, k]."""
+  return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+
+
 def attention_weights_einsum(q, k, mask, dropout_rate, rng):
-  """Softmax(QK^T / sqrt(d)) in float32, masked keys set to the dtype minimum."""
+  """Softmax(QK^T / sqrt(d)) in float32, masked keys set to the dtype minimum.
+
+  mask: [batch, k] (padding) or [batch, q, k] (packed rows, `segment_mask`). A masked key's
+  weight underflows to exactly 0, so what it holds cannot reach another example."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits * scale
-  logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  logits = jnp.where(_heads_mask(mask), logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
   return dropout(weights, dropout_rate, rng)
 
@@ -220,7 +235,8 @@ class SelfAttention(nnx.Module):
       batch = x.shape[0]
       k = jnp.concatenate([jnp.broadcast_to(prefix[0], (batch,) + prefix.shape[1:]), k], axis=1)
       v = jnp.concatenate([jnp.broadcast_to(prefix[1], (batch,) + prefix.shape[1:]), v], axis=1)
-      mask = jnp.concatenate([jnp.ones((batch, prefix.shape[1]), bool), mask], axis=1)
+      ones = jnp.ones((*mask.shape[:-1], prefix.shape[1]), bool)
+      mask = jnp.concatenate([ones, mask], axis=-1)
     train_dropout = rng_probs is not None and c.attention_probs_dropout_prob > 0
     if c.attention_impl == "einsum" or train_dropout:
       # The fused kernels have no attention-probability dropout: fall back.
@@ -228,7 +244,7 @@ class SelfAttention(nnx.Module):
       ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
     else:
       ctx = jax.nn.dot_product_attention(
-        q, k, v, mask=mask[:, None, None, :], implementation=c.attention_impl
+        q, k, v, mask=_heads_mask(mask), implementation=c.attention_impl
       )
     ctx = constrain(ctx, heads)
     out = dropout(self.output(ctx, rng_o), c.hidden_dropout_prob, rng_out)
@@ -359,8 +375,14 @@ class Pooler(nnx.Module):
       config.initializer_range,
     )
 
-  def __call__(self, sequence_output):
-    return jnp.tanh(self.dense(sequence_output[:, 0]))
+  def __call__(self, sequence_output, cls_positions=None):
+    """The row's first token; with cls_positions [batch, slots] (packed rows), those tokens:
+    [batch, slots, hidden]."""
+    if cls_positions is None:
+      return jnp.tanh(self.dense(sequence_output[:, 0]))
+    picked = jnp.take_along_axis(sequence_output, cls_positions[..., None], axis=1)
+    flat = picked.reshape(-1, picked.shape[-1])
+    return jnp.tanh(self.dense(flat)).reshape(picked.shape[:2] + (-1,))
 
 
 class BertModel(nnx.Module):
@@ -397,13 +419,20 @@ class BertModel(nnx.Module):
     attention_mask=None,
     *,
     position_ids=None,
+    segment_ids=None,
     dropout_rng=None,
   ):
+    """segment_ids [batch, length]: packed rows (several examples a row, 1, 2, ... each; 0 is
+    padding). Attention stays inside each example; give position_ids restarting at each."""
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     mask = attention_mask.astype(bool)
+    if segment_ids is not None:
+      if self.prompt is not None:
+        raise ValueError("packed rows (segment_ids) and prompt tuning do not combine")
+      mask = segment_mask(segment_ids)
     rng_embed, rng_layers = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     prompt = None if self.prompt is None else self.prompt[...]
     x = self.embeddings(input_ids, token_type_ids, position_ids, rng_embed, prompt)

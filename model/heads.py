@@ -114,12 +114,33 @@ class BertForSequenceClassification(nnx.Module):
       config.initializer_range,
     )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
-    """Returns logits [batch, num_labels] (float32)."""
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    *,
+    dropout_rng=None,
+    segment_ids=None,
+    position_ids=None,
+    cls_positions=None,
+  ):
+    """Returns logits [batch, num_labels] (float32); of packed rows (segment_ids, and each
+    example's [CLS] at cls_positions [batch, slots]), logits [batch, slots, num_labels]."""
     rng_bert, rng_head = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    _, pooled = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=rng_bert)
+    sequence, pooled = self.bert(
+      input_ids,
+      token_type_ids,
+      attention_mask,
+      position_ids=position_ids,
+      segment_ids=segment_ids,
+      dropout_rng=rng_bert,
+    )
+    if cls_positions is not None:
+      pooled = self.bert.pooler(sequence, cls_positions)
     pooled = dropout(pooled, self.config.hidden_dropout_prob, rng_head)
-    return self.classifier(pooled).astype(jnp.float32)
+    logits = self.classifier(pooled.reshape(-1, pooled.shape[-1])).astype(jnp.float32)
+    return logits.reshape(pooled.shape[:-1] + (-1,))
 
 
 class BertForTokenClassification(nnx.Module):

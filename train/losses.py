@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from data.packing import PACKED_KEYS
+
 Batch = Mapping[str, jax.Array]
 
 
@@ -100,8 +102,14 @@ class _FinetuneObjective:
 
   @staticmethod
   def _forward(model, batch, dropout_rng):
+    # Packed rows (data/packing.py) add these; label and weight are then [rows, slots].
+    packed = {key: batch[key] for key in PACKED_KEYS if key in batch}
     return model(
-      batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], dropout_rng=dropout_rng
+      batch["input_ids"],
+      batch["token_type_ids"],
+      batch["attention_mask"],
+      dropout_rng=dropout_rng,
+      **packed,
     )
 
 
@@ -122,7 +130,7 @@ class ClassificationObjective(_FinetuneObjective):
   def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
     logits, weight = outputs["logits"], batch["weight"].astype(jnp.float32)
     if self.regression:
-      errors = jnp.square(logits[:, 0] - batch["label"].astype(jnp.float32))
+      errors = jnp.square(logits[..., 0] - batch["label"].astype(jnp.float32))
       loss_sum = jnp.sum(errors * weight)
       correct = jnp.zeros((), jnp.float32)
     else:

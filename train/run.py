@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
 from model import peft as peft_lib
@@ -128,6 +129,10 @@ def build_run(
         f"task={config.task!r} builds its objective from its data; it needs with_data=True"
       )
     task = None
+    if config.get("data", {}).get("packing"):
+      # Packed rows number at most batch_size (one example a row), so the unpacked batch
+      # bounds their memory; their exact shape comes from the data.
+      logging.info("data.packing: compiling the unpacked batch, an upper bound on packed rows")
     model_config = BertConfig.from_dict(config.model)
     labels, batch_shapes = abstract_batch(spec, config, mesh, rules)
     factory = spec.model_factory(config, model_config, labels, peft)

@@ -80,6 +80,9 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       # compile each): 'auto' = 16, 24, 32, 48, 64, 96, ... up to max_seq_length; 'none' = always
       # max_seq_length; or lengths like '32,64,128'.
       bucket_lengths="auto",
+      # Several training examples a row of max_seq_length, attention kept inside each
+      # (data/packing.py): one shape for the run, few padded positions. Classification.
+      packing=False,
     )
   )
   c.data.update({key: _own_copy(value) for key, value in spec.data_defaults.items()})

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from absl import logging
 
-from data import finetune
+from data import finetune, packing
 from data import tokenizer as tokenizer_lib
 from model.config import BertConfig
 from model.peft import PeftConfig, check_sequence_fits
 from train import warm_start
+from train.errors import UserError
 from train.tasks.base import Task
 
 SPLITS = ("train", "eval", "test")
@@ -81,6 +83,8 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
   peft = peft_config(config)
   buckets = buckets_of(spec, config)
   train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed, buckets)
+  if config.data.get("packing"):
+    train_data.packed_shape = packed_shape_of(spec, config, arrays["train"], train_data)
   logging.info("fine-tuning data: %s", summary)
   return Task(
     model_config=model_config,
@@ -99,6 +103,38 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
     steps_per_epoch=train_data.steps_per_epoch,
     peft=peft,
   )
+
+
+PACKING_TASKS = ("classification",)
+
+
+def packed_shape_of(spec, config, train: dict, train_data) -> packing.PackedShape:
+  """The one shape of the run's packed training batches: every step of the schedule fits."""
+  if spec.name not in PACKING_TASKS:
+    raise UserError(
+      f"data.packing=True: task={spec.name!r} cannot pack yet (only {PACKING_TASKS}); "
+      "set data.packing=False (length buckets, data.bucket_lengths, still apply)"
+    )
+  if config.peft.method in ("prompt", "prefix"):
+    raise UserError(f"data.packing=True does not combine with peft.method={config.peft.method!r}")
+  steps = config.optimizer.total_steps or config.epochs * train_data.steps_per_epoch
+  multiple = jax.device_count() * config.optimizer.get("grad_accum_steps", 1)
+  lengths = train["attention_mask"].sum(-1)
+  shape, efficiency = packing.plan_shape(
+    lengths, train_data.sampler, steps, config.data.max_seq_length, multiple
+  )
+  logging.info(
+    "packing: %d examples a step in %d rows of %d tokens (up to %d a row); real tokens %.1f%% "
+    "of the %d steps' positions (unpacked: %.1f%%)",
+    config.batch_size,
+    shape.rows,
+    shape.length,
+    shape.slots,
+    100 * efficiency,
+    steps,
+    100 * lengths.mean() / config.data.max_seq_length,
+  )
+  return shape
 
 
 def token_shapes(length: int, prefix: tuple = ()) -> dict:

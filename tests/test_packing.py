@@ -1,0 +1,165 @@
+"""Packed rows (data/packing.py): the same numbers as unpacked, no attention across examples,
+one compile, exact resume, and the packing efficiency of known lengths."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import assert_bitwise_equal, saved_state
+from helpers import finetune as ff
+
+from data import packing
+from data.sampling import EpochSampler
+from model.config import BertConfig
+from model.heads import BertForSequenceClassification
+from train import loop
+from train import mesh as mesh_lib
+from train.losses import ClassificationObjective
+from train.run import build_run
+from train.writers import read_metrics
+
+LENGTHS = [5, 3, 7, 2, 6, 1]
+
+
+def test_first_fit_decreasing_and_the_efficiency_of_known_lengths():
+  # Longest first: 7 -> row 0, 6 -> row 1, 5 -> row 2, 3 -> row 0, 2 -> row 1, 1 -> row 1.
+  assert packing.first_fit(LENGTHS, 10) == [[2, 1], [4, 3, 5], [0]]
+  sampler = EpochSampler(len(LENGTHS), len(LENGTHS), seed=0, what="rows")
+  shape, efficiency = packing.plan_shape(np.array(LENGTHS), sampler, 1, 10)
+  assert shape == packing.PackedShape(rows=3, slots=3, length=10)
+  assert efficiency == 24 / 30
+  shape, efficiency = packing.plan_shape(np.array(LENGTHS), sampler, 1, 10, multiple=4)
+  assert shape.rows == 4 and efficiency == 24 / 40
+  with pytest.raises(ValueError, match="an example of 11 tokens is longer than a row"):
+    packing.first_fit([11], 10)
+
+
+def examples(seed=0, n=6, length=16):
+  """n token rows of LENGTHS-like lengths ([CLS] ... [SEP]), padded to `length`."""
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((n, length), np.int32)
+  for i, size in enumerate(np.array(LENGTHS * 2)[:n] + 2):
+    ids[i, :size] = [2, *rng.integers(5, 60, size - 2), 3]
+  return {
+    "input_ids": ids,
+    "token_type_ids": np.zeros_like(ids),
+    "attention_mask": (ids > 0).astype(np.int32),
+    "label": rng.integers(0, 3, n).astype(np.int32),
+    "weight": np.ones(n, np.float32),
+  }
+
+
+def model(attention_impl="einsum"):
+  config = BertConfig.from_dict(
+    dict(ff.TINY, hidden_dropout_prob=0.0, attention_impl=attention_impl)
+  )
+  return BertForSequenceClassification(config, 3, nnx.Rngs(0))
+
+
+def packed_logits(m, batch, shape):
+  packed = packing.pack(batch, shape)
+  logits = ClassificationObjective(3).outputs(m, packed, None)["logits"]
+  return packed, np.asarray(logits)
+
+
+@pytest.mark.parametrize("attention_impl", ["einsum", "xla"])
+def test_packed_rows_give_each_examples_logits_and_loss_as_unpacked(attention_impl):
+  m, batch = model(attention_impl), examples()
+  objective = ClassificationObjective(3)
+  unpacked = objective.outputs(m, batch, None)
+  shape = packing.PackedShape(rows=3, slots=3, length=16)
+  with_order = dict(batch, order=np.arange(6, dtype=np.int32))  # to find each example again
+  packed = packing.pack(with_order, shape)
+  assert packed["segment_ids"].shape == (3, 16) and packed["label"].shape == (3, 3)
+  logits = np.asarray(objective.outputs(m, packed, None)["logits"])
+  placed = np.zeros((6, 3), np.float32)
+  for r, slot in zip(*np.nonzero(packed["weight"])):
+    placed[packed["order"][r, slot]] = logits[r, slot]
+  np.testing.assert_allclose(placed, np.asarray(unpacked["logits"]), atol=2e-5)
+  norm = objective.normalizers(batch)
+  assert float(objective.normalizers(packed)["examples"]) == float(norm["examples"]) == 6
+  loss_unpacked, sums_unpacked = objective.loss_and_sums(unpacked, batch, norm)
+  loss_packed, sums_packed = objective.loss_and_sums({"logits": logits}, packed, norm)
+  np.testing.assert_allclose(float(loss_packed), float(loss_unpacked), rtol=1e-5)
+  assert float(sums_packed["correct"]) == float(sums_unpacked["correct"])
+
+
+def test_no_attention_crosses_an_example_boundary():
+  """Change one example's tokens: every other example's logits stay bitwise the same, those
+  in its own row included."""
+  m, batch = model(), examples()
+  shape = packing.PackedShape(rows=3, slots=3, length=16)
+  before, a = packed_logits(m, batch, shape)
+  changed = {k: v.copy() for k, v in batch.items()}
+  changed["input_ids"][1, 1:4] = [7, 8, 9]
+  after, b = packed_logits(m, changed, shape)
+  np.testing.assert_array_equal(before["segment_ids"], after["segment_ids"])
+  layout = packing.first_fit(batch["attention_mask"].sum(-1), 16)
+  row = next(r for r, members in enumerate(layout) if 1 in members)
+  slot = layout[row].index(1)
+  assert len(layout[row]) > 1  # it shares its row with other examples
+  others = np.ones(a.shape[:2], bool)
+  others[row, slot] = False
+  others &= before["weight"] > 0
+  assert np.any(a[row, slot] != b[row, slot])
+  np.testing.assert_array_equal(a[others], b[others])
+
+
+def packed_config(path, **overrides):
+  path.mkdir(exist_ok=True)
+  return ff.classification_config(path, **{"data.packing": True, "epochs": 2, **overrides})
+
+
+def test_a_packed_run_learns_compiles_once_and_logs_its_packing(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      loop.train_and_evaluate(packed_config(tmp_path / "data"), workdir)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
+  assert len(compiles) == 1
+  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  assert train[-1]["loss"] < train[0]["loss"]
+  assert train[-1]["compiled_lengths"] == 1
+  # 8 sentences of 7 to 11 tokens in rows of 32: 8 rows (one per device) instead of 8 x 32.
+  assert all(r["real_token_fraction"] > 0.25 for r in train)
+
+
+def test_resume_is_bitwise_exact_with_packing(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  loop.train_and_evaluate(packed_config(tmp_path / "a"), straight)
+  loop.train_and_evaluate(packed_config(tmp_path / "b", stop_at_step=5), resumed)
+  assert saved_state(resumed)[0] == 5
+  loop.train_and_evaluate(packed_config(tmp_path / "b"), resumed)
+  step_a, a = saved_state(straight)
+  step_b, b = saved_state(resumed)
+  assert step_a == step_b == 16
+  assert_bitwise_equal(a, b)
+
+
+def test_a_packed_train_step_matches_the_unpacked_one(tmp_path):
+  """The same examples, packed and not: the same loss and the same update (dropout off)."""
+  runs = []
+  for packed in (True, False):
+    config = packed_config(tmp_path / str(packed), **{"data.packing": packed})
+    config.model.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    runs.append(build_run(config, str(tmp_path / str(packed) / "run")))
+  steps = []
+  for run in runs:
+    batch = mesh_lib.shard_batch(run.task.train_data.batch(0), run.mesh, run.rules)
+    with mesh_lib.activate(run.mesh, run.rules):
+      state, metrics = run.train_step(run.state, run.frozen, batch)
+    steps.append((jax.device_get(metrics), jax.device_get(state.params)))
+  assert runs[0].task.train_data.batch(0)["segment_ids"].shape == (8, 32)
+  np.testing.assert_allclose(steps[0][0]["loss"], steps[1][0]["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), steps[0][1], steps[1][1])
+
+
+def test_packing_refuses_what_it_cannot_pack_by_name(tmp_path):
+  config = ff.ner_config(tmp_path, **{"data.packing": True})
+  with pytest.raises(ValueError, match="task='token_classification' cannot pack yet"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
