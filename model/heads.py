@@ -162,10 +162,29 @@ class BertForTokenClassification(nnx.Module):
       config.initializer_range,
     )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
-    """Returns logits [batch, length, num_labels] (float32)."""
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    *,
+    dropout_rng=None,
+    segment_ids=None,
+    position_ids=None,
+    cls_positions=None,
+  ):
+    """Returns logits [batch, length, num_labels] (float32). Packed rows (segment_ids,
+    position_ids) score every token as its own example's; cls_positions are not needed."""
+    del cls_positions
     rng_bert, rng_head = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=rng_bert)
+    sequence, _ = self.bert(
+      input_ids,
+      token_type_ids,
+      attention_mask,
+      position_ids=position_ids,
+      segment_ids=segment_ids,
+      dropout_rng=rng_bert,
+    )
     sequence = dropout(sequence, self.config.hidden_dropout_prob, rng_head)
     return self.classifier(sequence).astype(jnp.float32)
 

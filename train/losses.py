@@ -162,7 +162,14 @@ class TokenClassificationObjective(_FinetuneObjective):
 
   @staticmethod
   def _weights(batch):
-    return batch["label_weights"].astype(jnp.float32) * batch["weight"][:, None].astype(jnp.float32)
+    weight = batch["weight"].astype(jnp.float32)
+    if "segment_ids" in batch:  # packed: each token takes its example's weight ([rows, slots])
+      segments = batch["segment_ids"]
+      token_weight = jnp.take_along_axis(weight, jnp.maximum(segments - 1, 0), axis=1)
+      weight = jnp.where(segments > 0, token_weight, 0.0)
+    else:
+      weight = weight[:, None]
+    return batch["label_weights"].astype(jnp.float32) * weight
 
   def outputs(self, model, batch: Batch, dropout_rng) -> dict:
     return {"logits": self._forward(model, batch, dropout_rng)}

@@ -81,7 +81,7 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       # max_seq_length; or lengths like '32,64,128'.
       bucket_lengths="auto",
       # Several training examples a row of max_seq_length, attention kept inside each
-      # (data/packing.py): one shape for the run, few padded positions. Classification.
+      # (data/packing.py): one shape for the run, few padded positions. Classification, NER.
       packing=False,
     )
   )

@@ -105,7 +105,7 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
   )
 
 
-PACKING_TASKS = ("classification",)
+PACKING_TASKS = ("classification", "token_classification")
 
 
 def packed_shape_of(spec, config, train: dict, train_data) -> packing.PackedShape:
