@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data import chinese
 from data.masking import mask_tokens, word_start_mask
 from data.sampling import EpochSampler, host_share
 from data.sentence_pairs import Instance, make_nsp_pairs, pack_instance, truncate_seq_pair
@@ -58,32 +59,42 @@ def build_pretraining_data(
   dupe_factor: int = 1,
   seed: int = 0,
   whole_word: bool = False,
+  segment=None,
 ) -> tuple[dict[str, np.ndarray], PretrainingStats]:
   """Tokenize documents and pack them into NSP pairs, unmasked.
 
   Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
-  next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`,
-  and the corpus statistics. A single document is allowed (see
-  make_nsp_pairs for what that does to random-next pairs); an empty corpus
-  is not.
+  next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`:
+  from "##" pieces, or with `segment` (data/chinese.py: text -> words) from its
+  words, found once per sentence here. And the corpus statistics. A single
+  document is allowed (see make_nsp_pairs for what that does to random-next
+  pairs); an empty corpus is not.
   """
   sentences = [sentence for document in documents for sentence in document]
   if not sentences:
     raise ValueError(
       f"empty corpus: {len(documents)} documents and no sentences to make pretraining pairs from"
     )
-  token_ids = tokenizer(
+  encoded = tokenizer(
     sentences,
     add_special_tokens=False,
     return_attention_mask=False,
     return_token_type_ids=False,
+    return_offsets_mapping=segment is not None,
     verbose=False,
-  )["input_ids"]
-  tokenized, start = [], 0
+  )
+  token_ids = encoded["input_ids"]
+  # Pairs are made over token numbers (positions in the corpus), then looked up: the ids,
+  # and for whole-word masking whether each token begins a word.
+  flat_ids = np.fromiter((i for ids in token_ids for i in ids), np.int32)
+  numbered, position, sentence = [], 0, 0
   for document in documents:
-    tokenized.append(token_ids[start : start + len(document)])
-    start += len(document)
-  num_documents = sum(1 for document in tokenized if any(document))
+    numbered.append([])
+    for ids in token_ids[sentence : sentence + len(document)]:
+      numbered[-1].append(list(range(position, position + len(ids))))
+      position += len(ids)
+    sentence += len(document)
+  num_documents = sum(1 for document in numbered if any(document))
   if num_documents == 1:
     logging.warning(
       "pretraining corpus has one document: random-next B segments come "
@@ -91,12 +102,12 @@ def build_pretraining_data(
     )
 
   instances = make_nsp_pairs(
-    tokenized, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
+    numbered, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
   )
   arrays = _stack(
     [
       pack_instance(
-        instance,
+        _looked_up(instance, flat_ids),
         max_seq_length,
         tokenizer.cls_token_id,
         tokenizer.sep_token_id,
@@ -106,7 +117,21 @@ def build_pretraining_data(
     ]
   )
   if whole_word:
-    arrays["word_start"] = word_start_mask(arrays["input_ids"], tokenizer)
+    if segment is None:
+      starts = word_start_mask(flat_ids, tokenizer)
+    else:
+      starts = np.fromiter(
+        (
+          flag
+          for text, offsets in zip(sentences, encoded["offset_mapping"], strict=True)
+          for flag in chinese.word_starts(text, offsets, segment)
+        ),
+        bool,
+        count=len(flat_ids),
+      )
+    arrays["word_start"] = np.stack(
+      [_word_start_row(instance, starts, max_seq_length) for instance in instances]
+    )
   stats = PretrainingStats(
     num_documents=num_documents,
     num_sentences=sum(1 for ids in token_ids if ids),
@@ -115,6 +140,25 @@ def build_pretraining_data(
     random_next_fraction=float(arrays["next_sentence_label"].mean()),
   )
   return arrays, stats
+
+
+def _looked_up(instance: Instance, flat_ids: np.ndarray) -> Instance:
+  """An instance over token numbers as one over token ids."""
+  return dataclasses.replace(
+    instance,
+    tokens_a=flat_ids[instance.tokens_a].tolist(),
+    tokens_b=flat_ids[instance.tokens_b].tolist(),
+  )
+
+
+def _word_start_row(instance: Instance, starts: np.ndarray, max_seq_length: int) -> np.ndarray:
+  """Whether each position of the packed `[CLS] A [SEP] B [SEP]` row begins a word (special
+  tokens and padding count as starts; masking never picks them)."""
+  row = np.ones(max_seq_length, bool)
+  a, b = len(instance.tokens_a), len(instance.tokens_b)
+  row[1 : 1 + a] = starts[instance.tokens_a]
+  row[2 + a : 2 + a + b] = starts[instance.tokens_b]
+  return row
 
 
 def _stack(packed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

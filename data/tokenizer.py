@@ -113,11 +113,14 @@ def train_wordpiece(
   """
   from tokenizers import BertWordPieceTokenizer
 
-  trainer = BertWordPieceTokenizer(lowercase=lowercase)
+  trainer = BertWordPieceTokenizer(lowercase=lowercase)  # one token per CJK character
   trainer.train_from_iterator(
     iter(texts),
     vocab_size=vocab_size,
     min_frequency=2,
+    # tokenizers keeps only the 1,000 most frequent characters by default: Chinese text has
+    # several thousand, and a dropped one is [UNK] wherever it appears.
+    limit_alphabet=vocab_size - len(SPECIAL_TOKENS),
     special_tokens=list(SPECIAL_TOKENS),
     show_progress=False,
   )

@@ -39,6 +39,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       mask_prob=0.15,
       max_predictions=20,
       whole_word=False,
+      # Words for whole_word masking of Chinese text (data/chinese.py): 'jieba', or '' for
+      # WordPiece's "##" pieces (which never join Chinese characters).
+      segmenter="",
     )
   )
 

@@ -15,12 +15,13 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from data import corpus
+from data import chinese, corpus
 from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 from train import writers
+from train.errors import UserError
 from train.losses import PretrainingObjective
 from train.tasks.base import Task, TaskSpec
 from train.tasks.common import check_unknown, token_shapes
@@ -88,6 +89,12 @@ def build(config, workdir: str) -> Task:
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
   check_unknown(tokenizer, (s for d in documents for s in d), data, data.paths)
   train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
+  if data.get("segmenter") and not data.whole_word:
+    raise UserError(
+      f"data.segmenter={data.segmenter!r} finds words for whole-word masking: set "
+      "data.whole_word=True (or data.segmenter='')"
+    )
+  segment = chinese.segmenter(data.get("segmenter", ""))
 
   def arrays_for(docs, seed):
     return build_pretraining_data(
@@ -98,6 +105,7 @@ def build(config, workdir: str) -> Task:
       data.dupe_factor,
       seed,
       data.whole_word,
+      segment,
     )
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
