@@ -223,10 +223,40 @@ def split_words(text: str, tokenizer) -> list[tuple[str, int, int]]:
   """(word, start, end) character spans, split exactly as BERT's tokenizer splits words.
 
   The tokenizer's own pre-tokenizer does it (whitespace, then punctuation), so
-  the words the model tags are the words a span is reported for.
+  the words the model tags are the words a span is reported for; each CJK
+  character is a word of its own, as BERT's normalizer makes it
+  (`tokenize_chinese_chars`), which is also how CLUENER's files are read.
   """
   pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
-  return [(word, start, end) for word, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
+  words = []
+  for word, (start, _) in pre_tokenizer.pre_tokenize_str(text):
+    run = 0  # start of the current non-CJK run within `word`
+    for i, char in enumerate(word):
+      if is_cjk(char):
+        if run < i:
+          words.append((word[run:i], start + run, start + i))
+        words.append((char, start + i, start + i + 1))
+        run = i + 1
+    if run < len(word):
+      words.append((word[run:], start + run, start + len(word)))
+  return words
+
+
+_CJK_RANGES = (  # the blocks BERT's _is_chinese_char counts
+  (0x4E00, 0x9FFF),
+  (0x3400, 0x4DBF),
+  (0x20000, 0x2A6DF),
+  (0x2A700, 0x2B73F),
+  (0x2B740, 0x2B81F),
+  (0x2B820, 0x2CEAF),
+  (0xF900, 0xFAFF),
+  (0x2F800, 0x2FA1F),
+)
+
+
+def is_cjk(char: str) -> bool:
+  code = ord(char)
+  return any(low <= code <= high for low, high in _CJK_RANGES)
 
 
 def entities_in_text(

@@ -1,4 +1,4 @@
-"""Token classification: NER on CoNLL files or TFDS conll2003, scored by entity F1.
+"""Token classification: NER on CoNLL or CLUENER files or TFDS conll2003, scored by entity F1.
 
 Each word's first sub-token carries its tag (transformers'
 BertForTokenClassification); predict maps tags back to character spans.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data import ner
+from data import clue, ner
 from model.heads import BertForTokenClassification
 from train import metrics
 from train.losses import TokenClassificationObjective
@@ -17,7 +17,30 @@ from train.tasks.base import TaskSpec
 
 DATA_DEFAULTS = dict(
   tag_column=-1,  # CoNLL column holding the tag (the word is column 0)
+  # conll | cluener (CLUENER2020 JSON lines: each character a word); auto: .json / .jsonl
+  # files are CLUENER, others CoNLL
+  file_format="auto",
 )
+FILE_FORMATS = ("auto", "conll", "cluener")
+
+
+def read_sentences(path: str, data) -> list[ner.TaggedSentence]:
+  """A split's sentences from a CoNLL or CLUENER file (data.file_format)."""
+  fmt = data.get("file_format", "auto")
+  if fmt not in FILE_FORMATS:
+    raise ValueError(f"data.file_format={fmt!r}: expected one of {FILE_FORMATS}")
+  if fmt == "auto":
+    fmt = "cluener" if path.endswith((".json", ".jsonl")) else "conll"
+  if fmt == "conll":
+    return ner.read_conll(path, data.tag_column)
+  sentences = clue.read_cluener(path)
+  unlabelled = next((s for s in sentences if s.tags is None), None)
+  if unlabelled is not None:
+    raise ValueError(
+      f"{unlabelled.origin}: no 'label' (a CLUE test file?): training and evaluation need "
+      "labels; tag such a file with train.predict --input_file"
+    )
+  return sentences
 
 
 def build(config, workdir: str):
@@ -30,7 +53,7 @@ def build(config, workdir: str):
     if source is None:
       continue
     sentences[split] = (
-      ner.read_conll(source, data.tag_column)
+      read_sentences(source, data)
       if data.source == "files"
       else ner.tfds_sentences(data.tfds_name, source, data.tfds_data_dir or None)
     )
