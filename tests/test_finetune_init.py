@@ -236,3 +236,21 @@ def test_head_output_shapes_and_parameter_paths():
   assert set(nnx.to_pure_dict(nnx.state(qa, nnx.Param))) == {"bert", "qa_outputs"}
   with pytest.raises(ValueError, match="num_labels=0"):
     BertForSequenceClassification(CONFIG, 0, nnx.Rngs(0))
+
+
+def test_a_fine_tuning_config_takes_the_init_sources_architecture(tmp_path, caplog):
+  """The encoder's sizes come from init.hf_dir's / init.checkpoint's config.json: a config
+  need not restate them (a model that differed could not load the weights)."""
+  config = ff.classification_config(tmp_path)
+  hf_dir, _, _ = write_hf_dir(tmp_path / "hf", config.data.vocab, intermediate_size=80)
+  config.init.hf_dir = hf_dir
+  with absl_records_in(caplog), caplog.at_level(logging.INFO):
+    warm_start.adopt_init_architecture(config)
+  assert config.model.intermediate_size == 80 and config.model.hidden_size == TINY["hidden_size"]
+  assert f"model architecture from {hf_dir}/config.json: {{'intermediate_size': 80}}" in caplog.text
+  workdir = tmp_path / "pretrained"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "config.json").write_text('{"model": {"vocab_size": 96, "dtype": "bfloat16"}}')
+  config.init.update(hf_dir="", checkpoint=str(workdir))
+  warm_start.adopt_init_architecture(config)
+  assert config.model.vocab_size == 96 and config.model.dtype == "float32"  # sizes only

@@ -14,6 +14,7 @@ alone, onto the host, whatever mesh or device count they were saved from.
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import logging
@@ -96,6 +97,33 @@ def check_init_source(init) -> None:
       )
 
 
+def init_architecture(init) -> tuple[dict, str]:
+  """(the architecture keys of init.checkpoint's config.json or of a local init.hf_dir's, where
+  from); ({}, '') without an init source, or for a hub name (read when loading)."""
+  checkpoint, hf_dir = init.get("checkpoint", ""), init.get("hf_dir", "")
+  if checkpoint:
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+      return {}, ""
+    with open(path) as f:
+      saved = json.load(f).get("model", {})
+  elif hf_dir and os.path.isdir(hf_dir):
+    saved, path = hf.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json")
+  else:
+    return {}, ""
+  return {key: saved[key] for key in hf.ARCH_KEYS if key in saved}, path
+
+
+def adopt_init_architecture(config) -> None:
+  """config.model takes the init source's architecture (sizes, vocab, positions): a model that
+  differed could not load its weights anyway, so a fine-tuning config need not restate them."""
+  architecture, where = init_architecture(config.get("init", {}))
+  changed = {key: value for key, value in architecture.items() if config.model.get(key) != value}
+  if changed:
+    logging.info("model architecture from %s: %s", where, changed)
+    config.model.update(changed)
+
+
 def init_vocab(init) -> str:
   """The vocab that came with the init weights ('' if none): the tokenizer must match them."""
   if init.get("checkpoint"):
@@ -110,7 +138,10 @@ def base_tree(init, config: BertConfig) -> tuple[dict | None, str]:
   """(parameter tree, description) of `init.checkpoint` / `init.hf_dir`; (None, '') without."""
   checkpoint, hf_dir = init.get("checkpoint", ""), init.get("hf_dir", "")
   if checkpoint and hf_dir:
-    raise ValueError("set init.checkpoint or init.hf_dir, not both")
+    raise ValueError(
+      f"init.checkpoint={checkpoint} and init.hf_dir={hf_dir}: set one, not both "
+      "(--config.init.hf_dir= clears a config's default HF model)"
+    )
   if not (checkpoint or hf_dir):
     return None, ""
   if checkpoint:

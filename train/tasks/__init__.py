@@ -49,6 +49,7 @@ def build_task(config, workdir: str) -> Task:
     from train import warm_start
 
     warm_start.check_init_source(config.init)
+    warm_start.adopt_init_architecture(config)
   return spec.build(config, workdir)
 
 
