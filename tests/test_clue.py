@@ -1,6 +1,7 @@
 """CLUE formats: CLUENER2020 spans <-> BIO exactly, bad files named by line, and a Chinese NER
 run end to end (CLUENER files in, entities with character spans out of train.predict)."""
 
+import io
 import json
 import re
 
@@ -113,3 +114,67 @@ def test_a_chinese_ner_run_learns_from_cluener_files_and_predicts_character_span
   (result,) = predict.Predictor(workdir)(["王芳在杭州工作。"])  # one character a word
   entities = {(e["type"], e["text"], e["start"], e["end"]) for e in result["entities"]}
   assert entities == {("name", "王芳", 0, 2), ("address", "杭州", 3, 5)}
+  # A CLUENER test file (id + text) gives CLUENER's submission lines.
+  test = write_jsonl(tmp_path / "test.json", [{"id": 7, "text": "王芳在杭州工作。"}])
+  out = io.StringIO()
+  predict.predict_file(predict.Predictor(workdir), test, out, show_progress=False)
+  assert json.loads(out.getvalue()) == {
+    "id": 7,
+    "label": {"name": {"王芳": [[0, 1]]}, "address": {"杭州": [[3, 4]]}},
+  }
+  assert (
+    clue.cluener_label(
+      "王芳在杭州工作。",
+      clue.bio_tags("王芳在杭州工作。", json.loads(out.getvalue())["label"], "out"),
+    )
+    == json.loads(out.getvalue())["label"]
+  )
+
+
+# TNEWS's layout: label code, its description, the sentence, keywords.
+TNEWS = [
+  ("100", "news_story", "今天的故事很感人"),
+  ("102", "news_entertainment", "明星电影票房很高"),
+]
+
+
+def tnews_lines(n, seed):
+  rng = np.random.default_rng(seed)
+  lines = []
+  for _ in range(n):
+    code, desc, text = TNEWS[int(rng.integers(2))]
+    lines.append({"label": code, "label_desc": desc, "sentence": text, "keywords": ""})
+  return lines
+
+
+def test_a_clue_classification_config_trains_on_its_json_and_writes_a_submission(tmp_path):
+  from configs.finetune import clue as clue_configs
+
+  config = clue_configs.get_config("tnews")
+  assert (config.batch_size, config.optimizer.lr, config.epochs) == (16, 3e-5, 2)  # CLUE's
+  characters = sorted({c for _, _, text in TNEWS for c in text})
+  vocab = tmp_path / "zh_vocab.txt"
+  vocab.write_text("\n".join([*SPECIAL_TOKENS, *characters]) + "\n", "utf-8")
+  config.model.update(ff.TINY)
+  config.init.hf_dir = ""
+  config.data.update(
+    vocab=str(vocab),
+    train_path=write_jsonl(tmp_path / "train.json", tnews_lines(32, 0)),
+    eval_path=write_jsonl(tmp_path / "dev.json", tnews_lines(16, 1)),
+    max_seq_length=32,
+  )
+  config.checkpoint.async_save = False
+  config.optimizer.update(lr=1e-2, total_steps=64)  # CLUE's 2 epochs are of 53,360 rows
+  config.mesh.shape = dict(data=-1, fsdp=1, tensor=1)
+  workdir = str(tmp_path / "run")
+  final = loop.train_and_evaluate(config, workdir)
+  assert final["accuracy"] == 1.0
+  test = [{"id": i, "sentence": text, "keywords": ""} for i, (_, _, text) in enumerate(TNEWS)]
+  out = io.StringIO()
+  predict.predict_file(
+    predict.Predictor(workdir), write_jsonl(tmp_path / "test.json", test), out, show_progress=False
+  )
+  assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+    {"id": 0, "label": "100"},
+    {"id": 1, "label": "102"},
+  ]

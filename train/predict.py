@@ -124,17 +124,79 @@ def count_inputs(path: str) -> int:
   return sum(1 for _, line in finetune.read_lines(path) if line.strip())
 
 
+def is_json_lines(path: str) -> bool:
+  return path.endswith((".json", ".jsonl"))
+
+
+def iter_records(path: str) -> Iterator[dict]:
+  """The JSON objects of a JSON-lines file (a CLUE test file), one per non-blank line."""
+  for number, line in finetune.read_lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{number}: a line is one JSON object")
+    yield {**record, "_origin": f"{path}:{number}"}
+
+
+def clue_input(config, record: dict) -> tuple[str, ...]:
+  """A CLUE test line's text(s), by the keys the run trained on (NER: CLUENER's 'text')."""
+  from data.classification import parse_columns
+
+  if config.task == "token_classification":
+    keys = ["text"]
+  elif config.task == "classification":
+    keys = parse_columns(config.data.text_columns)
+  else:
+    raise ValueError(
+      f"{record['_origin']}: JSON-lines input (CLUE's test files) is read for classification "
+      f"and NER workdirs, not {config.task!r}; give a text per line"
+    )
+  missing = [key for key in keys if key not in record]
+  if missing:
+    raise ValueError(f"{record['_origin']}: no key {missing[0]!r}; the line has {sorted(record)}")
+  return tuple(str(record[key]) for key in keys)
+
+
+def clue_submission(config, record: dict, result: dict) -> dict:
+  """CLUE's submission line: {"id", "label"}; NER's label in CLUENER's span layout."""
+  if config.task == "token_classification":
+    label = {}
+    for entity in result["entities"]:
+      spans = label.setdefault(entity["type"], {}).setdefault(entity["text"], [])
+      spans.append([entity["start"], entity["end"] - 1])  # CLUENER's ends are inclusive
+  else:
+    label = result["label"]
+  return {"id": record.get("id"), "label": label}
+
+
 def predict_file(
   predictor: Predictor, input_file: str, out, chunk_size: int = 4096, show_progress: bool = True
 ) -> dict:
   """Streams `input_file` through `predictor`, one JSON line per input to `out`; returns
-  the throughput (inputs, seconds, inputs/s, compiled batch shapes), also printed to stderr."""
+  the throughput (inputs, seconds, inputs/s, compiled batch shapes), also printed to stderr.
+
+  A .json / .jsonl input is a CLUE test file: its lines' texts are read by the run's keys and
+  each output line is CLUE's submission format, {"id": ..., "label": ...}."""
   bar = writers.progress(
     count_inputs(input_file), desc="predict", enabled=show_progress, unit="input"
   )
   start, count = time.perf_counter(), 0
-  for result in predictor.stream(iter_inputs(input_file), chunk_size):
-    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+  if is_json_lines(input_file):
+    records = iter_records(input_file)
+    head, tail = itertools.tee(records)
+    inputs = (clue_input(predictor.config, record) for record in head)
+    lines = (
+      clue_submission(predictor.config, record, result)
+      for record, result in zip(tail, predictor.stream(inputs, chunk_size))
+    )
+  else:
+    lines = predictor.stream(iter_inputs(input_file), chunk_size)
+  for line in lines:
+    out.write(json.dumps(line, ensure_ascii=False) + "\n")
     count += 1
     bar.update(1)
   bar.close()
@@ -237,7 +299,12 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A fine-tuning workdir (train/main.py's --workdir).")
   flags.DEFINE_multi_string("text", None, "Text to label (repeatable).")
   flags.DEFINE_multi_string("text_pair", None, "Second sentence of each --text, for pair tasks.")
-  flags.DEFINE_string("input_file", None, "UTF-8 file, a text (or 'a<TAB>b' pair) per line.")
+  flags.DEFINE_string(
+    "input_file",
+    None,
+    "UTF-8 file, a text (or 'a<TAB>b' pair) per line; a .json / .jsonl CLUE test file gives "
+    "CLUE's submission lines",
+  )
   flags.DEFINE_string("output_file", None, "JSON lines go here instead of stdout (--input_file).")
   flags.DEFINE_multi_string("choice", None, "An ending of --text, for a multiple-choice workdir.")
   flags.DEFINE_string("question", None, "Question, for a question-answering workdir.")
