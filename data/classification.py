@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,7 +27,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data.finetune import as_text, label_ids, pack_segments, read_lines, tfds_source
+from data.finetune import (
+  as_text,
+  label_ids,
+  pack_segments,
+  read_json_lines,
+  read_lines,
+  tfds_source,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,16 +136,7 @@ def read_jsonl(path: str, text_keys, label_key) -> list[TextExample]:
       "or 'sentence1,sentence2'"
     )
   examples = []
-  for number, text in read_lines(path):
-    if not text.strip():
-      continue
-    origin = f"{path}:{number}"
-    try:
-      record = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{origin}: not a JSON object ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-      raise ValueError(f"{origin}: a line is one JSON object; got {type(record).__name__}")
+  for origin, record in read_json_lines(path):
     for key in keys + ([label_key] if label_key not in (None, "") else []):
       if key not in record:
         raise ValueError(f"{origin}: no key {key!r}; the line has {sorted(record)}")

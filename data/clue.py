@@ -14,24 +14,15 @@ sentences carry no tags.
 
 from __future__ import annotations
 
-import json
-
-from data.finetune import read_lines
+from data.finetune import read_json_lines
 from data.ner import TaggedSentence, entity_spans
 
 
 def read_cluener(path: str) -> list[TaggedSentence]:
   """CLUENER2020 JSON lines as character-tagged sentences; a bad line is named by file:line."""
   sentences = []
-  for number, line in read_lines(path):
-    if not line.strip():
-      continue
-    where = f"{path}:{number}"
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: not a JSON object ({e.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+  for where, record in read_json_lines(path):
+    if not isinstance(record.get("text"), str):
       raise ValueError(f"{where}: a CLUENER line needs a 'text' string")
     text = record["text"]
     label = record.get("label")

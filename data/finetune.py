@@ -16,6 +16,7 @@ numpy arrays with one row per example (a window, for SQuAD) and a float32
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -270,6 +271,22 @@ def tfds_source(name: str, split: str, data_dir: str | None = None):
   source = tfds.data_source(name, split=split, data_dir=data_dir or None)
   features = tfds.builder(name, data_dir=data_dir or None).info.features
   return source, features
+
+
+def read_json_lines(path: str):
+  """(origin "path:line", object) for each non-blank line of a JSON-lines file (CLUE's layout);
+  a line that is not one JSON object is named by file and line."""
+  for number, text in read_lines(path):
+    if not text.strip():
+      continue
+    origin = f"{path}:{number}"
+    try:
+      record = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{origin}: not a JSON object ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{origin}: a line is one JSON object; got {type(record).__name__}")
+    yield origin, record
 
 
 def as_text(value) -> str:

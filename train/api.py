@@ -49,12 +49,6 @@ ARCHITECTURE_HEADS = {
   "BertForTokenClassification": "token_classification",
   "BertForQuestionAnswering": "question_answering",
 }
-_HEAD_PARAMS = {  # top-level parameter names of each head (what "missing" is counted over)
-  "pretraining": ("mlm", "nsp"),
-  "classification": ("classifier",),
-  "token_classification": ("classifier",),
-  "question_answering": ("qa_outputs",),
-}
 
 
 _OUTPUT_NAMES = {  # what each head model's call returns, named as transformers names it

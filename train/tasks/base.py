@@ -64,3 +64,4 @@ class TaskSpec:
   peft_task_type: str | None = None  # HF PEFT's task_type of a LoRA adapter export
   hf_labels: Callable | None = None  # (config, labels) -> config.json label fields
   hf_pooler: bool = False  # whether transformers' model of the task keeps bert.pooler
+  packs: bool = False  # whether its training batches can be packed rows (data.packing)

@@ -159,6 +159,7 @@ def example_shapes(config):
 
 SPEC = TaskSpec(
   name="classification",
+  packs=True,
   build=build,
   example_shapes=example_shapes,
   data_defaults=DATA_DEFAULTS,

@@ -105,14 +105,14 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
   )
 
 
-PACKING_TASKS = ("classification", "token_classification")
-
-
 def packed_shape_of(spec, config, train: dict, train_data) -> packing.PackedShape:
   """The one shape of the run's packed training batches: every step of the schedule fits."""
-  if spec.name not in PACKING_TASKS:
+  if not spec.packs:
+    from train import tasks
+
+    packing_tasks = [name for name in tasks.MODULES if tasks.get(name).packs]
     raise UserError(
-      f"data.packing=True: task={spec.name!r} cannot pack yet (only {PACKING_TASKS}); "
+      f"data.packing=True: task={spec.name!r} cannot pack yet (only {packing_tasks}); "
       "set data.packing=False (length buckets, data.bucket_lengths, still apply)"
     )
   if config.peft.method in ("prompt", "prefix"):

@@ -124,6 +124,7 @@ def example_shapes(config):
 
 SPEC = TaskSpec(
   name="token_classification",
+  packs=True,
   build=build,
   example_shapes=example_shapes,
   data_defaults=DATA_DEFAULTS,
