@@ -36,6 +36,12 @@ from train.errors import UserError
 from train.workdir import resolve
 
 
+def check_options(max_to_keep) -> None:
+  """Checked before any data is read, so a bad value costs a second, not a task build."""
+  if max_to_keep is not None and max_to_keep < 1:
+    raise UserError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
+
+
 class Checkpointer:
   """A `CheckpointManager` over <workdir>/checkpoints with (state, meta) items."""
 
@@ -43,8 +49,7 @@ class Checkpointer:
     """`owner`: the job that writes this workdir (it holds the workdir lock). Only
     an owner removes the unfinished saves a killed run left; a reader never
     touches them, since they may be a live job's save in flight."""
-    if max_to_keep is not None and max_to_keep < 1:
-      raise ValueError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
+    check_options(max_to_keep)
     self.workdir = resolve(workdir)  # Orbax takes absolute paths only
     self.directory = epath.Path(self.workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(

@@ -47,6 +47,9 @@ from train.checkpoint import (
   fingerprint,
   restore_resumable,
 )
+from train.checkpoint import (
+  check_options as check_checkpoint_options,
+)
 from train.early_stopping import EarlyStopping, numeric
 from train.errors import NonFiniteError
 from train.finetuned import BEST_DIR
@@ -165,6 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   workdir = resolve_workdir(workdir)
   mesh_lib.check_batch_divides(config, jax.device_count())
+  check_checkpoint_options(config.checkpoint.max_to_keep)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
     return _train_and_evaluate(config, workdir, lock)
 
