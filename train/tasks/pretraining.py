@@ -8,6 +8,7 @@ give the evaluation batches.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 
@@ -15,7 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from data import chinese, corpus
+from data import chinese, corpus, shards
 from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
@@ -45,7 +46,9 @@ def load_documents(data) -> list[list[str]]:
       data.max_documents or None,
     )
   else:
-    raise ValueError(f"data.source={data.source!r}: expected 'text', 'tfds' or 'embedded'")
+    raise ValueError(
+      f"data.source={data.source!r}: expected 'text', 'prepared', 'tfds' or 'embedded'"
+    )
   return documents[: data.max_documents] if data.max_documents else documents
 
 
@@ -82,6 +85,8 @@ def build(config, workdir: str) -> Task:
       f"data.max_seq_length={data.max_seq_length} exceeds "
       f"model.max_position_embeddings={model_config.max_position_embeddings}"
     )
+  if data.source == "prepared":
+    return _build_prepared(config, model_config)
   documents = load_documents(data)
   if not documents:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
@@ -110,18 +115,52 @@ def build(config, workdir: str) -> Task:
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
   heldout_arrays, heldout_stats = arrays_for(heldout_docs, config.seed + 1)
+  logging.info("pretraining corpus: train %s; heldout %s", train_stats, heldout_stats)
+  summary = {
+    "train": dataclasses.asdict(train_stats),
+    "heldout": dataclasses.asdict(heldout_stats),
+  }
+  return _task(config, model_config, tokenizer, train_arrays, heldout_arrays, summary)
+
+
+def _build_prepared(config, model_config) -> Task:
+  """Shards that data.prepare made (data/shards.py), read by index: nothing is built here,
+  and host memory holds the shard boundaries, not the corpus."""
+  data = config.data
+  if not data.paths or "," in data.paths:
+    raise UserError(
+      f"data.paths={data.paths!r}: give the one directory data.prepare wrote, for "
+      "data.source='prepared'"
+    )
+  manifest = shards.read_manifest(data.paths)
+  vocab = os.path.join(data.paths, shards.VOCAB) if data.vocab == "train" else data.vocab
+  tokenizer = tokenizer_lib.load_tokenizer(vocab, lowercase=data.lowercase)
+  tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
+  shards.check_manifest(manifest, data, shards.vocab_sha256(tokenizer), data.paths)
+  rows = {
+    split: shards.PreparedRows(data.paths, split, manifest, tokenizer.pad_token_id)
+    for split in shards.SPLITS
+  }
+  stats_path = epath.Path(data.paths) / shards.STATS
+  summary = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+  summary = {split: summary.get(split) for split in shards.SPLITS}
+  logging.info("prepared pretraining data %s: %s", data.paths, summary)
+  return _task(config, model_config, tokenizer, rows["train"], rows["heldout"], summary)
+
+
+def _task(config, model_config, tokenizer, train_rows, heldout_rows, summary) -> Task:
+  data = config.data
   masking = MaskingConfig.from_tokenizer(
     tokenizer,
     mask_prob=data.mask_prob,
     max_predictions=data.max_predictions,
     whole_word=data.whole_word,
   )
-  train_data = PretrainingData(train_arrays, config.batch_size, config.seed, masking)
-  heldout = PretrainingData(heldout_arrays, config.batch_size, config.seed + 1, masking)
+  train_data = PretrainingData(train_rows, config.batch_size, config.seed, masking)
+  heldout = PretrainingData(heldout_rows, config.batch_size, config.seed + 1, masking)
   eval_batches = [
     heldout.batch(i) for i in range(min(config.eval_batches, heldout.steps_per_epoch))
   ]
-  logging.info("pretraining corpus: train %s; heldout %s", train_stats, heldout_stats)
   return Task(
     model_config=model_config,
     model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
@@ -129,11 +168,7 @@ def build(config, workdir: str) -> Task:
     train_data=train_data,
     eval_batches=eval_batches,
     vocab_file=getattr(tokenizer, "vocab_file", None),
-    summary={
-      "train": dataclasses.asdict(train_stats),
-      "heldout": dataclasses.asdict(heldout_stats),
-      "vocab_size": len(tokenizer),
-    },
+    summary={**summary, "vocab_size": len(tokenizer)},
     steps_per_epoch=train_data.steps_per_epoch,
     mlm_predictions=data.max_predictions,
   )

@@ -1,0 +1,183 @@
+"""data.prepare (Apache Beam -> ArrayRecord shards) and training on what it writes."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from helpers import assert_bitwise_equal, saved_state, set_keys
+from helpers.pretraining import tiny_config, write_corpus
+
+from data import prepare, shards
+from data import tokenizer as tokenizer_lib
+from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data
+from train import loop
+from train.writers import read_metrics
+
+
+def corpus_config(tmp_path, **overrides):
+  """tiny_config over two corpus files (so documents come from several files)."""
+  c = tiny_config(tmp_path)
+  write_corpus(tmp_path / "part-1.txt", documents=60, seed=1)
+  write_corpus(tmp_path / "part-2.txt", documents=60, seed=2)
+  c.data.update(paths=str(tmp_path / "part-*.txt"), num_shards=3, heldout_documents=0.1)
+  return set_keys(c, overrides)
+
+
+def prepared_config(config, directory, **overrides):
+  c = set_keys(config.copy_and_resolve_references(), {"data.source": "prepared"})
+  c.data.paths = directory
+  return set_keys(c, overrides)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  """(config, directory) of a corpus prepared by one worker."""
+  tmp = tmp_path_factory.mktemp("prepared")
+  config = corpus_config(tmp)
+  directory = str(tmp / "one_worker")
+  prepare.prepare(config, directory, workers=1)
+  return config, directory
+
+
+def file_bytes(directory):
+  names = sorted(n for n in os.listdir(directory) if n.endswith(".array_record"))
+  return {name: open(os.path.join(directory, name), "rb").read() for name in names}
+
+
+@pytest.mark.slow
+def test_shards_are_the_same_with_one_and_three_workers(prepared, tmp_path):
+  config, directory = prepared
+  three = str(tmp_path / "three_workers")
+  prepare.prepare(config, three, workers=3)
+  one_files, three_files = file_bytes(directory), file_bytes(three)
+  assert sorted(one_files) == sorted(three_files)
+  assert {name.split("-")[0] for name in one_files} == {"train", "heldout"}
+  assert one_files == three_files
+  with open(os.path.join(directory, shards.MANIFEST)) as f:
+    one = json.load(f)
+  with open(os.path.join(three, shards.MANIFEST)) as f:
+    assert json.load(f) == one
+
+
+def test_a_shard_holds_the_instances_memory_builds_from_its_documents(prepared):
+  """Shard k is build_pretraining_data over its documents, in corpus order, seeded by
+  (seed, split, k): the same arrays, so the same batches as the in-memory path."""
+  config, directory = prepared
+  manifest = shards.read_manifest(directory)
+  options = prepare.Options.from_config(config)
+  files = manifest["files"]
+  keyed = [
+    (f"{number:06d}/{index:010d}", document)
+    for number, path in enumerate(files)
+    for index, document in enumerate(prepare.read_documents(path))
+  ]
+  fraction = prepare.heldout_fraction(options.heldout_documents, len(keyed))
+  tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
+  rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
+  start = 0
+  for entry in manifest["splits"]["train"]:
+    shard = int(entry["file"].split("-")[1])
+    documents = [d for key, d in keyed if prepare.place(key, options, fraction) == ("train", shard)]
+    expected, _ = build_pretraining_data(
+      documents, tokenizer, 32, options.short_seq_prob, options.dupe_factor, (0, 0, shard)
+    )
+    got = rows.rows(np.arange(start, start + entry["count"]))
+    assert got.keys() == expected.keys()
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    start += entry["count"]
+  assert start == len(rows)
+  # Batches are the in-memory ones for the same rows, masks included.
+  in_memory = rows.rows(np.arange(len(rows)))
+  masking = MaskingConfig.from_tokenizer(tokenizer, max_predictions=5)
+  from_disk = PretrainingData(rows, 8, 0, masking)
+  from_memory = PretrainingData(in_memory, 8, 0, masking)
+  for step in (0, 1, from_disk.steps_per_epoch + 2):
+    a, b = from_disk.batch(step), from_memory.batch(step)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_records_round_trip_with_word_starts(tmp_path):
+  config = tiny_config(tmp_path)
+  tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
+  documents = [[f"the cat sat on a tree {i}.", "then the dog ran quickly."] for i in range(8)]
+  arrays, _ = build_pretraining_data(documents, tokenizer, 32, 0.1, 2, 0, whole_word=True)
+  records = [shards.encode(arrays, row) for row in range(len(arrays["input_ids"]))]
+  back = shards.decode(records, 32, tokenizer.pad_token_id, whole_word=True)
+  assert back.keys() == arrays.keys()
+  for key in arrays:
+    np.testing.assert_array_equal(back[key], arrays[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_a_run_on_prepared_shards_learns_and_resumes_bitwise(prepared, tmp_path):
+  config, directory = prepared
+  run = prepared_config(config, directory, **{"optimizer.total_steps": 8})
+  loop.train_and_evaluate(run, str(tmp_path / "straight"))
+  losses = [
+    r["mlm_loss"] for r in read_metrics(str(tmp_path / "straight")) if r["split"] == "train"
+  ]
+  assert losses[-1] < losses[0]
+  stopped = prepared_config(config, directory, **{"optimizer.total_steps": 8, "stop_at_step": 3})
+  loop.train_and_evaluate(stopped, str(tmp_path / "resumed"))
+  assert saved_state(str(tmp_path / "resumed"))[0] == 3
+  loop.train_and_evaluate(run, str(tmp_path / "resumed"))
+  step_a, a = saved_state(str(tmp_path / "straight"))
+  step_b, b = saved_state(str(tmp_path / "resumed"))
+  assert step_a == step_b == 8
+  assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize(
+  "override, named",
+  [
+    ({"data.max_seq_length": 24}, "data.max_seq_length=32"),
+    ({"data.lowercase": False}, "data.lowercase=True"),
+  ],
+)
+def test_a_run_with_other_options_than_the_preparation_is_refused(prepared, override, named):
+  config, directory = prepared
+  with pytest.raises(ValueError, match="prepared with " + named) as error:
+    loop.train_and_evaluate(prepared_config(config, directory, **override), directory + "_run")
+  assert "\n" not in str(error.value) and shards.MANIFEST in str(error.value)
+
+
+def test_another_vocab_is_refused(prepared, tmp_path):
+  config, directory = prepared
+  other = tmp_path / "vocab.txt"
+  other.write_text(open(config.data.vocab).read().replace("cat\n", "kitten\n"))
+  with pytest.raises(ValueError, match="prepared with another vocab"):
+    loop.train_and_evaluate(
+      prepared_config(config, directory, **{"data.vocab": str(other)}), str(tmp_path / "run")
+    )
+
+
+def test_a_truncated_shard_is_named(prepared, tmp_path):
+  config, directory = prepared
+  copy = tmp_path / "copy"
+  shutil.copytree(directory, copy)
+  victim = json.loads((copy / shards.MANIFEST).read_text())["splits"]["train"][1]["file"]
+  data = (copy / victim).read_bytes()
+  (copy / victim).write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError) as error:
+    loop.train_and_evaluate(prepared_config(config, str(copy)), str(tmp_path / "run"))
+  assert victim in str(error.value) and "\n" not in str(error.value)
+
+
+def test_preparing_again_keeps_what_is_there(prepared):
+  config, directory = prepared
+  before = file_bytes(directory)
+  assert prepare.prepare(config, directory, workers=1) == shards.read_manifest(directory)
+  changed = set_keys(config.copy_and_resolve_references(), {"data.dupe_factor": 3})
+  with pytest.raises(ValueError, match="prepared from other files or options"):
+    prepare.prepare(changed, directory, workers=1)
+  assert file_bytes(directory) == before
+
+
+def test_an_unprepared_directory_says_how_to_prepare(tmp_path):
+  config = prepared_config(tiny_config(tmp_path), str(tmp_path / "nothing"))
+  with pytest.raises(ValueError, match="python -m data.prepare"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
