@@ -51,3 +51,37 @@ def host_share(batch: dict, process_index: int, process_count: int) -> dict:
   share = size // process_count
   mine = slice(process_index * share, (process_index + 1) * share)
   return {key: value[mine] for key, value in batch.items()}
+
+
+class Prefetcher:
+  """Builds batch(step) for the next `depth` steps in a background thread.
+
+  A batch is a pure function of the step, so building it early changes nothing but
+  when the host does the work: reading shards and masking overlap the device step.
+  """
+
+  def __init__(self, batch_fn, steps: range, depth: int = 2):
+    from concurrent.futures import ThreadPoolExecutor
+
+    self._batch_fn = batch_fn
+    self._steps = iter(steps)
+    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    self._pending = []
+    for _ in range(max(1, depth)):
+      self._submit()
+
+  def _submit(self) -> None:
+    step = next(self._steps, None)
+    if step is not None:
+      self._pending.append((step, self._pool.submit(self._batch_fn, step)))
+
+  def get(self, step: int):
+    """The batch of `step`, the next step in order; errors raised building it surface here."""
+    expected, future = self._pending.pop(0)
+    if expected != step:
+      raise RuntimeError(f"prefetcher asked for step {step}, holds step {expected}")
+    self._submit()
+    return future.result()
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=True, cancel_futures=True)

@@ -12,6 +12,7 @@ from helpers.pretraining import tiny_config, write_corpus
 from data import prepare, shards
 from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data
+from data.sampling import Prefetcher
 from train import loop
 from train.writers import read_metrics
 
@@ -181,3 +182,18 @@ def test_an_unprepared_directory_says_how_to_prepare(tmp_path):
   config = prepared_config(tiny_config(tmp_path), str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="python -m data.prepare"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_the_prefetcher_gives_each_steps_batch_in_order_and_raises_its_errors():
+  def batch(step):
+    if step == 4:
+      raise ValueError("bad row in step 4")
+    return {"step": step}
+
+  prefetcher = Prefetcher(batch, range(2, 6), depth=2)
+  assert [prefetcher.get(step)["step"] for step in (2, 3)] == [2, 3]
+  with pytest.raises(ValueError, match="bad row in step 4"):
+    prefetcher.get(4)
+  with pytest.raises(RuntimeError, match="asked for step 7, holds step 5"):
+    prefetcher.get(7)
+  prefetcher.close()

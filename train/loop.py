@@ -36,7 +36,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from data.finetune import gather_outputs
-from data.sampling import host_share
+from data.sampling import Prefetcher, host_share
 from train import mesh as mesh_lib
 from train import optim, profiling, warm_start, writers
 from train.checkpoint import (
@@ -285,6 +285,10 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     _log_eval(step, split, results)
     return results
 
+  prefetcher = Prefetcher(
+    lambda step: task.train_data.batch(step, jax.process_index(), jax.process_count()),
+    range(start, end_step),
+  )
   try:
     with mesh_lib.activate(mesh, rules):
       if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
@@ -292,7 +296,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
       for step in range(start, end_step):
         profiler.before(step)
         fetched = time.perf_counter()
-        local = task.train_data.batch(step, jax.process_index(), jax.process_count())
+        local = prefetcher.get(step)
         batch = mesh_lib.shard_batch(local, mesh, rules)
         data_seconds += time.perf_counter() - fetched
         ids = local["input_ids"]
@@ -323,7 +327,8 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
             learning_rate=float(mesh_lib.host_value(history[-1]["learning_rate"])),
             grad_norm=sums["grad_norm"] / len(history),
             step_time=elapsed / steps_since_log,
-            data_wait_time=data_seconds / steps_since_log,  # host batch building, in step_time
+            # waiting for the prefetched host batch and sharding it, part of step_time
+            data_wait_time=data_seconds / steps_since_log,
             # padded positions computed, all hosts; the share of them that are real tokens
             tokens_per_second=interval["tokens"] * jax.process_count() / elapsed,
             real_token_fraction=interval["real_tokens"] / max(interval["tokens"], 1),
@@ -377,12 +382,14 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
           )
           break
   except NonFiniteError:
+    prefetcher.close()
     profiler.close()
     bar.close()
     writer.finish()  # the NaN row is in metrics.jsonl, TensorBoard and W&B
     ckpt.close()
     raise
 
+  prefetcher.close()
   profiler.close()
   bar.close()
   ckpt.close()
