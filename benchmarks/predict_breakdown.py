@@ -3,8 +3,8 @@
   python -m benchmarks.predict_breakdown --workdir=WORKDIR --data_dir=/work/shared/data
 
 WORKDIR is a fine-tuned SST-2 workdir (predict_vs_pipeline's, or any); it is exported
-with `train.hf` for the PyTorch side. On the first --sentences of SST-2 dev, one
-sentence a batch, each stage is timed over all sentences and reported in ms a
+with `train.hf` into a /tmp directory for the PyTorch side. On the first --sentences
+of SST-2 dev, one sentence a batch, each stage is timed over all sentences and reported in ms a
 sentence: our encoding, batching into buckets, the jitted forward from host arrays
 (as `Predictor` calls it) and from arrays already on the device, putting outputs back
 in order, and the whole `Predictor` call; HF's tokenizer and `model(**inputs)` under
@@ -19,12 +19,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import tempfile
 import time
 
 import jax
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES
+from benchmarks.shared import DATA_FILES, sst2_sentences
 from data import classification, finetune
 from train import hf, predict
 
@@ -103,15 +104,11 @@ def main(argv):
   if not FLAGS.workdir or not FLAGS.data_dir:
     raise app.UsageError("--workdir (a fine-tuned SST-2 workdir) and --data_dir are required")
   _, dev, _ = (os.path.join(FLAGS.data_dir, p) for p in DATA_FILES["sst2"])
-  with open(dev, encoding="utf-8") as f:
-    column = f.readline().rstrip("\n").split("\t").index("sentence")
-    texts = [line.rstrip("\n").split("\t")[column] for line in f if line.strip()]
-  texts = texts[: FLAGS.sentences]
+  texts = sst2_sentences(dev, FLAGS.sentences)
   predictor = predict.Predictor(FLAGS.workdir, batch_size=1)
   predictor([(t,) for t in texts])  # every bucket compiled
-  hf_dir = os.path.join(FLAGS.workdir, "hf_export")
-  if not os.path.exists(hf_dir):
-    hf.export_finetuned(FLAGS.workdir, hf_dir)
+  hf_dir = os.path.join(tempfile.mkdtemp(prefix="predict_breakdown_"), "hf")
+  hf.export_finetuned(FLAGS.workdir, hf_dir)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
   tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
   torch_stages(model, tokenizer, texts[:20])  # warm-up

@@ -32,7 +32,7 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks.shared import DATA_FILES, minilm_dir
+from benchmarks.shared import DATA_FILES, minilm_dir, sst2_sentences
 from configs.finetune import sst2
 from train import hf, loop, predict
 
@@ -50,14 +50,7 @@ flags.DEFINE_string("out", "/tmp/predict_vs_pipeline.md", "Markdown table path (
 def sentences(data_dir: str) -> list[str]:
   """SST-2 dev, then the first --train_sentences of train (column `sentence`)."""
   train, dev, _ = (os.path.join(data_dir, p) for p in DATA_FILES["sst2"])
-  rows = []
-  for path, limit in ((dev, None), (train, FLAGS.train_sentences)):
-    with open(path, encoding="utf-8") as f:
-      header = f.readline().rstrip("\n").split("\t")
-      column = header.index("sentence")
-      taken = [line.rstrip("\n").split("\t")[column] for line in f if line.strip()]
-    rows += taken[:limit]
-  return rows
+  return sst2_sentences(dev) + sst2_sentences(train, FLAGS.train_sentences)
 
 
 def fine_tuned_workdir(root: str) -> str:

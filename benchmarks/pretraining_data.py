@@ -49,13 +49,13 @@ def write_corpus(documents, megabytes: int, path: str) -> None:
           break
 
 
-def run_measured(args, until=None, env=None) -> dict:
+def run_measured(args, until=None) -> dict:
   """Runs a command; returns wall seconds, peak RSS (MB) of its process tree and, with
   `until` (a function -> bool), the seconds until it first held."""
   started = time.perf_counter()
   # stderr goes to a file: a pipe nobody reads would fill and stall the child.
   log = tempfile.TemporaryFile(mode="w+")
-  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, text=True)
   root, peak, reached = psutil.Process(process.pid), 0, None
   while process.poll() is None:
     try:
@@ -82,6 +82,19 @@ def config_flags(vocab: str) -> list[str]:
     "--config.data.dupe_factor=1",
     "--config.data.num_shards=8",
     "--config.optimizer.warmup_steps=1",
+  ]
+
+
+def prepare_command(vocab: str, corpus: str, directory: str, workers: int) -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "data.prepare",
+    *config_flags(vocab),
+    "--config.data.source=text",
+    f"--config.data.paths={corpus}",
+    f"--out={directory}",
+    f"--workers={workers}",
   ]
 
 
@@ -139,17 +152,7 @@ def main(argv):
   for size in sorted(int(s) for s in FLAGS.prepare_sizes_mb):
     for workers in (1, 2):
       directory = os.path.join(out, f"prepared_{size}mb_{workers}w")
-      args = [
-        sys.executable,
-        "-m",
-        "data.prepare",
-        *config_flags(vocab),
-        "--config.data.source=text",
-        f"--config.data.paths={corpora[size]}",
-        f"--out={directory}",
-        f"--workers={workers}",
-      ]
-      measured = run_measured(args)
+      measured = run_measured(prepare_command(vocab, corpora[size], directory, workers))
       with open(os.path.join(directory, "stats.json")) as f:
         stats = json.load(f)
       prepared[size] = directory
@@ -169,17 +172,7 @@ def main(argv):
   for size in sorted(int(s) for s in FLAGS.sizes_mb):
     if size not in prepared:
       directory = os.path.join(out, f"prepared_{size}mb_2w")
-      run_measured(
-        [
-          sys.executable,
-          "-m",
-          "data.prepare",
-          *config_flags(vocab),
-          "--config.data.source=text",
-          f"--config.data.paths={corpora[size]}",
-          f"--out={directory}",
-        ]
-      )
+      run_measured(prepare_command(vocab, corpora[size], directory, workers=2))
       prepared[size] = directory
     for name, source, paths in (
       ("text in memory", "text", corpora[size]),

