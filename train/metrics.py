@@ -190,19 +190,90 @@ def squad_f1(prediction: str, truth: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: dict[str, str], answers: dict[str, Iterable[str]]) -> dict:
+def squad_scores(
+  predictions: dict[str, str], answers: dict[str, Iterable[str]], scoring: str = "squad"
+) -> dict:
   """Mean over questions of the best EM / F1 against any gold answer.
 
-  A question without a prediction scores 0 (the official script's rule).
+  `scoring`: 'squad' (evaluate-v1.1.py) or 'cmrc2018' (cmrc2018_evaluate.py). A
+  question without a prediction scores 0 (both official scripts' rule).
   """
   if not answers:
     return {"exact_match": 0.0, "f1": 0.0}
+  if scoring not in ANSWER_SCORERS:
+    raise ValueError(f"data.answer_scoring={scoring!r}; known: {sorted(ANSWER_SCORERS)}")
+  exact_match, span_f1 = ANSWER_SCORERS[scoring]
   exact, f1 = 0.0, 0.0
   for qid, truths in answers.items():
     truths = list(truths)
     prediction = predictions.get(qid)
     if prediction is None:
       continue
-    exact += max(squad_exact_match(prediction, t) for t in truths)
-    f1 += max(squad_f1(prediction, t) for t in truths)
+    exact += max(exact_match(prediction, t) for t in truths)
+    f1 += max(span_f1(prediction, t) for t in truths)
   return {"exact_match": exact / len(answers), "f1": f1 / len(answers)}
+
+
+# --------------------------------------------------------------------------
+# CMRC 2018, as its official cmrc2018_evaluate.py (v5) computes it: Chinese
+# characters are scored one by one, the longest common substring gives F1.
+
+# The official script's punctuation list. Its '……' is two characters and the
+# script compares one character at a time, so it never matches; kept as is.
+CMRC_PUNCTUATION = frozenset(
+  ["-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "="]
+  + ["，", "。", "：", "？", "！", "“", "”", "；", "’", "《", "》", "……", "·", "、"]
+  + ["「", "」", "（", "）", "－", "～", "『", "』"]
+)
+_CMRC_HAN = re.compile(r"[\u4e00-\u9fa5]")
+# What nltk.word_tokenize makes of the non-Chinese runs between Chinese characters,
+# for the text of answers: words, numbers with their separators, one token per symbol.
+# (Treebank's contraction rules, "don't" -> "do n't", are not reproduced.)
+_CMRC_LATIN = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
+
+
+def cmrc_segments(text: str, remove_punctuation: bool = True) -> list[str]:
+  """Each Chinese character a segment, each Latin word or number one (mixed_segmentation)."""
+  segments, latin = [], ""
+  for char in text.lower().strip():
+    if remove_punctuation and char in CMRC_PUNCTUATION:
+      continue
+    if _CMRC_HAN.match(char) or char in CMRC_PUNCTUATION:
+      segments += _CMRC_LATIN.findall(latin)
+      latin = ""
+      segments.append(char)
+    else:
+      latin += char
+  return segments + _CMRC_LATIN.findall(latin)
+
+
+def _longest_common_substring(a: list[str], b: list[str]) -> int:
+  best, previous = 0, [0] * (len(b) + 1)
+  for x in a:
+    current = [0] * (len(b) + 1)
+    for j, y in enumerate(b):
+      if x == y:
+        current[j + 1] = previous[j] + 1
+        best = max(best, current[j + 1])
+    previous = current
+  return best
+
+
+def cmrc_exact_match(prediction: str, truth: str) -> float:
+  def strip(text: str) -> str:
+    return "".join(c for c in text.lower().strip() if c not in CMRC_PUNCTUATION)
+
+  return float(strip(prediction) == strip(truth))
+
+
+def cmrc_f1(prediction: str, truth: str) -> float:
+  """F1 of the longest common substring of segments (not SQuAD's bag of words)."""
+  predicted, true = cmrc_segments(prediction), cmrc_segments(truth)
+  same = _longest_common_substring(true, predicted)
+  if same == 0:
+    return 0.0
+  precision, recall = same / len(predicted), same / len(true)
+  return 2 * precision * recall / (precision + recall)
+
+
+ANSWER_SCORERS = {"squad": (squad_exact_match, squad_f1), "cmrc2018": (cmrc_exact_match, cmrc_f1)}

@@ -1,5 +1,9 @@
 """Extractive question answering: SQuAD v1.1 JSON or TFDS squad, scored by EM / F1.
 
+CMRC 2018 (Chinese, SQuAD's layout) reads the same way; answers are character
+spans through the tokenizer's offsets, and data.answer_scoring='cmrc2018'
+scores them as its official script does (configs/finetune/cmrc2018.py).
+
 Long contexts become overlapping windows (data.doc_stride); the best span over
 a question's windows is its answer (transformers' BertForQuestionAnswering).
 """
@@ -11,6 +15,7 @@ import numpy as np
 from data import squad
 from model.heads import BertForQuestionAnswering
 from train import metrics
+from train.errors import UserError
 from train.losses import SpanObjective
 from train.tasks import common
 from train.tasks.base import TaskSpec
@@ -20,11 +25,18 @@ DATA_DEFAULTS = dict(
   max_query_length=64,
   n_best_size=20,
   max_answer_length=30,
+  # 'squad': evaluate-v1.1.py (English normalisation, bag-of-words F1); 'cmrc2018':
+  # cmrc2018_evaluate.py (Chinese characters one by one, longest-common-substring F1)
+  answer_scoring="squad",
 )
 
 
 def build(config, workdir: str):
   data = config.data
+  if data.answer_scoring not in metrics.ANSWER_SCORERS:
+    raise UserError(
+      f"data.answer_scoring={data.answer_scoring!r}; known: {sorted(metrics.ANSWER_SCORERS)}"
+    )
   model_config = common.model_config_of(config)
   tokenizer = common.finetune_tokenizer(config, model_config)
   examples, arrays, windows, stats = {}, {}, {}, {}
@@ -56,7 +68,7 @@ def build(config, workdir: str):
     )
     predictions = {qid: answer["text"] for qid, answer in answers.items()}
     gold = {e.qid: [text for text, _ in e.answers] for e in examples[split] if e.answers}
-    return metrics.squad_scores(predictions, gold)
+    return metrics.squad_scores(predictions, gold, data.answer_scoring)
 
   summary = {"splits": stats}
   return common.finetune_task(SPEC, config, model_config, arrays, score, tokenizer, None, summary)
