@@ -1,9 +1,11 @@
 """Fine-tuning all-MiniLM-L6-v2: our real job beside transformers' PyTorch BERT.
 
 For SST-2 (accuracy), CoNLL-2003 (entity F1, dev and test) and SQuAD v1.1
-(EM/F1), one table per task, one row per seed and framework. Our row is the
-job users run, `train.loop.train_and_evaluate` on configs/finetune/<task>.py:minilm
-(the equivalent `python -m train.main ...` line is printed). The PyTorch row is
+(EM/F1), and, from any Chinese BERT (--hf_dir), data.prepare_chinese's review
+sentiment and People's Daily NER (zh_sentiment, zh_ner), one table per task,
+one row per seed and framework. Our row is the job users run,
+`train.loop.train_and_evaluate` on configs/finetune/<task>.py:minilm (the
+equivalent `python -m train.main ...` line is printed). The PyTorch row is
 transformers' BertForSequenceClassification / BertForTokenClassification /
 BertForQuestionAnswering with:
 
@@ -59,8 +61,14 @@ from train.run import build_run
 from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("task", "sst2", ["sst2", "conll2003", "squad"], "Which fine-tuning task.")
-flags.DEFINE_string("data_dir", "", "Folder with sst2/, conll2003/ and squad_v1/ (see TASKS).")
+flags.DEFINE_enum(
+  "task", "sst2", ["sst2", "conll2003", "squad", "zh_sentiment", "zh_ner"], "Which task."
+)
+flags.DEFINE_string(
+  "data_dir",
+  "",
+  "Folder with sst2/, conll2003/ and squad_v1/; zh_*: what data.prepare_chinese wrote.",
+)
 flags.DEFINE_string("seeds", "0", "Comma-separated seeds; each runs both frameworks.")
 flags.DEFINE_integer("steps", 300, "Train steps, both rows.")
 flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both rows.")
@@ -112,7 +120,27 @@ TASKS = {
     ("f1", "precision", "recall"),
   ),
   "squad": ("configs.finetune.squad", DATA_FILES["squad"], ("exact_match", "f1")),
+  # What `python -m data.prepare_chinese --out=DIR` writes (--data_dir=DIR): review
+  # sentiment and People's Daily NER in CLUENER's format; --hf_dir: a Chinese BERT
+  # (for example our chinese_mini pretraining, exported with train.hf export).
+  "zh_sentiment": (
+    "configs.finetune.classification",
+    ("sentiment/train.tsv", "sentiment/dev.tsv", ""),
+    ("accuracy",),
+  ),
+  "zh_ner": (
+    "configs.finetune.token_classification",
+    ("ner/train.json", "ner/dev.json", ""),
+    ("f1", "precision", "recall"),
+  ),
 }
+# Fields a task's data needs beyond the paths (the column names of prepare_chinese's TSVs).
+TASK_ITEMS = {"zh_sentiment": [("data.text_columns", "sentence"), ("data.label_column", "label")]}
+
+
+def head_kind() -> str:
+  """The transformers head of --task: classification, token_classification or question_answering."""
+  return importlib.import_module(TASKS[FLAGS.task][0]).get_config("minilm").task
 
 
 def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:
@@ -147,6 +175,7 @@ def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple
   """The command-line overrides of our job, in `--config.<key>=<value>` order."""
   train, dev, test = paths
   items = [("init.hf_dir", hf_dir), ("data.train_path", train), ("data.eval_path", dev)]
+  items += TASK_ITEMS.get(FLAGS.task, [])
   if test:
     items.append(("data.test_path", test))
   items += [
@@ -237,12 +266,12 @@ def torch_model(hf_dir: str, task, head: dict):
 
   # Our masks reach attention probabilities only through eager attention's dropout call.
   kwargs = {"attn_implementation": "eager"} if FLAGS.torch_dropout == "ours" else {}
-  if FLAGS.task == "sst2":
+  if head_kind() == "classification":
     model = transformers.BertForSequenceClassification.from_pretrained(
       hf_dir, num_labels=len(task.labels), **kwargs
     )
     linear, ours = model.classifier, head["classifier"]
-  elif FLAGS.task == "conll2003":
+  elif head_kind() == "token_classification":
     model = transformers.BertForTokenClassification.from_pretrained(
       hf_dir, num_labels=len(task.labels), **kwargs
     )
@@ -273,9 +302,9 @@ def torch_forward(model, batch: dict, with_labels: bool):
   as_long = lambda key: torch.from_numpy(np.asarray(batch[key], np.int64))
   kwargs = {k: as_long(k) for k in ("input_ids", "token_type_ids", "attention_mask")}
   if with_labels:
-    if FLAGS.task == "sst2":
+    if head_kind() == "classification":
       kwargs["labels"] = as_long("label")
-    elif FLAGS.task == "conll2003":
+    elif head_kind() == "token_classification":
       kwargs["labels"] = torch.where(
         torch.from_numpy(batch["label_weights"] > 0), as_long("labels"), -100
       )
@@ -409,8 +438,8 @@ def table(runs: list[dict], hf_dir: str) -> str:
   )
   torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
   lines = [
-    f"{FLAGS.task}, all-MiniLM-L6-v2, {FLAGS.steps} steps x batch {FLAGS.batch_size} x seq "
-    f"{FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)",
+    f"{FLAGS.task}, {FLAGS.hf_dir or 'all-MiniLM-L6-v2'}, {FLAGS.steps} steps x batch "
+    f"{FLAGS.batch_size} x seq {FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)",
     "",
     "| " + " | ".join(header) + " |",
     "|" + "---|" * len(header),

@@ -1,0 +1,154 @@
+"""Does Chinese pretraining pay off? Fine-tune from our pretrained model and from random init.
+
+One Chinese bert-mini is pretrained from scratch on People's Daily
+(configs/pretrain/chinese_mini.py: learned character vocab, whole-word masking
+over jieba's words), then review sentiment and People's Daily NER are each
+fine-tuned from it and from random values, with the same vocab, model shape,
+steps, batch, learning rate and seeds. Every row is the job users run, `python
+-m train.main`, as a subprocess (the commands follow the table).
+
+  python -m data.prepare_chinese --out=/tmp/zh
+  python -m benchmarks.chinese_payoff --data=/tmp/zh --root=/tmp/zhb \\
+      --pretrain_steps=800 --steps=300 --seeds=0,1
+
+A run whose workdir already holds final_metrics.json is read, not rerun, so
+an interrupted table resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string(
+  "data", "/tmp/zh", "What data.prepare_chinese wrote (corpus.txt, sentiment/, ner/)."
+)
+flags.DEFINE_string("root", "/tmp/zhb", "Workdirs go here.")
+flags.DEFINE_integer("pretrain_steps", 800, "Pretraining steps (batch 64 of 128 tokens).")
+flags.DEFINE_integer("steps", 300, "Fine-tuning steps, every row.")
+flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row.")
+flags.DEFINE_float(
+  "lr", 1e-4, "Fine-tuning peak learning rate, every row (small BERTs: Turc et al.)."
+)
+flags.DEFINE_string("seeds", "0,1", "Fine-tuning seeds, comma-separated.")
+flags.DEFINE_string("out", "", "Markdown table path; empty: ROOT/table.md.")
+FLAGS = flags.FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pretrained model's shape (configs/pretrain/chinese_mini.py); random init gets the same.
+MODEL = ["--config.model.vocab_size=8192", "--config.model.max_position_embeddings=128"]
+
+
+def tasks(data: str) -> dict[str, tuple[list[str], str]]:
+  """task -> (train.main flags, dev metric)."""
+  sentiment = [
+    "--config=configs/finetune/classification.py:mini",
+    "--config.data.text_columns=sentence",
+    "--config.data.label_column=label",
+    f"--config.data.train_path={data}/sentiment/train.tsv",
+    f"--config.data.eval_path={data}/sentiment/dev.tsv",
+  ]
+  ner = [
+    "--config=configs/finetune/token_classification.py:mini",
+    f"--config.data.train_path={data}/ner/train.json",
+    f"--config.data.eval_path={data}/ner/dev.json",
+  ]
+  return {"sentiment": (sentiment, "accuracy"), "ner": (ner, "f1")}
+
+
+def run(args: list[str], workdir: str) -> dict:
+  final = os.path.join(workdir, "final_metrics.json")
+  if not os.path.exists(final):
+    print(f"== python {shlex.join(args)}", flush=True)
+    subprocess.run([sys.executable, *args], check=True, cwd=REPO)
+  with open(final) as f:
+    return json.load(f)
+
+
+def pretrain_args(workdir: str) -> list[str]:
+  return [
+    "-m",
+    "train.main",
+    f"--config=configs/pretrain/chinese_mini.py:{FLAGS.pretrain_steps}",
+    f"--workdir={workdir}",
+    f"--config.data.paths={FLAGS.data}/corpus.txt",
+  ]
+
+
+def finetune_args(
+  task_flags: list[str], workdir: str, init: str, seed: int, vocab: str
+) -> list[str]:
+  source = [f"--config.init.checkpoint={init}"] if init else ["--config.init.checkpoint="]
+  return [
+    "-m",
+    "train.main",
+    task_flags[0],
+    f"--workdir={workdir}",
+    "--config.init.hf_dir=",
+    *source,
+    f"--config.data.vocab={vocab}",
+    *MODEL,
+    *task_flags[1:],
+    f"--config.batch_size={FLAGS.batch_size}",
+    f"--config.optimizer.total_steps={FLAGS.steps}",
+    f"--config.eval_every_steps={FLAGS.steps}",
+    f"--config.optimizer.lr={FLAGS.lr}",
+    f"--config.seed={seed}",
+  ]
+
+
+def mean_std(values: list[float]) -> str:
+  mean = statistics.fmean(values)
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def main(argv):
+  del argv
+  if not os.path.exists(os.path.join(FLAGS.data, "corpus.txt")):
+    raise app.UsageError(f"--data={FLAGS.data}: no corpus.txt; run python -m data.prepare_chinese")
+  seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
+  pretrained = os.path.join(FLAGS.root, "pretrain")
+  commands = [pretrain_args(pretrained)]
+  heldout = run(commands[0], pretrained)
+  vocab = os.path.join(pretrained, "vocab")
+  lines = [
+    f"Pretraining: {FLAGS.pretrain_steps} steps x 64 x 128 tokens "
+    f"({FLAGS.pretrain_steps * 64 * 128 / 1e6:.1f} M tokens seen); held-out MLM accuracy "
+    f"{heldout['mlm_accuracy']:.3f}, NSP accuracy {heldout['nsp_accuracy']:.3f}.",
+    "",
+    f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, lr {FLAGS.lr:g}, seeds {seeds} "
+    "(mean ± std over seeds; dev set).",
+    "",
+    "| task | dev metric | random init | pretrained | gain |",
+    "|---|---|---|---|---|",
+  ]
+  for task, (task_flags, metric) in tasks(FLAGS.data).items():
+    scores = {}
+    for init_name, init in (("random", ""), ("pretrained", pretrained)):
+      scores[init_name] = []
+      for seed in seeds:
+        workdir = os.path.join(FLAGS.root, f"{task}_{init_name}_s{seed}")
+        args = finetune_args(task_flags, workdir, init, seed, vocab)
+        commands.append(args)
+        scores[init_name].append(run(args, workdir)["best"]["value"])
+    gain = statistics.fmean(scores["pretrained"]) - statistics.fmean(scores["random"])
+    lines.append(
+      f"| {task} | {metric} | {mean_std(scores['random'])} | {mean_std(scores['pretrained'])} "
+      f"| {100 * gain:+.2f} |"
+    )
+  lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
+  text = "\n".join(lines) + "\n"
+  with open(FLAGS.out or os.path.join(FLAGS.root, "table.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
