@@ -17,14 +17,13 @@ an interrupted table resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import statistics
-import subprocess
-import sys
 
 from absl import app, flags
+
+from benchmarks.shared import run_job
 
 flags.DEFINE_string(
   "data", "/tmp/zh", "What data.prepare_chinese wrote (corpus.txt, sentiment/, ner/)."
@@ -40,7 +39,6 @@ flags.DEFINE_string("seeds", "0,1", "Fine-tuning seeds, comma-separated.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: ROOT/table.md.")
 FLAGS = flags.FLAGS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The pretrained model's shape (configs/pretrain/chinese_mini.py); random init gets the same.
 MODEL = ["--config.model.vocab_size=8192", "--config.model.max_position_embeddings=128"]
 
@@ -60,15 +58,6 @@ def tasks(data: str) -> dict[str, tuple[list[str], str]]:
     f"--config.data.eval_path={data}/ner/dev.json",
   ]
   return {"sentiment": (sentiment, "accuracy"), "ner": (ner, "f1")}
-
-
-def run(args: list[str], workdir: str) -> dict:
-  final = os.path.join(workdir, "final_metrics.json")
-  if not os.path.exists(final):
-    print(f"== python {shlex.join(args)}", flush=True)
-    subprocess.run([sys.executable, *args], check=True, cwd=REPO)
-  with open(final) as f:
-    return json.load(f)
 
 
 def pretrain_args(workdir: str) -> list[str]:
@@ -104,9 +93,9 @@ def finetune_args(
 
 
 def mean_std(values: list[float]) -> str:
-  mean = statistics.fmean(values)
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{100 * mean:.2f} ± {100 * std:.2f}"
+  """Percent, with the spread over seeds when there are several."""
+  mean = f"{100 * statistics.fmean(values):.2f}"
+  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
 def main(argv):
@@ -116,7 +105,7 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
   pretrained = os.path.join(FLAGS.root, "pretrain")
   commands = [pretrain_args(pretrained)]
-  heldout = run(commands[0], pretrained)
+  heldout = run_job(commands[0], pretrained)[0]
   vocab = os.path.join(pretrained, "vocab")
   lines = [
     f"Pretraining: {FLAGS.pretrain_steps} steps x 64 x 128 tokens "
@@ -124,7 +113,7 @@ def main(argv):
     f"{heldout['mlm_accuracy']:.3f}, NSP accuracy {heldout['nsp_accuracy']:.3f}.",
     "",
     f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, lr {FLAGS.lr:g}, seeds {seeds} "
-    "(mean ± std over seeds; dev set).",
+    "(dev set; mean ± std when several seeds).",
     "",
     "| task | dev metric | random init | pretrained | gain |",
     "|---|---|---|---|---|",
@@ -137,7 +126,7 @@ def main(argv):
         workdir = os.path.join(FLAGS.root, f"{task}_{init_name}_s{seed}")
         args = finetune_args(task_flags, workdir, init, seed, vocab)
         commands.append(args)
-        scores[init_name].append(run(args, workdir)["best"]["value"])
+        scores[init_name].append(run_job(args, workdir)[0]["best"]["value"])
     gain = statistics.fmean(scores["pretrained"]) - statistics.fmean(scores["random"])
     lines.append(
       f"| {task} | {metric} | {mean_std(scores['random'])} | {mean_std(scores['pretrained'])} "

@@ -39,6 +39,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
+import functools
 import importlib
 import json
 import shlex
@@ -140,7 +141,13 @@ TASK_ITEMS = {"zh_sentiment": [("data.text_columns", "sentence"), ("data.label_c
 
 def head_kind() -> str:
   """The transformers head of --task: classification, token_classification or question_answering."""
-  return importlib.import_module(TASKS[FLAGS.task][0]).get_config("minilm").task
+  return _config_task(FLAGS.task)
+
+
+@functools.cache
+def _config_task(name: str) -> str:
+  # Built once: torch_forward asks for every batch.
+  return importlib.import_module(TASKS[name][0]).get_config("minilm").task
 
 
 def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:

@@ -16,16 +16,13 @@ an interrupted table resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
+from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir, run_job
 
 # task: (config file, dev metric); the data files are shared.DATA_FILES[task]
 TASKS = {
@@ -98,17 +95,7 @@ def command(method: str, workdir: str, hf_dir: str) -> list[str]:
 def run(method: str, root: str, hf_dir: str) -> dict:
   workdir = os.path.join(root, f"{method}_lr{learning_rate(method):g}")
   args = command(method, workdir, hf_dir)
-  final = os.path.join(workdir, "final_metrics.json")
-  wall = None
-  if not os.path.exists(final):
-    print(f"== {method}: {shlex.join(args[1:])}", flush=True)
-    start = time.time()
-    subprocess.run(
-      args, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    )
-    wall = time.time() - start
-  with open(final) as f:
-    metrics = json.load(f)
+  metrics, wall = run_job(args[1:], workdir)
   return {
     "method": method,
     "lr": learning_rate(method),

