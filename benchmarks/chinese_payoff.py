@@ -73,14 +73,13 @@ def pretrain_args(workdir: str) -> list[str]:
 def finetune_args(
   task_flags: list[str], workdir: str, init: str, seed: int, vocab: str
 ) -> list[str]:
-  source = [f"--config.init.checkpoint={init}"] if init else ["--config.init.checkpoint="]
   return [
     "-m",
     "train.main",
     task_flags[0],
     f"--workdir={workdir}",
     "--config.init.hf_dir=",
-    *source,
+    f"--config.init.checkpoint={init}",  # '': random init
     f"--config.data.vocab={vocab}",
     *MODEL,
     *task_flags[1:],
