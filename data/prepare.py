@@ -51,6 +51,7 @@ class Options:
   dupe_factor: int
   whole_word: bool
   segmenter: str
+  next_sentence: bool
   heldout_documents: float
   num_shards: int
   seed: int
@@ -66,6 +67,7 @@ class Options:
       dupe_factor=data.dupe_factor,
       whole_word=data.whole_word,
       segmenter=data.get("segmenter", ""),
+      next_sentence=data.get("next_sentence", True),
       heldout_documents=data.heldout_documents,
       num_shards=data.num_shards,
       seed=config.seed,
@@ -213,6 +215,7 @@ class _MakeShard(beam.DoFn):
       seed=(o.seed, SPLIT_IDS[split], shard),
       whole_word=o.whole_word,
       segment=self.segment,
+      next_sentence=o.next_sentence,
     )
     name = shards.shard_name(split, shard, o.num_shards)
     count = shards.write_shard(os.fspath(epath.Path(self.out) / name), arrays)

@@ -20,7 +20,13 @@ import numpy as np
 from data import chinese
 from data.masking import mask_tokens, word_start_mask
 from data.sampling import EpochSampler, host_share
-from data.sentence_pairs import Instance, make_nsp_pairs, pack_instance, truncate_seq_pair
+from data.sentence_pairs import (
+  Instance,
+  make_full_sentence_rows,
+  make_nsp_pairs,
+  pack_instance,
+  truncate_seq_pair,
+)
 
 __all__ = [
   "Instance",
@@ -60,8 +66,10 @@ def build_pretraining_data(
   seed: int = 0,
   whole_word: bool = False,
   segment=None,
+  next_sentence: bool = True,
 ) -> tuple[dict[str, np.ndarray], PretrainingStats]:
-  """Tokenize documents and pack them into NSP pairs, unmasked.
+  """Tokenize documents and pack them into NSP pairs, unmasked; without `next_sentence`,
+  into single-segment rows of whole sentences (make_full_sentence_rows) for MLM alone.
 
   Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
   next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`:
@@ -101,9 +109,12 @@ def build_pretraining_data(
       "from the same document, so the NSP task is weak"
     )
 
-  instances = make_nsp_pairs(
+  make_rows = make_nsp_pairs if next_sentence else make_full_sentence_rows
+  instances = make_rows(
     numbered, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
   )
+  # DOCUMENT_BREAK (-1) looks up the entry appended here: [SEP], a word start.
+  flat_ids = np.append(flat_ids, np.int32(tokenizer.sep_token_id))
   arrays = _stack(
     [
       pack_instance(
@@ -127,8 +138,9 @@ def build_pretraining_data(
           for flag in chinese.word_starts(text, offsets, segment)
         ),
         bool,
-        count=len(flat_ids),
+        count=len(flat_ids) - 1,
       )
+    starts = np.append(starts, True)
     arrays["word_start"] = np.stack(
       [_word_start_row(instance, starts, max_seq_length) for instance in instances]
     )

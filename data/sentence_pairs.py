@@ -137,12 +137,15 @@ def truncate_seq_pair(
 def pack_instance(
   instance: Instance, max_seq_length: int, cls_id: int, sep_id: int, pad_id: int
 ) -> dict[str, np.ndarray]:
-  """`[CLS] A [SEP] B [SEP]` padded to max_seq_length, with segment ids and mask.
+  """`[CLS] A [SEP] B [SEP]` (`[CLS] A [SEP]` without B) padded to max_seq_length, with
+  segment ids and mask.
 
   next_sentence_label follows transformers' BertForPreTraining: 0 = B is
   the true continuation, 1 = B is random.
   """
-  ids = [cls_id, *instance.tokens_a, sep_id, *instance.tokens_b, sep_id]
+  ids = [cls_id, *instance.tokens_a, sep_id]
+  if instance.tokens_b:
+    ids += [*instance.tokens_b, sep_id]
   if len(ids) > max_seq_length:
     raise ValueError(f"pair of {len(ids)} tokens exceeds max_seq_length={max_seq_length}")
   length_a = len(instance.tokens_a) + 2
@@ -158,3 +161,59 @@ def pack_instance(
     "attention_mask": attention_mask,
     "next_sentence_label": np.int32(instance.is_random_next),
   }
+
+
+DOCUMENT_BREAK = -1  # a token number that stands for the [SEP] between two documents
+
+
+def make_full_sentence_rows(
+  documents: list[list[list[int]]],
+  max_seq_length: int,
+  short_seq_prob: float,
+  rng: np.random.Generator,
+  dupe_factor: int = 1,
+) -> list[Instance]:
+  """Single-segment rows for MLM without NSP (RoBERTa's FULL-SENTENCES, Liu et al. 2019).
+
+  Each row is `[CLS] text [SEP]`: whole sentences in corpus order, filled to
+  max_seq_length, running on into the next document after a DOCUMENT_BREAK
+  (looked up as [SEP]), so short documents (one tweet, one review) do not each
+  pad a row. A sentence longer than a row is cut into row-sized pieces. Each of
+  `dupe_factor` passes reads the documents in a fresh order, so rows differ
+  between passes; `short_seq_prob` draws a shorter target as make_nsp_pairs
+  does. tokens_b stays empty and is_random_next False. Output is shuffled.
+  """
+  if max_seq_length < 3:
+    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text")
+  documents = [[sentence for sentence in document if sentence] for document in documents]
+  documents = [document for document in documents if document]
+  if not documents:
+    raise ValueError("no documents with tokens to make rows from")
+  max_num_tokens = max_seq_length - 2  # [CLS] text [SEP]
+  instances: list[Instance] = []
+
+  def draw_target() -> int:
+    if rng.random() < short_seq_prob:
+      return int(rng.integers(2, max_num_tokens + 1))
+    return max_num_tokens
+
+  for _ in range(dupe_factor):
+    row: list[int] = []
+    row_document = 0
+    target = draw_target()
+    for document_index in rng.permutation(len(documents)):
+      for position, sentence in enumerate(documents[document_index]):
+        piece = [DOCUMENT_BREAK, *sentence] if row and position == 0 else sentence
+        if row and len(row) + len(piece) > target:
+          instances.append(Instance(row, [], False, row_document))
+          row, piece, target = [], sentence, draw_target()  # a row never starts with a break
+        if not row:
+          row_document = int(document_index)
+        while len(piece) > target:  # a sentence longer than the row
+          instances.append(Instance(piece[:target], [], False, int(document_index)))
+          piece, target = piece[target:], draw_target()
+        row = row + piece
+    if row:
+      instances.append(Instance(row, [], False, row_document))
+  order = rng.permutation(len(instances))
+  return [instances[i] for i in order]

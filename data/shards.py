@@ -34,7 +34,8 @@ VOCAB = os.path.join("vocab", "vocab.txt")
 LAYOUT = "nsp-pairs-v1"  # bump when the record format changes
 SPLITS = ("train", "heldout")
 # Options a run must share with the preparation, named by their config key.
-CHECKED_FIELDS = ("max_seq_length", "whole_word", "segmenter", "lowercase")
+CHECKED_FIELDS = ("max_seq_length", "whole_word", "segmenter", "lowercase", "next_sentence")
+FIELD_DEFAULTS = {"next_sentence": True}  # for manifests written before the field existed
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -122,9 +123,10 @@ def check_manifest(manifest: dict, data, vocab_hash: str, directory: str) -> Non
   if manifest.get("layout") != LAYOUT:
     raise ValueError(f"{where}: layout {manifest.get('layout')!r}, this code reads {LAYOUT!r}")
   for field in CHECKED_FIELDS:
-    if manifest["options"][field] != data.get(field):
+    prepared = manifest["options"].get(field, FIELD_DEFAULTS.get(field))
+    if prepared != data.get(field, FIELD_DEFAULTS.get(field)):
       raise ValueError(
-        f"{where}: prepared with data.{field}={manifest['options'][field]!r}, "
+        f"{where}: prepared with data.{field}={prepared!r}, "
         f"this run has data.{field}={data.get(field)!r}; prepare again or match the config"
       )
   if manifest["vocab_sha256"] != vocab_hash:

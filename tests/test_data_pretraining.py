@@ -201,3 +201,22 @@ def test_whole_word_batches_mask_every_piece_of_a_chosen_word(packed):
   real = batch["masked_weights"] > 0
   assert real.any()
   assert not np.isin(batch["masked_ids"][real], MASKING.special_ids).any()
+
+
+def test_build_without_next_sentence_gives_filled_single_segment_rows(tiny_tokenizer):
+  arrays, stats = build_pretraining_data(
+    tiny_documents(), tiny_tokenizer, 32, short_seq_prob=0.0, next_sentence=False, whole_word=True
+  )
+  ids, sep = arrays["input_ids"], tiny_tokenizer.sep_token_id
+  assert (ids[:, 0] == tiny_tokenizer.cls_token_id).all()
+  assert not arrays["token_type_ids"].any() and not arrays["next_sentence_label"].any()
+  lengths = arrays["attention_mask"].sum(axis=1)
+  last = np.take_along_axis(ids, lengths[:, None] - 1, axis=1)[:, 0]
+  assert (last == sep).all()
+  # documents run on after a [SEP]: some rows hold more than one
+  assert ((ids == sep).sum(axis=1) > 1).any()
+  # every corpus token is in exactly one row (one pass), [CLS]/[SEP] aside
+  real = ids[(arrays["attention_mask"] == 1) & (ids != sep) & (ids != tiny_tokenizer.cls_token_id)]
+  assert len(real) == stats.num_tokens
+  assert arrays["word_start"][ids == sep].all()
+  assert stats.num_instances == len(ids) < 20  # 12 documents of 3..6 sentences

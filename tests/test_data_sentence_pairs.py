@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from data.sentence_pairs import Instance, make_nsp_pairs, pack_instance, truncate_seq_pair
+from data.sentence_pairs import (
+  DOCUMENT_BREAK,
+  Instance,
+  make_full_sentence_rows,
+  make_nsp_pairs,
+  pack_instance,
+  truncate_seq_pair,
+)
 
 PAD, CLS, SEP = 0, 2, 3
 
@@ -109,3 +116,41 @@ def test_pack_instance_lays_out_cls_a_sep_b_sep_and_pads():
   np.testing.assert_array_equal(packed["attention_mask"], [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
   assert packed["next_sentence_label"] == 1
   assert packed["input_ids"].dtype == np.int32
+
+
+def test_full_sentence_rows_keep_every_sentence_whole_and_in_order():
+  documents = synthetic_documents(60)
+  rows = make_full_sentence_rows(documents, 64, 0.0, np.random.default_rng(0))
+  assert all(not row.tokens_b and not row.is_random_next for row in rows)
+  assert all(len(row.tokens_a) <= 62 for row in rows)
+  # every token once (one pass); breaks only between documents, never first or last
+  tokens = [t for row in rows for t in row.tokens_a if t != DOCUMENT_BREAK]
+  assert sorted(tokens) == sorted(t for d in documents for s in d for t in s)
+  for row in rows:
+    assert row.tokens_a[0] != DOCUMENT_BREAK and row.tokens_a[-1] != DOCUMENT_BREAK
+    runs = [[]]
+    for t in row.tokens_a:
+      runs.append([]) if t == DOCUMENT_BREAK else runs[-1].append(t)
+    for run in runs:  # within a document, consecutive tokens; one document per run
+      assert len({t // 1000 for t in run}) == 1
+      assert np.all(np.diff(run) == 1)
+  # rows are filled: the mean row is most of its length (sentences are 5..15 tokens)
+  assert np.mean([len(row.tokens_a) for row in rows]) > 50
+
+
+def test_full_sentence_rows_cut_a_long_sentence_and_redraw_each_pass():
+  long_document = [[list(range(100))]]
+  rows = make_full_sentence_rows(long_document, 34, 0.0, np.random.default_rng(0))
+  assert sorted(len(r.tokens_a) for r in rows) == [4, 32, 32, 32]
+  documents = synthetic_documents(20)
+  one = make_full_sentence_rows(documents, 64, 0.0, np.random.default_rng(0), dupe_factor=2)
+  single = make_full_sentence_rows(documents, 64, 0.0, np.random.default_rng(0))
+  assert len(one) > len(single) * 1.9
+  assert len({tuple(r.tokens_a) for r in one}) > len(single) * 1.5  # passes differ
+
+
+def test_pack_instance_without_b_is_one_segment():
+  packed = pack_instance(Instance([7, 8, 9], [], False, 0), 8, CLS, SEP, PAD)
+  np.testing.assert_array_equal(packed["input_ids"], [CLS, 7, 8, 9, SEP, PAD, PAD, PAD])
+  np.testing.assert_array_equal(packed["token_type_ids"], np.zeros(8))
+  np.testing.assert_array_equal(packed["attention_mask"], [1, 1, 1, 1, 1, 0, 0, 0])

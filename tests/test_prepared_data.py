@@ -137,6 +137,7 @@ def test_a_run_on_prepared_shards_learns_and_resumes_bitwise(prepared, tmp_path)
   [
     ({"data.max_seq_length": 24}, "data.max_seq_length=32"),
     ({"data.lowercase": False}, "data.lowercase=True"),
+    ({"data.next_sentence": False}, "data.next_sentence=True"),
   ],
 )
 def test_a_run_with_other_options_than_the_preparation_is_refused(prepared, override, named):
@@ -144,6 +145,33 @@ def test_a_run_with_other_options_than_the_preparation_is_refused(prepared, over
   with pytest.raises(ValueError, match="prepared with " + named) as error:
     loop.train_and_evaluate(prepared_config(config, directory, **override), directory + "_run")
   assert "\n" not in str(error.value) and shards.MANIFEST in str(error.value)
+
+
+def test_a_manifest_from_before_next_sentence_reads_as_nsp_pairs(prepared, tmp_path):
+  config, directory = prepared
+  old = str(tmp_path / "old")
+  shutil.copytree(directory, old)
+  path = os.path.join(old, shards.MANIFEST)
+  manifest = json.load(open(path))
+  del manifest["options"]["next_sentence"]
+  json.dump(manifest, open(path, "w"))
+  shards.check_manifest(manifest, config.data, manifest["vocab_sha256"], old)
+  off = set_keys(config.copy_and_resolve_references(), {"data.next_sentence": False})
+  with pytest.raises(ValueError, match="prepared with data.next_sentence=True"):
+    shards.check_manifest(manifest, off.data, manifest["vocab_sha256"], old)
+
+
+def test_mlm_alone_prepares_single_segment_rows(tmp_path):
+  config = corpus_config(tmp_path, **{"data.next_sentence": False})
+  directory = str(tmp_path / "mlm")
+  prepare.prepare(config, directory, workers=1)
+  manifest = shards.read_manifest(directory)
+  assert manifest["options"]["next_sentence"] is False
+  tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
+  rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
+  batch = rows.rows(np.arange(len(rows)))
+  assert not batch["token_type_ids"].any() and not batch["next_sentence_label"].any()
+  assert batch["attention_mask"].mean() > 0.8  # rows are filled across documents
 
 
 def test_another_vocab_is_refused(prepared, tmp_path):

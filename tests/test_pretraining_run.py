@@ -55,6 +55,31 @@ def test_loss_falls_and_logs_are_written(tmp_path):
   assert os.listdir(tmp_path / "run" / "tensorboard")
 
 
+def test_mlm_alone_learns_and_leaves_the_nsp_head_untouched(tmp_path):
+  config = tiny_config(
+    tmp_path,
+    **{
+      "data.next_sentence": False,
+      "optimizer.total_steps": 30,
+      "optimizer.weight_decay": 0.0,
+      "checkpoint.every_steps": 10,
+    },
+  )
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
+  rows = read_metrics(tmp_path / "run")
+  train = [r for r in rows if r["split"] == "train"]
+  assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.5
+  assert train[-1]["loss"] == pytest.approx(train[-1]["mlm_loss"])
+  assert not any(key.startswith("nsp") for row in rows for key in row)
+  # no gradient reaches the NSP head or the pooler (only NSP reads it)
+  _, start, _ = hf.read_workdir_params(str(tmp_path / "run"), step=10)
+  _, end, step = hf.read_workdir_params(str(tmp_path / "run"))
+  assert step == 30
+  for a, b in ((start["nsp"], end["nsp"]), (start["bert"]["pooler"], end["bert"]["pooler"])):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert not np.array_equal(start["mlm"]["bias"], end["mlm"]["bias"])
+
+
 def config_model(config):
   from model.config import BertConfig
 

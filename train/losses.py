@@ -32,14 +32,20 @@ def _token_xent_sum(logits, labels, weights):
 
 
 class PretrainingObjective:
-  """Masked-LM + next-sentence prediction, as in the BERT paper.
+  """Masked-LM + next-sentence prediction, as in the BERT paper; masked-LM alone without
+  `next_sentence` (RoBERTa; the NSP head then gets no gradient and its labels are unread).
 
   loss = mean MLM cross-entropy over the masked tokens of the whole batch
        + mean NSP cross-entropy over its sequences.
   """
 
-  metric_names = ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
   token_outputs: tuple[str, ...] = ()  # its eval step returns sums only
+
+  def __init__(self, next_sentence: bool = True):
+    self.next_sentence = next_sentence
+    self.metric_names = ("loss", "mlm_loss", "mlm_accuracy") + (
+      ("nsp_loss", "nsp_accuracy") if next_sentence else ()
+    )
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {
@@ -57,32 +63,38 @@ class PretrainingObjective:
     )
     weights = batch["masked_weights"].astype(jnp.float32)
     mlm_sum = _token_xent_sum(out["mlm_logits"], batch["masked_ids"], weights)
-    nsp_labels = batch["next_sentence_label"]
-    nsp_sum = _token_xent_sum(out["nsp_logits"], nsp_labels, jnp.ones_like(nsp_labels, jnp.float32))
-    loss = mlm_sum / norm["mlm"] + nsp_sum / norm["nsp"]
     sums = {
       "mlm_loss": mlm_sum,
       "mlm_correct": jnp.sum((out["mlm_logits"].argmax(-1) == batch["masked_ids"]) * weights),
       "mlm_count": jnp.sum(weights),
-      "nsp_loss": nsp_sum,
-      "nsp_correct": jnp.sum(out["nsp_logits"].argmax(-1) == nsp_labels).astype(jnp.float32),
-      "nsp_count": jnp.asarray(nsp_labels.shape[0], jnp.float32),
     }
-    return loss, sums
+    if not self.next_sentence:
+      return mlm_sum / norm["mlm"], sums
+    nsp_labels = batch["next_sentence_label"]
+    nsp_sum = _token_xent_sum(out["nsp_logits"], nsp_labels, jnp.ones_like(nsp_labels, jnp.float32))
+    sums.update(
+      nsp_loss=nsp_sum,
+      nsp_correct=jnp.sum(out["nsp_logits"].argmax(-1) == nsp_labels).astype(jnp.float32),
+      nsp_count=jnp.asarray(nsp_labels.shape[0], jnp.float32),
+    )
+    return mlm_sum / norm["mlm"] + nsp_sum / norm["nsp"], sums
 
   @staticmethod
   def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
     """Summed counts (from one batch or many) -> the reported means."""
     mlm_n = max(float(sums["mlm_count"]), 1.0)
-    nsp_n = max(float(sums["nsp_count"]), 1.0)
-    mlm_loss, nsp_loss = float(sums["mlm_loss"]) / mlm_n, float(sums["nsp_loss"]) / nsp_n
-    return {
-      "loss": mlm_loss + nsp_loss,
+    mlm_loss = float(sums["mlm_loss"]) / mlm_n
+    metrics = {
+      "loss": mlm_loss,
       "mlm_loss": mlm_loss,
       "mlm_accuracy": float(sums["mlm_correct"]) / mlm_n,
-      "nsp_loss": nsp_loss,
-      "nsp_accuracy": float(sums["nsp_correct"]) / nsp_n,
     }
+    if "nsp_count" in sums:
+      nsp_n = max(float(sums["nsp_count"]), 1.0)
+      metrics["nsp_loss"] = float(sums["nsp_loss"]) / nsp_n
+      metrics["nsp_accuracy"] = float(sums["nsp_correct"]) / nsp_n
+      metrics["loss"] += metrics["nsp_loss"]
+    return metrics
 
 
 class _FinetuneObjective:

@@ -42,6 +42,10 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       mask_prob=0.15,
       max_predictions=20,
       whole_word=False,
+      # False: MLM alone on single-segment rows of whole sentences that run on across
+      # documents (RoBERTa's FULL-SENTENCES); short texts (reviews, task sentences) then
+      # fill rows instead of padding them, and the NSP head is not trained.
+      next_sentence=True,
       # Words for whole_word masking of Chinese text (data/chinese.py): 'jieba', or '' for
       # WordPiece's "##" pieces (which never join Chinese characters).
       segmenter="",

@@ -111,6 +111,7 @@ def build(config, workdir: str) -> Task:
       seed,
       data.whole_word,
       segment,
+      next_sentence=data.get("next_sentence", True),
     )
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
@@ -164,7 +165,7 @@ def _task(config, model_config, tokenizer, train_rows, heldout_rows, summary) ->
   return Task(
     model_config=model_config,
     model_factory=lambda rngs: BertForPreTraining(model_config, rngs),
-    objective=PretrainingObjective(),
+    objective=PretrainingObjective(data.get("next_sentence", True)),
     train_data=train_data,
     eval_batches=eval_batches,
     vocab_file=getattr(tokenizer, "vocab_file", None),
@@ -193,5 +194,5 @@ SPEC = TaskSpec(
   model_factory=lambda config, model_config, labels, peft: (
     lambda rngs: BertForPreTraining(model_config, rngs, peft)
   ),
-  objective=lambda config, labels: PretrainingObjective(),
+  objective=lambda config, labels: PretrainingObjective(config.data.get("next_sentence", True)),
 )
