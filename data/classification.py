@@ -319,6 +319,26 @@ def resolve_labels(configured: Sequence[str], train: list[TextExample]) -> list[
   return labels
 
 
+def first_k_per_class(examples: list, labels: Sequence[str], k: int, seed: int) -> list:
+  """k-shot training set: the first k examples of each label after a shuffle by `seed`."""
+  label_ids([str(e.label) for e in examples], labels, [e.origin for e in examples])  # all known
+  order = np.random.default_rng(seed).permutation(len(examples))
+  taken = {str(label): 0 for label in labels}
+  chosen = []
+  for index in order:
+    label = str(examples[index].label)
+    if taken[label] < k:
+      taken[label] += 1
+      chosen.append(examples[index])
+  short = {label: n for label, n in taken.items() if n < k}
+  if short:
+    raise ValueError(
+      f"data.train_examples_per_class={k}, but the training data has only "
+      f"{short} examples of these labels"
+    )
+  return chosen
+
+
 def encode_examples(
   examples: list[TextExample], tokenizer, max_seq_length: int, labels: Sequence[str] | None
 ) -> tuple[dict[str, np.ndarray], dict]:

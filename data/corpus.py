@@ -61,6 +61,25 @@ def read_bert_text_files(paths: Sequence[str]) -> list[list[str]]:
   return documents
 
 
+def read_table_documents(paths: Sequence[str], text_columns) -> list[list[str]]:
+  """Documents from the text columns of TSV / CSV / JSON-lines tables: one row, one document.
+
+  For continued pretraining on a task's own unlabeled sentences (Gururangan et al.
+  2020): the fine-tuning files serve as they are, read as the fine-tuning task reads
+  them (a header names the columns; a pair's two texts are one document's sentences).
+  """
+  from data import classification
+
+  if isinstance(paths, str):
+    paths = [paths]
+  documents = []
+  for path in _expand_patterns(paths):
+    for example in classification.read_examples(path, text_columns, None, has_header=True):
+      texts = [example.text_a] + ([example.text_b] if example.text_b else [])
+      documents.append([s for text in texts for s in split_sentences(text)])
+  return [document for document in documents if document]
+
+
 def _expand_patterns(patterns: Sequence[str]) -> list[str]:
   files = []
   for pattern in patterns:

@@ -7,7 +7,7 @@ from flax import nnx
 from helpers import finetune as ff
 
 from configs.finetune import sst2_prompt
-from data import cloze
+from data import classification, cloze
 from data import tokenizer as tokenizer_lib
 from data.classification import TextExample
 from model.config import BertConfig
@@ -174,21 +174,21 @@ def test_an_unknown_label_in_the_data_is_named_with_its_line(tokenizer):
   with pytest.raises(ValueError, match=r"dev.tsv:7: unknown label '2'"):
     cloze.encode_cloze([example("a cat", "2")], ["sentence"], TEMPLATE, tokenizer, 16, ["0", "1"])
   with pytest.raises(ValueError, match=r"dev.tsv:7: unknown label '2'"):
-    cloze.first_k_per_class([example("a cat", "2")], ["0", "1"], 1, 0)
+    classification.first_k_per_class([example("a cat", "2")], ["0", "1"], 1, 0)
 
 
 def test_k_shot_takes_the_first_k_of_each_class_by_seed():
   examples = [TextExample(f"s{i}", None, str(i % 3 == 0), f"f:{i}") for i in range(30)]
-  chosen = cloze.first_k_per_class(examples, ["False", "True"], 4, seed=0)
+  chosen = classification.first_k_per_class(examples, ["False", "True"], 4, seed=0)
   assert sorted(e.label for e in chosen) == ["False"] * 4 + ["True"] * 4
-  assert chosen == cloze.first_k_per_class(examples, ["False", "True"], 4, seed=0)
-  assert chosen != cloze.first_k_per_class(examples, ["False", "True"], 4, seed=1)
+  assert chosen == classification.first_k_per_class(examples, ["False", "True"], 4, seed=0)
+  assert chosen != classification.first_k_per_class(examples, ["False", "True"], 4, seed=1)
   with pytest.raises(
     ValueError,
     match=r"train_examples_per_class=11, but the training data has "
     r"only \{'True': 10\} examples",
   ):
-    cloze.first_k_per_class(examples, ["False", "True"], 11, seed=0)
+    classification.first_k_per_class(examples, ["False", "True"], 11, seed=0)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ CASES = [
   ("bert_large_lamb", "phase1"),
   ("bert_large_lamb", "phase2"),
   ("chinese_mini", None),
+  ("continued", None),
 ]
 
 

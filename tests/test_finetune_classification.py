@@ -201,3 +201,12 @@ def test_resume_is_bitwise_exact_with_early_stopping(run, tmp_path):
   with Checkpointer(workdir, async_save=False) as checkpointer:
     progress = checkpointer.read_meta()["early_stopping"]
   assert EarlyStopping("accuracy", "max", PATIENCE, progress).should_stop
+
+
+def test_k_shot_head_training_keeps_k_rows_of_each_class(tmp_path):
+  from train.tasks import build_task
+
+  config = ff.classification_config(tmp_path, **{"data.train_examples_per_class": 4})
+  task = build_task(config, "")
+  assert task.summary["splits"]["train"]["examples"] == 8
+  assert sorted(task.train_data.arrays["label"].tolist()) == [0] * 4 + [1] * 4

@@ -25,13 +25,17 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       # made from text files) | 'tfds' | 'embedded'
       source="text",
       paths="",  # comma-separated globs for source='text'; the directory for 'prepared'
+      # source='text' reads tables (TSV/CSV with a header, or JSON lines) when set: these
+      # columns of each row make one document (a task's own sentences, labels unread)
+      text_columns="",
       tfds_name="",  # e.g. 'wikipedia/20230601.en', 'c4/en', 'lm1b'
       tfds_split="train",
       tfds_text_key="text",
       tfds_data_dir="",
       max_documents=0,  # 0: all
       heldout_documents=0.01,  # fraction (or count) of documents kept for eval
-      vocab="bert-base-uncased",  # vocab.txt path, directory, HF name, or 'train'
+      # vocab.txt path, directory, HF name, or 'train'; '' takes init.hf_dir's / init.checkpoint's
+      vocab="bert-base-uncased",
       train_vocab_size=30522,  # for vocab='train': WordPiece size learned from the corpus
       vocab_sample_documents=200_000,  # data.prepare learns vocab='train' from this many
       lowercase=True,

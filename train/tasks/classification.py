@@ -31,6 +31,7 @@ DATA_DEFAULTS = dict(
   # Names for data.labels, in their order ('negative', 'positive' for '0', '1'): what
   # predictions, labels.json, the confusion plots and the HF export's id2label show.
   label_names=(),
+  train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
 )
 
 
@@ -83,6 +84,9 @@ def build(config, workdir: str):
     if data.regression
     else (tfds_labels or classification.resolve_labels(data.labels, examples.get("train", [])))
   )
+  k = data.get("train_examples_per_class", 0)
+  if k and "train" in examples and labels is not None:
+    examples["train"] = classification.first_k_per_class(examples["train"], labels, k, config.seed)
   if data.get("label_names") and labels is not None and not tfds_labels:
     examples = classification.name_labels(examples, labels, data.label_names)
     labels = [str(name) for name in data.label_names]

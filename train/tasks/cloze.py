@@ -24,7 +24,6 @@ DATA_DEFAULTS = dict(
   CLASSIFICATION_DEFAULTS,
   template="",  # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
   verbalizer=None,  # a word per label, label order; or a dict label -> word
-  train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
 )
 
 
@@ -75,7 +74,7 @@ def build(config, workdir: str) -> Task:
   verbalizer_ids = cloze.verbalizer_token_ids(data.verbalizer, labels, tokenizer)
   k = data.train_examples_per_class
   if k and "train" in examples:
-    examples["train"] = cloze.first_k_per_class(examples["train"], labels, k, config.seed)
+    examples["train"] = classification.first_k_per_class(examples["train"], labels, k, config.seed)
   arrays, stats, gold = {}, {}, {}
   for split, split_examples in examples.items():
     arrays[split], stats[split] = cloze.encode_cloze(

@@ -21,7 +21,7 @@ from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
 from model.heads import BertForPreTraining
-from train import writers
+from train import warm_start, writers
 from train.errors import UserError
 from train.losses import PretrainingObjective
 from train.tasks.base import Task, TaskSpec
@@ -34,7 +34,11 @@ def load_documents(data) -> list[list[str]]:
   if data.source == "text":
     if not data.paths:
       raise ValueError("data.paths is empty: give text files for data.source='text'")
-    documents = corpus.read_bert_text_files([p for p in data.paths.split(",") if p])
+    paths = [p for p in data.paths.split(",") if p]
+    columns = data.get("text_columns", "")
+    documents = (
+      corpus.read_table_documents(paths, columns) if columns else corpus.read_bert_text_files(paths)
+    )
   elif data.source == "tfds":
     if not data.tfds_name:
       raise ValueError("data.tfds_name is empty: give a TFDS name for data.source='tfds'")
@@ -52,15 +56,33 @@ def load_documents(data) -> list[list[str]]:
   return documents[: data.max_documents] if data.max_documents else documents
 
 
-def load_or_train_tokenizer(data, documents, workdir: str):
-  """A vocab by path/name, or one learned from the corpus and kept in the workdir.
+def vocab_of(data, init) -> str:
+  """data.vocab, or else (when '') the vocab that came with init.hf_dir / init.checkpoint:
+  continued pretraining must keep the token ids its weights were trained on."""
+  vocab = data.vocab or warm_start.init_vocab(init or {})
+  if not vocab:
+    raise UserError(
+      "data.vocab is empty and init.hf_dir / init.checkpoint brings no vocab.txt: give "
+      "data.vocab (a vocab.txt, a directory or an HF name) or 'train'"
+    )
+  return vocab
+
+
+def load_or_train_tokenizer(data, documents, workdir: str, init=None):
+  """A vocab by path/name, or one learned from the corpus; either is kept in the workdir
+  (vocab/vocab.txt), where fine-tuning from it (init.checkpoint) and exports find it.
 
   A learned vocab is written once; a resumed run reads the same file back, so
   token ids never shift under a checkpoint.
   """
-  if data.vocab != "train":
-    return tokenizer_lib.load_tokenizer(data.vocab, lowercase=data.lowercase)
   kept = epath.Path(workdir) / "vocab" / "vocab.txt"
+  if data.vocab != "train":
+    tokenizer = tokenizer_lib.load_tokenizer(vocab_of(data, init), lowercase=data.lowercase)
+    if workdir and not kept.exists():  # the workdir carries its vocab, as exports do
+      by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+      kept.parent.mkdir(parents=True, exist_ok=True)
+      kept.write_text("".join(token + "\n" for token, _ in by_id), encoding="utf-8")
+    return tokenizer
   if not writers.is_remote(workdir):
     if not kept.exists():
       texts = (sentence for document in documents for sentence in document)
@@ -90,7 +112,7 @@ def build(config, workdir: str) -> Task:
   documents = load_documents(data)
   if not documents:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
-  tokenizer = load_or_train_tokenizer(data, documents, workdir)
+  tokenizer = load_or_train_tokenizer(data, documents, workdir, config.get("init"))
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
   check_unknown(tokenizer, (s for d in documents for s in d), data, data.paths)
   train_docs, heldout_docs = split_heldout(documents, data.heldout_documents, config.seed)
