@@ -74,3 +74,15 @@ def test_an_abstract_run_lowers_and_compiles_without_data(tmp_path, method):
 def test_an_abstract_cloze_run_is_refused_with_the_reason(tmp_path):
   with pytest.raises(ValueError, match="task='cloze' builds its objective from its data"):
     build_run(tiny_configs(tmp_path)["cloze"], abstract=True)
+
+
+def test_a_token_budget_sets_the_steps_and_warmup_ratio_its_warmup(tmp_path):
+  from train.errors import UserError
+  from train.run import schedule_steps
+
+  config = pf.tiny_config(tmp_path)  # batch 8 x 32 tokens = 256 a step
+  config.optimizer.update(total_steps=0, total_tokens=2561, warmup_steps=0, warmup_ratio=0.1)
+  assert schedule_steps(config, None) == (11, 1)  # ceil(2561 / 256); round(1.1)
+  config.optimizer.total_steps = 5
+  with pytest.raises(UserError, match="optimizer.total_steps=5 and optimizer.total_tokens=2561"):
+    schedule_steps(config, None)

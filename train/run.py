@@ -27,6 +27,7 @@ from model.peft import PeftConfig
 from train import adalora, ewc, optim, tasks
 from train import mesh as mesh_lib
 from train import step as step_lib
+from train.errors import UserError
 from train.state import TrainState, abstract_train_state, create_train_state
 from train.tasks.common import peft_config
 
@@ -67,14 +68,30 @@ class Run:
 
 
 def schedule_steps(config, steps_per_epoch: int | None) -> tuple[int, int]:
-  """(total_steps, warmup_steps): given, or from epochs and warmup_ratio (fine-tuning).
+  """(total_steps, warmup_steps): given, from a token budget, or from epochs (fine-tuning);
+  warmup given, or warmup_ratio of the total.
 
-  epochs=0 without total_steps: (0, 0), no training; the loop evaluates once (zero-shot).
+  optimizer.total_tokens is a budget in batch tokens (batch_size x max_seq_length a
+  step, padding included), so one recipe sets its length the same way on a laptop and
+  on a slice with a larger batch. epochs=0 without total_steps: (0, 0), no training;
+  the loop evaluates once (zero-shot).
   """
-  total = config.optimizer.total_steps or config.get("epochs", 0) * (steps_per_epoch or 0)
+  opt = config.optimizer
+  total = opt.total_steps
+  tokens = opt.get("total_tokens", 0)
+  if tokens and total:
+    raise UserError(
+      f"optimizer.total_steps={total} and optimizer.total_tokens={tokens}: set one of them "
+      "(--config.optimizer.total_steps=0 clears a config's step count)"
+    )
+  if tokens:
+    per_step = config.batch_size * config.data.max_seq_length
+    total = -(-int(tokens) // per_step)
+    logging.info("optimizer.total_tokens=%d: %d steps of %d tokens", tokens, total, per_step)
+  total = total or config.get("epochs", 0) * (steps_per_epoch or 0)
   if not total and config.get("epochs") != 0:
     raise ValueError("optimizer.total_steps is 0 and no epochs are set: give one of them")
-  warmup = config.optimizer.warmup_steps or round(config.optimizer.get("warmup_ratio", 0.0) * total)
+  warmup = opt.warmup_steps or round(opt.get("warmup_ratio", 0.0) * total)
   return int(total), int(warmup)
 
 

@@ -69,7 +69,11 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       eps=1e-6,
       weight_decay=0.01,
       warmup_steps=10_000,
+      warmup_ratio=0.0,  # used when warmup_steps is 0: this fraction of the total
       total_steps=1_000_000,
+      # A budget in tokens (batch_size x max_seq_length a step) instead of total_steps
+      # (set total_steps=0): the same recipe on any batch size or machine.
+      total_tokens=0,
       decay="linear",
       end_lr=0.0,
       power=1.0,
