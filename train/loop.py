@@ -39,6 +39,7 @@ from data.finetune import gather_outputs
 from data.sampling import Prefetcher, host_share
 from train import mesh as mesh_lib
 from train import optim, profiling, warm_start, writers
+from train import probe as probe_lib
 from train.checkpoint import (
   Checkpointer,
   abstract_like,
@@ -275,12 +276,16 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
 
+  probe = task.probe and probe_lib.make_probe(task.probe, run.graphdef, mesh, rules)
+
   def run_eval(params, batches, step: int, split: str = "eval") -> dict:
     """Evaluates, logs and writes one row (with the seconds it took, for benchmarks)."""
     started = time.perf_counter()
     results = evaluate(
       eval_step, params, frozen, batches, mesh, rules, task.objective, task.score, split
     )
+    if probe and split == "eval":
+      results.update(probe(params, frozen))
     writer.write(step, dict(numeric(results), eval_time=time.perf_counter() - started), split)
     _log_eval(step, split, results)
     return results

@@ -89,6 +89,18 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     )
   )
   c.init = ml_collections.ConfigDict(dict(hf_dir=""))  # continue from HF weights
+  # A linear probe at every evaluation (train/probe.py): a ridge classifier on the frozen
+  # encoder's mean-pooled features of a small labelled set; eval rows get probe_accuracy.
+  c.probe = ml_collections.ConfigDict(
+    dict(
+      train_path="",  # TSV / CSV / JSON lines with a header, e.g. SST-2's train.tsv; '': off
+      eval_path="",
+      text_columns="sentence",
+      label_column="label",
+      max_examples=2000,  # the first N rows of each file; 0: all
+      l2=1.0,  # the ridge penalty on standardised features
+    )
+  )
   c.distributed = False  # True on TPU pods: jax.distributed.initialize() from the environment
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there (time-boxed jobs); resume later

@@ -38,6 +38,7 @@ class Task:
   tokenizer: Any = None
   peft: PeftConfig = PeftConfig()  # what trains; the loop freezes the rest
   mlm_predictions: int = 0  # MLM-head rows per sequence, for the FLOP count
+  probe: Any = None  # train/probe.py's ProbeSet: a linear probe at every evaluation
 
 
 @dataclasses.dataclass(frozen=True)

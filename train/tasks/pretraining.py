@@ -21,6 +21,7 @@ from data import tokenizer as tokenizer_lib
 from data.pretraining import MaskingConfig, PretrainingData, build_pretraining_data, split_heldout
 from model.config import BertConfig
 from model.heads import BertForPreTraining
+from train import probe as probe_lib
 from train import warm_start, writers
 from train.errors import UserError
 from train.losses import PretrainingObjective
@@ -194,6 +195,9 @@ def _task(config, model_config, tokenizer, train_rows, heldout_rows, summary) ->
     summary={**summary, "vocab_size": len(tokenizer)},
     steps_per_epoch=train_data.steps_per_epoch,
     mlm_predictions=data.max_predictions,
+    probe=probe_lib.build_probe(
+      config.get("probe"), tokenizer, data.max_seq_length, config.batch_size
+    ),
   )
 
 
