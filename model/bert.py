@@ -174,6 +174,27 @@ def _heads_mask(mask: Array) -> Array:
   return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
 
 
+def fused_attention(q, k, v, mask: Array, impl: str) -> Array:
+  """`jax.nn.dot_product_attention` (impl 'xla' or 'cudnn'); q, k, v: [batch, length, heads, d].
+
+  cuDNN takes a bias or mask only at its full [batch, heads, q, k] length, and a padding
+  mask fastest as key lengths: a [batch, k] mask goes in as lengths (its ones come first,
+  as every batch built here pads on the right), a [batch, q, k] one (packed rows)
+  broadcast to [batch, 1, q, k].
+  """
+  if impl == "cudnn" and mask.ndim == 2:
+    # At least 1: a row that is all padding attends to its first token, as finite as the
+    # einsum path's uniform weights, instead of cuDNN's undefined 0-length softmax.
+    lengths = jnp.maximum(jnp.sum(mask, axis=-1, dtype=jnp.int32), 1)
+    return jax.nn.dot_product_attention(
+      q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+    )
+  mask = _heads_mask(mask)
+  if impl == "cudnn":
+    mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
 def attention_weights_einsum(q, k, mask, dropout_rate, rng):
   """Softmax(QK^T / sqrt(d)) in float32, masked keys set to the dtype minimum.
 
@@ -243,9 +264,7 @@ class SelfAttention(nnx.Module):
       w = attention_weights_einsum(q, k, mask, c.attention_probs_dropout_prob, rng_probs)
       ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
     else:
-      ctx = jax.nn.dot_product_attention(
-        q, k, v, mask=_heads_mask(mask), implementation=c.attention_impl
-      )
+      ctx = fused_attention(q, k, v, mask, c.attention_impl)
     ctx = constrain(ctx, heads)
     out = dropout(self.output(ctx, rng_o), c.hidden_dropout_prob, rng_out)
     if self.adapter is not None:

@@ -35,7 +35,8 @@ def test_an_unknown_config_key_names_the_flag_and_the_closest_keys(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert lines[-2] == (
     "error: --config.optimizer.learning_rate: configs/pretrain/bert_tiny.py has no key "
-    "'optimizer.learning_rate'; did you mean optimizer.lr, optimizer.end_lr, optimizer.name?"
+    "'optimizer.learning_rate'; did you mean optimizer.lr, optimizer.end_lr, "
+    "optimizer.warmup_ratio?"
   )
   assert lines[-1].startswith(
     "--config.batchsize: configs/pretrain/bert_tiny.py has no key "

@@ -97,3 +97,19 @@ def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_params():
   logits, ref_logits = np.asarray(out["mlm_logits"]), np.asarray(ref["mlm_logits"])
   relative = np.linalg.norm(logits - ref_logits) / np.linalg.norm(ref_logits)
   assert relative < BF16_TOL_RELATIVE_LOGITS, relative
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_matches_einsum_in_bfloat16_on_padded_rows():
+  """cuDNN's kernel (bfloat16 only) against the einsum path at the same dtype; on a GPU
+  run it with JAX_PLATFORMS unset (conftest defaults it to cpu)."""
+  params = _params(BASE)
+  bf16 = BASE.replace(dtype="bfloat16")
+  ref, ref_grads = _run(bf16, params)
+  out, grads = _run(bf16.replace(attention_impl="cudnn"), params)
+  hidden = np.asarray(out["sequence_output"], np.float32)
+  ref_hidden = np.asarray(ref["sequence_output"], np.float32)
+  assert np.abs(hidden - ref_hidden).max() < BF16_TOL_HIDDEN
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.linalg.norm(a - b) <= BF16_TOL_RELATIVE_LOGITS * np.linalg.norm(b) + 1e-6
