@@ -92,7 +92,9 @@ def compile_for_topology(config, topology: str) -> CompileReport:
   start = time.perf_counter()
   try:
     with mesh_lib.activate(mesh, rules):
-      compiled = run.train_step.lower(run.state, run.frozen, run.batch_shapes).compile()
+      compiled = run.train_step.lower(
+        run.state, run.frozen, run.batch_shapes, run.teacher
+      ).compile()
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise

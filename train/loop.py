@@ -318,7 +318,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
         interval["real_tokens"] += int(local["attention_mask"].sum())
         interval["flops"] += flops_by_shape[ids.shape]
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, metrics = train_step(state, frozen, batch)
+          state, metrics = train_step(state, frozen, batch, run.teacher)
         profiler.after(step, metrics)
         history.append(metrics)
         steps_since_log += 1

@@ -105,9 +105,15 @@ class _FinetuneObjective:
   """
 
   token_outputs: tuple[str, ...] = ()
+  soft_target_normalizer = "examples"  # the normalizer distillation's soft loss shares
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {"examples": jnp.maximum(jnp.sum(batch["weight"]), 1.0)}
+
+  def soft_targets(self, batch: Batch) -> tuple[tuple[str, jax.Array], ...]:
+    """(output, weight of each of its rows) pairs that distillation (train/distill.py)
+    matches to the teacher's: the rows and weights of the task loss."""
+    return (("logits", batch["weight"].astype(jnp.float32)),)
 
   def __call__(self, model, batch: Batch, dropout_rng, norm) -> tuple[jax.Array, dict]:
     return self.loss_and_sums(self.outputs(model, batch, dropout_rng), batch, norm)
@@ -168,9 +174,13 @@ class TokenClassificationObjective(_FinetuneObjective):
 
   metric_names = ("loss", "token_accuracy")
   token_outputs = ("logits",)
+  soft_target_normalizer = "tokens"
 
   def normalizers(self, batch: Batch) -> dict[str, jax.Array]:
     return {"tokens": jnp.maximum(jnp.sum(self._weights(batch)), 1.0)}
+
+  def soft_targets(self, batch: Batch) -> tuple[tuple[str, jax.Array], ...]:
+    return (("logits", self._weights(batch)),)
 
   @staticmethod
   def _weights(batch):
@@ -211,6 +221,10 @@ class SpanObjective(_FinetuneObjective):
 
   metric_names = ("loss", "span_accuracy")
   token_outputs = ("start_logits", "end_logits")
+
+  def soft_targets(self, batch: Batch) -> tuple[tuple[str, jax.Array], ...]:
+    half = batch["weight"].astype(jnp.float32) / 2  # the mean of both ends, as the loss
+    return (("start_logits", half), ("end_logits", half))
 
   def outputs(self, model, batch: Batch, dropout_rng) -> dict:
     start, end = self._forward(model, batch, dropout_rng)

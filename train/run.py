@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from model import peft as peft_lib
 from model.config import BertConfig
 from model.peft import PeftConfig
-from train import adalora, ewc, optim, tasks
+from train import adalora, distill, ewc, optim, tasks
 from train import mesh as mesh_lib
 from train import step as step_lib
 from train.errors import UserError
@@ -49,8 +49,9 @@ class Run:
   graphdef: Any
   state: TrainState  # sharded arrays, or ShapeDtypeStructs when abstract
   frozen: Any  # parameters that do not train (PEFT), same
+  teacher: Any  # a distillation teacher's parameters (train/distill.py), same; None if none
   shardings: TrainState
-  train_step: Any  # jitted (state, frozen, batch) -> (state, metrics)
+  train_step: Any  # jitted (state, frozen, batch, teacher) -> (state, metrics)
   eval_step: Any  # jitted (params, frozen, batch) -> sums, or (sums, outputs)
   batch_shapes: dict  # the global train batch as ShapeDtypeStructs with the batch sharding
   mlm_predictions: int  # MLM-head rows per sequence, for the FLOP count
@@ -162,6 +163,14 @@ def build_run(
     factory, peft = task.model_factory, task.peft
     _, batch_shapes = abstract_batch(spec, config, mesh, rules)
     mlm_predictions = task.mlm_predictions
+  teacher = distill.load_teacher(config, labels, model_config, mesh, rules, abstract)
+  if teacher is not None:
+    d = config.distill
+    objective = distill.DistillationObjective(
+      objective, teacher.graphdef, d.temperature, d.soft_weight, d.hard_weight
+    )
+    if task is not None:  # the loop scores and logs through the task's objective
+      task = dataclasses.replace(task, objective=objective)
   if task is None and not config.optimizer.total_steps:
     total_steps, warmup_steps = 1, 0  # epochs without data: the schedule's length changes no shape
   else:
@@ -195,6 +204,7 @@ def build_run(
     graphdef=graphdef,
     state=state,
     frozen=frozen,
+    teacher=None if teacher is None else teacher.params,
     shardings=shardings,
     train_step=train_step,
     eval_step=eval_step,

@@ -60,8 +60,11 @@ def make_train_step(
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, frozen, batch):
-    """frozen: the parameters that do not train (train/state.py); empty when all do."""
+  def train_step(state: TrainState, frozen, batch, teacher=None):
+    """frozen: the parameters that do not train (train/state.py); empty when all do.
+    teacher: a distillation teacher's parameters (train/distill.py), or None."""
+    if teacher is not None:
+      batch = objective.with_teacher_outputs(teacher, batch)
     rng = step_key(state.rng, state.step)
     norm = objective.normalizers(batch)
     if grad_accum_steps == 1:

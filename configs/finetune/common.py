@@ -115,6 +115,17 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
   # encoder is pulled towards the anchor in `path` (an .npz of anchor and Fisher).
   c.ewc = ml_collections.ConfigDict(dict(weight=0.0, path=""))
 
+  # Knowledge distillation (train/distill.py): a fine-tuned workdir or HF directory of this
+  # task teaches the model through its logits; '' trains on the labels alone.
+  c.distill = ml_collections.ConfigDict(
+    dict(
+      teacher="",
+      temperature=2.0,  # T of the softened distributions (Hinton et al. 2015)
+      soft_weight=0.5,  # weight of T^2 * KL(teacher_T || student_T)
+      hard_weight=0.5,  # weight of the task loss on the labels
+    )
+  )
+
   c.batch_size = 32  # global, across all hosts and devices
   c.epochs = 3
   c.optimizer = ml_collections.ConfigDict(

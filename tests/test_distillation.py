@@ -1,0 +1,149 @@
+"""Knowledge distillation (train/distill.py): the soft-target loss on known logits, the
+teacher's logits entering the one train step on the task's own rows, a student that
+learns from a teacher workdir and stands without it, and one-line refusals."""
+
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import finetune as ff
+from helpers import tiny_hf_config
+
+from train import api, loop
+from train import mesh as mesh_lib
+from train.distill import soft_target_loss_sum
+from train.errors import UserError
+from train.run import build_run
+from train.writers import read_metrics
+
+CONFIGS = {
+  "classification": ff.classification_config,
+  "token_classification": ff.ner_config,
+  "question_answering": ff.squad_config,
+}
+NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
+
+
+def test_soft_target_loss_on_known_logits():
+  # Teacher [ln 9, 0] at T=2 is softmax([ln 3, 0]) = [3/4, 1/4]; the student [0, 0] is
+  # [1/2, 1/2]; KL = 3/4 ln(3/2) + 1/4 ln(1/2), times T^2 = 4.
+  kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+  teacher = np.array([[math.log(9.0), 0.0], [1.0, 2.0]], np.float32)
+  student = np.array([[0.0, 0.0], [1.0, 2.0]], np.float32)
+  got = soft_target_loss_sum(student, teacher, np.array([1.0, 1.0]), temperature=2.0)
+  np.testing.assert_allclose(float(got), 4 * kl, rtol=1e-6)  # the second row agrees: 0
+  weighted = soft_target_loss_sum(student, teacher, np.array([0.5, 3.0]), temperature=2.0)
+  np.testing.assert_allclose(float(weighted), 2 * kl, rtol=1e-6)
+  assert float(soft_target_loss_sum(teacher, teacher, np.ones(2), temperature=5.0)) == 0.0
+
+
+def hf_teacher(path, task, num_labels):
+  """A random tiny transformers model with the task's head, saved with the tests' vocab."""
+  import torch
+  import transformers
+
+  architecture = {
+    "classification": "BertForSequenceClassification",
+    "token_classification": "BertForTokenClassification",
+    "question_answering": "BertForQuestionAnswering",
+  }[task]
+  torch.manual_seed(1)
+  config = tiny_hf_config(**dict(ff.TINY, num_labels=num_labels))
+  model = getattr(transformers, architecture)(config).eval()
+  with torch.no_grad():  # a head of unit-scale weights: logits far from uniform
+    for name, param in model.named_parameters():
+      if name.startswith(("classifier.", "qa_outputs.")):
+        param.normal_(0.0, 1.0)
+  model.save_pretrained(str(path))
+  ff.write_vocab(path / "vocab.txt")
+  return str(path)
+
+
+def _kl_sum_by_hand(student, teacher, weights, t):
+  def log_softmax(x):
+    x = np.asarray(x, np.float64) / t
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+  s, q = log_softmax(student), log_softmax(teacher)
+  return float(np.sum((np.exp(q) * (q - s)).sum(-1) * np.asarray(weights)) * t * t)
+
+
+@pytest.mark.parametrize("task", sorted(CONFIGS))
+def test_the_step_distils_the_teachers_logits_on_the_tasks_rows(tmp_path, task):
+  """distill_loss and the total loss of a train step, against the teacher's and the
+  student's logits computed outside it, on the rows and weights of the task loss."""
+  config = CONFIGS[task](tmp_path, **NO_DROPOUT)
+  labels = build_run(config, str(tmp_path / "plain")).labels
+  teacher_dir = hf_teacher(tmp_path / "teacher", task, len(labels) if labels else 2)
+  config.distill.update(teacher=teacher_dir, temperature=2.0, soft_weight=0.3, hard_weight=0.7)
+  run = build_run(config, str(tmp_path / "run"))
+  batch = mesh_lib.shard_batch(run.task.train_data.batch(0), run.mesh, run.rules)
+  objective = run.objective.task
+  with mesh_lib.activate(run.mesh, run.rules):
+    student = nnx.merge(run.graphdef, run.state.params, run.frozen)
+    teacher = api.load(teacher_dir)[0].module
+    student_out = objective.outputs(student, batch, None)
+    teacher_out = objective.outputs(teacher, batch, None)
+    norm = objective.normalizers(batch)
+    hard = float(objective.loss_and_sums(student_out, batch, norm)[0])
+    soft_sum = sum(
+      _kl_sum_by_hand(student_out[name], teacher_out[name], weights, 2.0)
+      for name, weights in objective.soft_targets(batch)
+    )
+    _, metrics = run.train_step(run.state, run.frozen, batch, run.teacher)
+  assert soft_sum > 0.1
+  np.testing.assert_allclose(float(metrics["distill_loss"]), soft_sum, rtol=2e-4)
+  key = objective.soft_target_normalizer
+  want = 0.7 * hard + 0.3 * soft_sum / float(norm[key])
+  np.testing.assert_allclose(float(metrics["total_loss"]), want, rtol=2e-4)
+
+
+def test_an_abstract_run_compiles_the_step_with_its_teacher(tmp_path):
+  """What train.aot lowers: the teacher's parameters are an argument with shardings."""
+  config = ff.classification_config(tmp_path, **{"data.train_path": ""})
+  config.distill.teacher = hf_teacher(tmp_path / "teacher", "classification", 2)
+  run = build_run(config, abstract=True)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(run.teacher))
+  with mesh_lib.activate(run.mesh, run.rules):
+    lowered = run.train_step.lower(run.state, run.frozen, run.batch_shapes, run.teacher)
+  assert lowered.compile().memory_analysis().argument_size_in_bytes > 0
+
+
+@pytest.mark.slow
+def test_a_student_learns_from_a_teacher_workdir_and_stands_without_it(tmp_path):
+  teacher_dir = str(tmp_path / "teacher")
+  loop.train_and_evaluate(ff.classification_config(tmp_path, epochs=10), teacher_dir)
+  student_dir = str(tmp_path / "student")
+  config = ff.classification_config(tmp_path, seed=3, epochs=8)
+  config.distill.update(teacher=teacher_dir, temperature=1.0, soft_weight=1.0, hard_weight=0.0)
+  final = loop.train_and_evaluate(config, student_dir)
+  train = [r["distill_loss"] for r in read_metrics(student_dir) if "distill_loss" in r]
+  assert len(train) >= 3
+  assert train[-1] < 0.25 * train[0]
+  assert "accuracy" in json.dumps(final)
+  # The student is an ordinary fine-tuned workdir: it loads and runs with the teacher gone.
+  shutil.rmtree(teacher_dir)
+  model, tokenizer = api.load(student_dir)
+  logits = model(**tokenizer(["a fine film"], return_tensors="np"))["logits"]
+  assert logits.shape == (1, 2)
+
+
+def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path):
+  config = ff.classification_config(tmp_path)
+  cases = [
+    (str(tmp_path / "nowhere"), "no such directory"),
+    (hf_teacher(tmp_path / "ner", "token_classification", 2), "holds a 'token_classification'"),
+    (hf_teacher(tmp_path / "three", "classification", 3), "3 labels against the task's 2"),
+  ]
+  for teacher, message in cases:
+    config.distill.teacher = teacher
+    with pytest.raises(UserError, match=f"distill.teacher={teacher}.*{message}"):
+      build_run(config, str(tmp_path / "run"))
+  config.distill.update(teacher=hf_teacher(tmp_path / "ok", "classification", 2), temperature=0)
+  with pytest.raises(UserError, match="distill.temperature=0: must be > 0"):
+    build_run(config, str(tmp_path / "run"))

@@ -1,0 +1,183 @@
+"""Knowledge distillation (Hinton et al. 2015) as an objective of the one train step.
+
+The teacher, a fine-tuned workdir of this codebase or an HF directory holding the
+task's head, enters the jitted train step as frozen arrays sharded on the run's
+mesh by the same logical rules as the student. The step computes its logits on
+the batch, outside the student's gradient, and the student minimises
+
+  hard_weight * task loss + soft_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+each a mean over the same rows as the task loss: examples for classification,
+labelled tokens for NER, both span ends for QA (their mean). T^2 keeps the soft
+gradients at the hard loss's scale as T changes (Hinton et al., section 2). The
+student is an ordinary model of its task: it evaluates, predicts and exports like
+any fine-tuned workdir, with no teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+
+from train.errors import UserError
+
+TEACHER = "teacher/"  # prefix of the teacher's outputs in a train batch
+TASKS = ("classification", "token_classification", "question_answering")
+
+
+def soft_target_loss_sum(student_logits, teacher_logits, weights, temperature: float):
+  """T^2 * KL(teacher_T || student_T) over the last axis, weighted and summed over rows."""
+  t = float(temperature)
+  log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+  log_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+  kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
+  return jnp.sum(kl * weights) * t * t
+
+
+@dataclasses.dataclass
+class Teacher:
+  """The teacher's module structure and its parameters (sharded arrays, or
+  ShapeDtypeStructs with shardings in an abstract run)."""
+
+  graphdef: Any
+  params: Any
+  source: str
+
+
+class DistillationObjective:
+  """The task's objective with the teacher's soft targets added to its training loss.
+
+  Evaluation is the task's own (`outputs`, `loss_and_sums`, `finalize` delegate), so
+  dev scores are the student's alone; training sums add `distill_loss`.
+  """
+
+  def __init__(self, task_objective, teacher_graphdef, temperature, soft_weight, hard_weight):
+    if not hasattr(task_objective, "soft_targets") or getattr(task_objective, "regression", False):
+      raise UserError(
+        f"distill.teacher: {type(task_objective).__name__} has no class distribution to "
+        f"distil (soft targets work for {', '.join(TASKS)}; not regression)"
+      )
+    self.task = task_objective
+    self.teacher_graphdef = teacher_graphdef
+    self.temperature = float(temperature)
+    self.soft_weight = float(soft_weight)
+    self.hard_weight = float(hard_weight)
+    self.metric_names = tuple(task_objective.metric_names)
+    self.token_outputs = tuple(task_objective.token_outputs)
+
+  def normalizers(self, batch):
+    return self.task.normalizers(batch)
+
+  def outputs(self, model, batch, dropout_rng) -> dict:
+    return self.task.outputs(model, batch, dropout_rng)
+
+  def loss_and_sums(self, outputs, batch, norm):
+    return self.task.loss_and_sums(outputs, batch, norm)
+
+  def finalize(self, sums: Mapping[str, Any]) -> dict[str, float]:
+    metrics = self.task.finalize(sums)
+    if "distill_loss" in sums:
+      metrics["distill_loss"] = float(sums["distill_loss"]) / max(float(sums["count"]), 1.0)
+    return metrics
+
+  def with_teacher_outputs(self, teacher_params, batch) -> dict:
+    """The batch plus the teacher's logits (no dropout, no gradient) under TEACHER keys."""
+    teacher = nnx.merge(self.teacher_graphdef, teacher_params)
+    outputs = self.task.outputs(teacher, batch, None)
+    names = [name for name, _ in self.task.soft_targets(batch)]
+    return dict(batch, **{TEACHER + n: jax.lax.stop_gradient(outputs[n]) for n in names})
+
+  def __call__(self, model, batch, dropout_rng, norm):
+    outputs = self.task.outputs(model, batch, dropout_rng)
+    hard, sums = self.task.loss_and_sums(outputs, batch, norm)
+    soft_sum = sum(
+      soft_target_loss_sum(outputs[name], batch[TEACHER + name], weights, self.temperature)
+      for name, weights in self.task.soft_targets(batch)
+    )
+    soft = soft_sum / norm[self.task.soft_target_normalizer]
+    return self.hard_weight * hard + self.soft_weight * soft, dict(sums, distill_loss=soft_sum)
+
+
+def _teacher_labels(source: str) -> tuple[list[str] | None, int | None]:
+  """(label names of our workdir, or None; number of labels an HF config.json names)."""
+  import json
+  import os
+
+  ours = os.path.join(source, "labels.json")
+  if os.path.isfile(ours):
+    with open(ours) as f:
+      names = json.load(f)
+    return names, len(names) if names else None
+  hf_config = os.path.join(source, "config.json")
+  if os.path.isfile(hf_config):
+    with open(hf_config) as f:
+      id2label = json.load(f).get("id2label") or {}
+    return None, len(id2label) or None
+  return None, None
+
+
+def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = False):
+  """The run's Teacher from config.distill.teacher, or None when no teacher is named.
+
+  Refused in one line, naming distill.teacher: a path that is no directory, a model of
+  another task, another vocabulary size, other labels (names of our workdirs, the count
+  of an HF directory's id2label).
+  """
+  import os
+
+  from train import api
+  from train.state import param_shardings
+
+  source = config.get("distill", {}).get("teacher", "")
+  if not source:
+    return None
+  where = f"distill.teacher={source}"
+  d = config.distill
+  if not d.temperature > 0:
+    raise UserError(f"distill.temperature={d.temperature:g}: must be > 0")
+  for key in ("soft_weight", "hard_weight"):
+    if not d[key] >= 0:
+      raise UserError(f"distill.{key}={d[key]:g}: must be >= 0")
+  if config.task not in TASKS:
+    raise UserError(f"{where}: task={config.task!r} cannot be distilled (tasks: {TASKS})")
+  if not os.path.isdir(source):
+    raise UserError(f"{where}: no such directory (a fine-tuned workdir or an HF directory)")
+  model, _ = api.load(source)
+  if model.head != config.task:
+    raise UserError(f"{where} holds a {model.head!r} model; task={config.task!r} needs its own")
+  if model.config.vocab_size != model_config.vocab_size:
+    raise UserError(
+      f"{where}: vocab_size {model.config.vocab_size} against the student's "
+      f"{model_config.vocab_size}; teacher and student must read the same token ids"
+    )
+  names, count = _teacher_labels(source)
+  if labels and names is not None and list(names) != list(labels):
+    raise UserError(f"{where}: labels {names} against the task's {list(labels)}")
+  if labels and count is not None and count != len(labels):
+    raise UserError(f"{where}: {count} labels against the task's {len(labels)}")
+  graphdef, params = nnx.split(model.module)
+  shapes = jax.eval_shape(lambda: params)
+  shardings = param_shardings(shapes, mesh, rules)
+  if abstract:
+    params = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+  else:
+    params = jax.device_put(params, shardings)
+  size = sum(int(x.size) for x in jax.tree.leaves(shapes))
+  logging.info(
+    "distilling from %s (%s parameters, %d layers): T=%g, soft %g + hard %g",
+    source,
+    f"{size:,}",
+    model.config.num_hidden_layers,
+    d.temperature,
+    d.soft_weight,
+    d.hard_weight,
+  )
+  return Teacher(graphdef, params, source)
