@@ -147,3 +147,22 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path):
   config.distill.update(teacher=hf_teacher(tmp_path / "ok", "classification", 2), temperature=0)
   with pytest.raises(UserError, match="distill.temperature=0: must be > 0"):
     build_run(config, str(tmp_path / "run"))
+
+
+def test_a_student_starts_from_every_other_layer_of_its_teacher(tmp_path):
+  from train import hf, warm_start
+
+  config = ff.classification_config(tmp_path)
+  source, _, _ = ff.write_hf_dir(tmp_path / "hf", config.data.vocab, num_hidden_layers=4)
+  config.init.update(hf_dir=source, layers=(0, 2))
+  run = build_run(config, str(tmp_path / "run"))
+  assert run.model_config.num_hidden_layers == 2
+  state, _ = warm_start.initialise(run.state, run.frozen, config.init, run.model_config, run.tx)
+  got = nnx.to_pure_dict(state.params)["bert"]["encoder"]["layers"]
+  _, tree, _ = hf.load_hf_checkpoint(source)
+  want = tree["bert"]["encoder"]["layers"]
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w)[[0, 2]])
+  config.init.layers = (1, 4)
+  with pytest.raises(UserError, match=r"init.layers=\[1, 4\]: distinct indices of the source's 4"):
+    build_run(config, str(tmp_path / "run2"))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -24,6 +26,7 @@ from model import convert
 from model.config import BertConfig
 from train import hf
 from train.checkpoint import read_on_host
+from train.errors import UserError
 from train.state import TrainState, load_params
 
 
@@ -114,10 +117,45 @@ def init_architecture(init) -> tuple[dict, str]:
   return {key: saved[key] for key in hf.ARCH_KEYS if key in saved}, path
 
 
+def init_layers(init) -> tuple[int, ...]:
+  """init.layers checked against the source's layer count: the source layers the model
+  keeps, in order (DistilBERT's student: every other layer of its teacher); () keeps all."""
+  layers = tuple(int(i) for i in (init.get("layers") or ()))
+  if not layers:
+    return ()
+  source_layers = init_architecture(init)[0].get("num_hidden_layers")
+  if source_layers is None and init.get("hf_dir"):  # a hub name: its config.json, cached
+    source_layers = hf.read_hf_config(hf.resolve_hf_source(init.hf_dir))["num_hidden_layers"]
+  if source_layers is None:
+    raise UserError(f"init.layers={list(layers)}: needs init.checkpoint or init.hf_dir")
+  if any(not 0 <= i < source_layers for i in layers) or len(set(layers)) != len(layers):
+    raise UserError(
+      f"init.layers={list(layers)}: distinct indices of the source's {source_layers} layers "
+      f"(0 to {source_layers - 1})"
+    )
+  return layers
+
+
+def select_layers(tree: dict, layers: tuple[int, ...]) -> dict:
+  """The tree with only `layers` of its stacked encoder layers, in that order."""
+  if not layers:
+    return tree
+  bert = dict(tree["bert"])
+  encoder = dict(bert["encoder"])
+  index = np.asarray(layers)
+  encoder["layers"] = jax.tree.map(lambda x: np.asarray(x)[index], encoder["layers"])
+  bert["encoder"] = encoder
+  return dict(tree, bert=bert)
+
+
 def adopt_init_architecture(config) -> None:
   """config.model takes the init source's architecture (sizes, vocab, positions): a model that
-  differed could not load its weights anyway, so a fine-tuning config need not restate them."""
+  differed could not load its weights anyway, so a fine-tuning config need not restate them.
+  With init.layers, the model has that many layers."""
   architecture, where = init_architecture(config.get("init", {}))
+  layers = init_layers(config.get("init", {}))
+  if layers:
+    architecture["num_hidden_layers"] = len(layers)
   changed = {key: value for key, value in architecture.items() if config.model.get(key) != value}
   if changed:
     logging.info("model architecture from %s: %s", where, changed)
@@ -144,9 +182,18 @@ def base_tree(init, config: BertConfig) -> tuple[dict | None, str]:
     )
   if not (checkpoint or hf_dir):
     return None, ""
+  layers = init_layers(init)
+  if layers:  # read the source at its own depth, then keep the chosen layers
+    path = checkpoint or hf.resolve_hf_source(hf_dir)
+    source = init_architecture(dict(checkpoint=checkpoint, hf_dir=path))[0]
+    config = config.replace(num_hidden_layers=source["num_hidden_layers"])
   if checkpoint:
-    return workdir_params(checkpoint, config), f"init.checkpoint={checkpoint}"
-  return hf_params(hf_dir, config), f"init.hf_dir={hf_dir}"
+    tree, where = workdir_params(checkpoint, config), f"init.checkpoint={checkpoint}"
+  else:
+    tree, where = hf_params(hf_dir, config), f"init.hf_dir={hf_dir}"
+  if layers:
+    where += f" (layers {list(layers)})"
+  return select_layers(tree, layers), where
 
 
 def initialise(state: TrainState, frozen, init, config: BertConfig, tx):

@@ -160,7 +160,11 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       rules=[list(rule) for rule in DEFAULT_RULES],
     )
   )
-  c.init = ml_collections.ConfigDict(dict(hf_dir=HF_CHECKPOINTS[size], checkpoint=""))
+  c.init = ml_collections.ConfigDict(
+    # layers: the source's layers the model keeps, in order ((0, 2, 4): every other one of
+    # six, DistilBERT's student); () keeps them all
+    dict(hf_dir=HF_CHECKPOINTS[size], checkpoint="", layers=())
+  )
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, max_to_keep=1, async_save=True))
   c.stop_at_step = 0  # >0: end this invocation there; resume later
   c.log_every_steps = 50
