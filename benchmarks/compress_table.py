@@ -1,0 +1,166 @@
+"""Compression: a fine-tuned teacher against the smaller models made from it, in one table.
+
+For each task (SST-2 accuracy, CoNLL-2003 entity F1, dev sets), from all-MiniLM-L6-v2:
+  teacher                   the 6-layer model fine-tuned (configs/finetune/<task>.py:minilm);
+  student, labels only      3 layers (the teacher's pretrained layers 0, 2, 4), fine-tuned
+                            on the labels (configs/compress/distill.py:<task>, no teacher);
+  student, distilled        the same, taught by the teacher's logits (distill.teacher).
+Every row: the same data, steps, batch, sequence length and seed; the students share a
+learning rate. Latency is the forward of a loaded workdir (`train.api.load`), on CPU,
+padded to --seq_len, at batch 1 and 32 over the same dev sentences, measured in this one
+process after all training, models alternating, best of --rounds rounds.
+
+  python -m benchmarks.compress_table --data_dir=../shared/data --root=/tmp/compress \\
+      --tasks=sst2,conll2003 --steps=300
+
+A workdir that already holds final_metrics.json is read, not retrained.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+
+from absl import app, flags
+
+from benchmarks.shared import DATA_FILES, minilm_dir, run_job, sst2_sentences
+
+TASKS = {  # task: (teacher config, dev metric)
+  "sst2": ("configs/finetune/sst2.py:minilm", "accuracy"),
+  "conll2003": ("configs/finetune/conll2003.py:minilm", "f1"),
+}
+flags.DEFINE_string("data_dir", "../shared/data", "Folder with sst2/ and conll2003/.")
+flags.DEFINE_string("root", "/tmp/compress", "Workdirs go here.")
+flags.DEFINE_list("tasks", ["sst2", "conll2003"], "Tasks, each a table.")
+flags.DEFINE_integer("steps", 300, "Train steps, every row.")
+flags.DEFINE_integer("batch_size", 32, "Examples per step, every row.")
+flags.DEFINE_integer("seq_len", 64, "Tokens per example: training and latency.")
+flags.DEFINE_float("teacher_lr", 5e-5, "The teacher's peak learning rate.")
+flags.DEFINE_float("student_lr", 1e-4, "Both students' peak learning rate.")
+flags.DEFINE_integer("seed", 0, "Seed, every row.")
+flags.DEFINE_integer("latency_sentences", 128, "Dev sentences timed at batch 1 (and 32).")
+flags.DEFINE_integer("rounds", 3, "Timing rounds; the best is kept.")
+flags.DEFINE_string("out", "", "Markdown file; empty: ROOT/table.md.")
+FLAGS = flags.FLAGS
+
+
+def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
+  train, dev, _ = (os.path.join(FLAGS.data_dir, p) if p else "" for p in DATA_FILES[task])
+  config = TASKS[task][0] if kind == "teacher" else f"configs/compress/distill.py:{task}"
+  lr = FLAGS.teacher_lr if kind == "teacher" else FLAGS.student_lr
+  args = [
+    "-m",
+    "train.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.init.hf_dir={minilm_dir()}",
+    f"--config.data.train_path={train}",
+    f"--config.data.eval_path={dev}",
+    f"--config.data.max_seq_length={FLAGS.seq_len}",
+    f"--config.batch_size={FLAGS.batch_size}",
+    f"--config.optimizer.total_steps={FLAGS.steps}",
+    f"--config.eval_every_steps={FLAGS.steps}",
+    f"--config.optimizer.lr={lr}",
+    f"--config.seed={FLAGS.seed}",
+  ]
+  if kind == "distilled":
+    args.append(f"--config.distill.teacher={teacher}")
+  return args
+
+
+def dev_texts(task: str) -> list[str]:
+  dev = os.path.join(FLAGS.data_dir, DATA_FILES[task][1])
+  if task == "sst2":
+    return sst2_sentences(dev, FLAGS.latency_sentences)
+  words, texts = [], []
+  with open(dev, encoding="utf-8") as f:  # CoNLL: one token a line, blank between sentences
+    for line in f:
+      if line.strip() and not line.startswith("-DOCSTART-"):
+        words.append(line.split()[0])
+      elif words:
+        texts.append(" ".join(words))
+        words = []
+  return texts[: FLAGS.latency_sentences]
+
+
+def latencies(workdirs: dict[str, str], texts: list[str]) -> dict[str, tuple[float, float]]:
+  """{row: (ms a sentence at batch 1, ms a batch of 32)}, best of the rounds, rows alternating."""
+  from train import api
+
+  loaded = {name: api.load(workdir) for name, workdir in workdirs.items()}
+
+  def inputs(tokenizer, batch):
+    return tokenizer(
+      batch, padding="max_length", truncation=True, max_length=FLAGS.seq_len, return_tensors="np"
+    )
+
+  encoded = {
+    name: ([inputs(tok, [t]) for t in texts], inputs(tok, (texts * 32)[:32]))
+    for name, (_, tok) in loaded.items()
+  }
+  best = {name: [float("inf"), float("inf")] for name in loaded}
+  for _ in range(FLAGS.rounds + 1):  # the first round compiles and is not counted
+    for name, (model, _) in loaded.items():
+      ones, batch = encoded[name]
+      start = time.perf_counter()
+      for x in ones:
+        model(**x)
+      one = (time.perf_counter() - start) / len(ones)
+      start = time.perf_counter()
+      for _ in range(4):
+        model(**batch)
+      many = (time.perf_counter() - start) / 4
+      best[name] = [min(best[name][0], one), min(best[name][1], many)]
+  return {name: (1e3 * a, 1e3 * b) for name, (a, b) in best.items()}
+
+
+def main(argv):
+  del argv
+  lines, commands = [], []
+  for task in FLAGS.tasks:
+    root = os.path.join(FLAGS.root, task)
+    workdirs, results = {}, {}
+    teacher = os.path.join(root, "teacher")
+    for kind, name in (
+      ("teacher", "teacher (6 layers)"),
+      ("labels", "student (3 layers), labels only"),
+      ("distilled", "student (3 layers), distilled (logits)"),
+    ):
+      workdirs[name] = os.path.join(root, kind)
+      args = row_args(task, kind, workdirs[name], teacher)
+      commands.append(args)
+      results[name] = run_job(args, workdirs[name])[0]
+    times = latencies(workdirs, dev_texts(task))
+    metric = TASKS[task][1]
+    teacher_score = results["teacher (6 layers)"]["best"]["value"]
+    teacher_ms = times["teacher (6 layers)"]
+    lines += [
+      f"{task}: dev {metric}, {FLAGS.steps} steps of {FLAGS.batch_size} x {FLAGS.seq_len}, seed "
+      f"{FLAGS.seed}; lr {FLAGS.teacher_lr:g} (teacher), {FLAGS.student_lr:g} (students); "
+      f"latency on {len(dev_texts(task))} dev sentences padded to {FLAGS.seq_len}.",
+      "",
+      "| model | params | weights (MiB, fp32) | latency batch 1 (ms) | latency batch 32 (ms) "
+      f"| speed-up (1 / 32) | dev {metric} | vs teacher |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, final in results.items():
+      params = final["parameters"]["total"]
+      score, (one, many) = final["best"]["value"], times[name]
+      lines.append(
+        f"| {name} | {params:,} | {params * 4 / 2**20:.1f} | {one:.2f} | {many:.1f} | "
+        f"{teacher_ms[0] / one:.2f}x / {teacher_ms[1] / many:.2f}x | {100 * score:.2f} | "
+        f"{100 * score / teacher_score:.1f} % |"
+      )
+    lines.append("")
+  lines += ["Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
+  text = "\n".join(lines) + "\n"
+  out = FLAGS.out or os.path.join(FLAGS.root, "table.md")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
