@@ -351,6 +351,9 @@ class Encoder(nnx.Module):
       return Layer(config, rngs, peft)
 
     self.layers = make_layers(rngs)
+    # Set by a caller that reads every layer's output (distillation, train/distill.py): a
+    # call then also keeps them, [layers, batch, length, hidden], in `self.hidden_states`.
+    self.keep_hidden_states = False
 
   def __call__(self, x, mask, rng=None, prefix=None):
     """prefix: [layers, 2, P, heads, head_dim] (prefix tuning) or None."""
@@ -367,17 +370,24 @@ class Encoder(nnx.Module):
         body, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers
       )
     if c.scan_layers:
+      keep = self.keep_hidden_states
 
       def step(h, xs):
-        return body(h, *xs), None
+        h = body(h, *xs)
+        return h, h if keep else None
 
-      x, _ = jax.lax.scan(step, x, (stacked, rngs, prefix))
+      x, hidden = jax.lax.scan(step, x, (stacked, rngs, prefix))
     else:
+      hidden = []
       for i in range(n):
         layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
         x = body(
           x, layer_state, None if rngs is None else rngs[i], None if prefix is None else prefix[i]
         )
+        hidden.append(x)
+      hidden = jnp.stack(hidden) if self.keep_hidden_states else None
+    if self.keep_hidden_states:
+      self.hidden_states = nnx.Intermediate(hidden)
     return x
 
 

@@ -41,7 +41,7 @@ def test_soft_target_loss_on_known_logits():
   assert float(soft_target_loss_sum(teacher, teacher, np.ones(2), temperature=5.0)) == 0.0
 
 
-def hf_teacher(path, task, num_labels):
+def hf_teacher(path, task, num_labels, **overrides):
   """A random tiny transformers model with the task's head, saved with the tests' vocab."""
   import torch
   import transformers
@@ -52,7 +52,7 @@ def hf_teacher(path, task, num_labels):
     "question_answering": "BertForQuestionAnswering",
   }[task]
   torch.manual_seed(1)
-  config = tiny_hf_config(**dict(ff.TINY, num_labels=num_labels))
+  config = tiny_hf_config(**dict(ff.TINY, num_labels=num_labels, **overrides))
   model = getattr(transformers, architecture)(config).eval()
   with torch.no_grad():  # a head of unit-scale weights: logits far from uniform
     for name, param in model.named_parameters():
@@ -60,7 +60,7 @@ def hf_teacher(path, task, num_labels):
         param.normal_(0.0, 1.0)
   model.save_pretrained(str(path))
   ff.write_vocab(path / "vocab.txt")
-  return str(path)
+  return str(path), model
 
 
 def _kl_sum_by_hand(student, teacher, weights, t):
@@ -79,7 +79,7 @@ def test_the_step_distils_the_teachers_logits_on_the_tasks_rows(tmp_path, task):
   student's logits computed outside it, on the rows and weights of the task loss."""
   config = CONFIGS[task](tmp_path, **NO_DROPOUT)
   labels = build_run(config, str(tmp_path / "plain")).labels
-  teacher_dir = hf_teacher(tmp_path / "teacher", task, len(labels) if labels else 2)
+  teacher_dir, _ = hf_teacher(tmp_path / "teacher", task, len(labels) if labels else 2)
   config.distill.update(teacher=teacher_dir, temperature=2.0, soft_weight=0.3, hard_weight=0.7)
   run = build_run(config, str(tmp_path / "run"))
   batch = mesh_lib.shard_batch(run.task.train_data.batch(0), run.mesh, run.rules)
@@ -106,7 +106,7 @@ def test_the_step_distils_the_teachers_logits_on_the_tasks_rows(tmp_path, task):
 def test_an_abstract_run_compiles_the_step_with_its_teacher(tmp_path):
   """What train.aot lowers: the teacher's parameters are an argument with shardings."""
   config = ff.classification_config(tmp_path, **{"data.train_path": ""})
-  config.distill.teacher = hf_teacher(tmp_path / "teacher", "classification", 2)
+  config.distill.teacher = hf_teacher(tmp_path / "teacher", "classification", 2)[0]
   run = build_run(config, abstract=True)
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(run.teacher))
   with mesh_lib.activate(run.mesh, run.rules):
@@ -137,14 +137,15 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path):
   config = ff.classification_config(tmp_path)
   cases = [
     (str(tmp_path / "nowhere"), "no such directory"),
-    (hf_teacher(tmp_path / "ner", "token_classification", 2), "holds a 'token_classification'"),
-    (hf_teacher(tmp_path / "three", "classification", 3), "3 labels against the task's 2"),
+    (hf_teacher(tmp_path / "ner", "token_classification", 2)[0], "holds a 'token_classific"),
+    (hf_teacher(tmp_path / "three", "classification", 3)[0], "3 labels against the task's 2"),
   ]
   for teacher, message in cases:
     config.distill.teacher = teacher
     with pytest.raises(UserError, match=f"distill.teacher={teacher}.*{message}"):
       build_run(config, str(tmp_path / "run"))
-  config.distill.update(teacher=hf_teacher(tmp_path / "ok", "classification", 2), temperature=0)
+  ok = hf_teacher(tmp_path / "ok", "classification", 2)[0]
+  config.distill.update(teacher=ok, temperature=0)
   with pytest.raises(UserError, match="distill.temperature=0: must be > 0"):
     build_run(config, str(tmp_path / "run"))
 
@@ -166,3 +167,46 @@ def test_a_student_starts_from_every_other_layer_of_its_teacher(tmp_path):
   config.init.layers = (1, 4)
   with pytest.raises(UserError, match=r"init.layers=\[1, 4\]: distinct indices of the source's 4"):
     build_run(config, str(tmp_path / "run2"))
+
+
+def test_hidden_states_are_distilled_from_the_mapped_teacher_layers(tmp_path):
+  """A 2-layer student against a 4-layer transformers teacher: the step's hidden loss is the
+  squared error to the teacher's layers 1 and 3 (uniform map) as PyTorch computes them."""
+  import torch
+
+  config = ff.classification_config(tmp_path, **NO_DROPOUT)
+  teacher_dir, torch_teacher = hf_teacher(
+    tmp_path / "teacher", "classification", 2, num_hidden_layers=4
+  )
+  config.distill.update(teacher=teacher_dir, soft_weight=0.3, hard_weight=0.7, hidden_weight=0.5)
+  run = build_run(config, str(tmp_path / "run"))
+  assert run.objective.layer_map == (1, 3)
+  local = run.task.train_data.batch(0)
+  batch = mesh_lib.shard_batch(local, run.mesh, run.rules)
+  with torch.no_grad():
+    teacher_out = torch_teacher(
+      input_ids=torch.from_numpy(np.asarray(local["input_ids"])).long(),
+      token_type_ids=torch.from_numpy(np.asarray(local["token_type_ids"])).long(),
+      attention_mask=torch.from_numpy(np.asarray(local["attention_mask"])).long(),
+      output_hidden_states=True,
+    )
+  hidden = teacher_out.hidden_states  # the embeddings, then each layer's output
+  teacher_layers = np.stack([hidden[2].numpy(), hidden[4].numpy()], axis=1)
+  with mesh_lib.activate(run.mesh, run.rules):
+    student = nnx.merge(run.graphdef, run.state.params, run.frozen)
+    student.bert.encoder.keep_hidden_states = True
+    objective = run.objective.task
+    student_out = objective.outputs(student, batch, None)
+    student_layers = np.swapaxes(np.asarray(student.bert.encoder.hidden_states[...]), 0, 1)
+    norm = objective.normalizers(batch)
+    hard = float(objective.loss_and_sums(student_out, batch, norm)[0])
+    _, metrics = run.train_step(run.state, run.frozen, batch, run.teacher)
+  mask = np.asarray(local["attention_mask"], np.float64)[:, None, :]
+  errors = np.mean((student_layers.astype(np.float64) - teacher_layers) ** 2, axis=-1)
+  hidden_sum = float(np.sum(errors * mask))
+  assert hidden_sum > 0.1
+  np.testing.assert_allclose(float(metrics["hidden_loss"]), hidden_sum, rtol=1e-4)
+  weight = np.asarray(local["weight"], np.float64)
+  soft_sum = _kl_sum_by_hand(student_out["logits"], teacher_out.logits.numpy(), weight, 2.0)
+  want = 0.7 * hard + 0.3 * soft_sum / weight.sum() + 0.5 * hidden_sum / (2 * mask.sum())
+  np.testing.assert_allclose(float(metrics["total_loss"]), want, rtol=2e-4)

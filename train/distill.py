@@ -40,6 +40,21 @@ def soft_target_loss_sum(student_logits, teacher_logits, weights, temperature: f
   return jnp.sum(kl * weights) * t * t
 
 
+def hidden_mse_sum(student_hidden, teacher_hidden, attention_mask):
+  """Squared error of hidden states, averaged over the hidden axis, summed over the real
+  tokens of every mapped layer; hidden: [batch, layers, length, hidden]."""
+  error = jnp.mean(
+    jnp.square(student_hidden.astype(jnp.float32) - teacher_hidden.astype(jnp.float32)), axis=-1
+  )
+  return jnp.sum(error * attention_mask.astype(jnp.float32)[:, None, :])
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> tuple[int, ...]:
+  """The teacher layer each student layer learns from, evenly spaced and ending at the
+  last (TinyBERT's uniform strategy): 3 of 6 -> (1, 3, 5)."""
+  return tuple((i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers))
+
+
 @dataclasses.dataclass
 class Teacher:
   """The teacher's module structure and its parameters (sharded arrays, or
@@ -48,6 +63,7 @@ class Teacher:
   graphdef: Any
   params: Any
   source: str
+  layer_map: tuple[int, ...] = ()  # the teacher layer of each student layer (hidden states)
 
 
 class DistillationObjective:
@@ -57,7 +73,16 @@ class DistillationObjective:
   dev scores are the student's alone; training sums add `distill_loss`.
   """
 
-  def __init__(self, task_objective, teacher_graphdef, temperature, soft_weight, hard_weight):
+  def __init__(
+    self,
+    task_objective,
+    teacher_graphdef,
+    temperature,
+    soft_weight,
+    hard_weight,
+    hidden_weight=0.0,
+    layer_map=(),
+  ):
     if not hasattr(task_objective, "soft_targets") or getattr(task_objective, "regression", False):
       raise UserError(
         f"distill.teacher: {type(task_objective).__name__} has no class distribution to "
@@ -68,11 +93,17 @@ class DistillationObjective:
     self.temperature = float(temperature)
     self.soft_weight = float(soft_weight)
     self.hard_weight = float(hard_weight)
+    self.hidden_weight = float(hidden_weight)
+    self.layer_map = tuple(int(i) for i in layer_map)  # the teacher layer of each student one
     self.metric_names = tuple(task_objective.metric_names)
     self.token_outputs = tuple(task_objective.token_outputs)
 
   def normalizers(self, batch):
-    return self.task.normalizers(batch)
+    norm = self.task.normalizers(batch)
+    if self.hidden_weight:  # real tokens x student layers, of the whole batch
+      tokens = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map)
+      norm["hidden_tokens"] = jnp.maximum(tokens, 1.0)
+    return norm
 
   def outputs(self, model, batch, dropout_rng) -> dict:
     return self.task.outputs(model, batch, dropout_rng)
@@ -84,16 +115,30 @@ class DistillationObjective:
     metrics = self.task.finalize(sums)
     if "distill_loss" in sums:
       metrics["distill_loss"] = float(sums["distill_loss"]) / max(float(sums["count"]), 1.0)
+    if "hidden_loss" in sums:
+      metrics["hidden_loss"] = float(sums["hidden_loss"]) / max(float(sums["hidden_count"]), 1.0)
     return metrics
 
   def with_teacher_outputs(self, teacher_params, batch) -> dict:
     """The batch plus the teacher's logits (no dropout, no gradient) under TEACHER keys."""
     teacher = nnx.merge(self.teacher_graphdef, teacher_params)
+    teacher.bert.encoder.keep_hidden_states = bool(self.hidden_weight)
     outputs = self.task.outputs(teacher, batch, None)
     names = [name for name, _ in self.task.soft_targets(batch)]
-    return dict(batch, **{TEACHER + n: jax.lax.stop_gradient(outputs[n]) for n in names})
+    out = {TEACHER + n: outputs[n] for n in names}
+    if self.hidden_weight:
+      out[TEACHER + "hidden"] = self._batch_major(
+        teacher.bert.encoder.hidden_states[...][jnp.asarray(self.layer_map)]
+      )
+    return dict(batch, **jax.lax.stop_gradient(out))
+
+  @staticmethod
+  def _batch_major(hidden):
+    """[layers, batch, length, hidden] -> [batch, layers, length, hidden]: a batch array."""
+    return jnp.swapaxes(hidden, 0, 1)
 
   def __call__(self, model, batch, dropout_rng, norm):
+    model.bert.encoder.keep_hidden_states = bool(self.hidden_weight)
     outputs = self.task.outputs(model, batch, dropout_rng)
     hard, sums = self.task.loss_and_sums(outputs, batch, norm)
     soft_sum = sum(
@@ -101,7 +146,20 @@ class DistillationObjective:
       for name, weights in self.task.soft_targets(batch)
     )
     soft = soft_sum / norm[self.task.soft_target_normalizer]
-    return self.hard_weight * hard + self.soft_weight * soft, dict(sums, distill_loss=soft_sum)
+    loss = self.hard_weight * hard + self.soft_weight * soft
+    sums = dict(sums, distill_loss=soft_sum)
+    if self.hidden_weight:
+      hidden_sum = hidden_mse_sum(
+        self._batch_major(model.bert.encoder.hidden_states[...]),
+        batch[TEACHER + "hidden"],
+        batch["attention_mask"],
+      )
+      loss = loss + self.hidden_weight * hidden_sum / norm["hidden_tokens"]
+      sums["hidden_loss"] = hidden_sum
+      sums["hidden_count"] = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(
+        self.layer_map
+      )
+    return loss, sums
 
 
 def _teacher_labels(source: str) -> tuple[list[str] | None, int | None]:
@@ -141,7 +199,7 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
   d = config.distill
   if not d.temperature > 0:
     raise UserError(f"distill.temperature={d.temperature:g}: must be > 0")
-  for key in ("soft_weight", "hard_weight"):
+  for key in ("soft_weight", "hard_weight", "hidden_weight"):
     if not d[key] >= 0:
       raise UserError(f"distill.{key}={d[key]:g}: must be >= 0")
   if config.task not in TASKS:
@@ -161,6 +219,7 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     raise UserError(f"{where}: labels {names} against the task's {list(labels)}")
   if labels and count is not None and count != len(labels):
     raise UserError(f"{where}: {count} labels against the task's {len(labels)}")
+  layer_map = _layer_map(config, model.config, model_config) if d.hidden_weight else ()
   graphdef, params = nnx.split(model.module)
   shapes = jax.eval_shape(lambda: params)
   shardings = param_shardings(shapes, mesh, rules)
@@ -172,12 +231,36 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     params = jax.device_put(params, shardings)
   size = sum(int(x.size) for x in jax.tree.leaves(shapes))
   logging.info(
-    "distilling from %s (%s parameters, %d layers): T=%g, soft %g + hard %g",
+    "distilling from %s (%s parameters, %d layers): T=%g, soft %g + hard %g, hidden %g %s",
     source,
     f"{size:,}",
     model.config.num_hidden_layers,
     d.temperature,
     d.soft_weight,
     d.hard_weight,
+    d.hidden_weight,
+    f"(student layers <- teacher layers {list(layer_map)})" if layer_map else "",
   )
-  return Teacher(graphdef, params, source)
+  return Teacher(graphdef, params, source, layer_map)
+
+
+def _layer_map(config, teacher_config, student_config) -> tuple[int, ...]:
+  """distill.layer_map checked (or the uniform map) for hidden-state distillation."""
+  d = config.distill
+  where = f"distill.hidden_weight={d.hidden_weight:g}"
+  if teacher_config.hidden_size != student_config.hidden_size:
+    raise UserError(
+      f"{where}: the teacher's hidden_size is {teacher_config.hidden_size}, the student's "
+      f"{student_config.hidden_size}; hidden states are compared at equal widths (a learned "
+      "projection between them is not implemented)"
+    )
+  if config.get("peft", {}).get("method") == "prompt":
+    raise UserError(f"{where}: prompt tuning's extra positions have no teacher state")
+  student, teacher = student_config.num_hidden_layers, teacher_config.num_hidden_layers
+  layer_map = tuple(int(i) for i in d.layer_map) or uniform_layer_map(student, teacher)
+  if len(layer_map) != student or not all(0 <= i < teacher for i in layer_map):
+    raise UserError(
+      f"distill.layer_map={list(layer_map)}: one teacher layer (0 to {teacher - 1}) for each "
+      f"of the student's {student} layers"
+    )
+  return layer_map

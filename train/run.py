@@ -167,7 +167,13 @@ def build_run(
   if teacher is not None:
     d = config.distill
     objective = distill.DistillationObjective(
-      objective, teacher.graphdef, d.temperature, d.soft_weight, d.hard_weight
+      objective,
+      teacher.graphdef,
+      d.temperature,
+      d.soft_weight,
+      d.hard_weight,
+      d.hidden_weight,
+      teacher.layer_map,
     )
     if task is not None:  # the loop scores and logs through the task's objective
       task = dataclasses.replace(task, objective=objective)

@@ -123,6 +123,10 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       temperature=2.0,  # T of the softened distributions (Hinton et al. 2015)
       soft_weight=0.5,  # weight of T^2 * KL(teacher_T || student_T)
       hard_weight=0.5,  # weight of the task loss on the labels
+      # weight of the mean squared error between student and teacher layer outputs (TinyBERT;
+      # equal widths), each student layer against the teacher layer layer_map names
+      hidden_weight=0.0,
+      layer_map=(),  # () = uniform: student layer i <- teacher layer (i + 1) * T / S - 1
     )
   )
 
