@@ -4,7 +4,8 @@ For each task (SST-2 accuracy, CoNLL-2003 entity F1, dev sets), from all-MiniLM-
   teacher                   the 6-layer model fine-tuned (configs/finetune/<task>.py:minilm);
   student, labels only      3 layers (the teacher's pretrained layers 0, 2, 4), fine-tuned
                             on the labels (configs/compress/distill.py:<task>, no teacher);
-  student, distilled        the same, taught by the teacher's logits (distill.teacher).
+  student, distilled        the same, taught by the teacher's logits (distill.teacher);
+  ... + hidden states       and by its layers 1, 3, 5's outputs (distill.hidden_weight).
 Every row: the same data, steps, batch, sequence length and seed; the students share a
 learning rate. Latency is the forward of a loaded workdir (`train.api.load`), on CPU,
 padded to --seq_len, at batch 1 and 32 over the same dev sentences, measured in this one
@@ -39,6 +40,7 @@ flags.DEFINE_integer("seq_len", 64, "Tokens per example: training and latency.")
 flags.DEFINE_float("teacher_lr", 5e-5, "The teacher's peak learning rate.")
 flags.DEFINE_float("student_lr", 1e-4, "Both students' peak learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed, every row.")
+flags.DEFINE_float("hidden_weight", 1.0, "distill.hidden_weight of the hidden-state row.")
 flags.DEFINE_integer("latency_sentences", 128, "Dev sentences timed at batch 1 (and 32).")
 flags.DEFINE_integer("rounds", 3, "Timing rounds; the best is kept.")
 flags.DEFINE_string("out", "", "Markdown file; empty: ROOT/table.md.")
@@ -64,8 +66,10 @@ def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
     f"--config.optimizer.lr={lr}",
     f"--config.seed={FLAGS.seed}",
   ]
-  if kind == "distilled":
+  if kind in ("distilled", "hidden"):
     args.append(f"--config.distill.teacher={teacher}")
+  if kind == "hidden":
+    args.append(f"--config.distill.hidden_weight={FLAGS.hidden_weight}")
   return args
 
 
@@ -126,6 +130,7 @@ def main(argv):
       ("teacher", "teacher (6 layers)"),
       ("labels", "student (3 layers), labels only"),
       ("distilled", "student (3 layers), distilled (logits)"),
+      ("hidden", "student (3 layers), distilled (logits + hidden states)"),
     ):
       workdirs[name] = os.path.join(root, kind)
       args = row_args(task, kind, workdirs[name], teacher)
