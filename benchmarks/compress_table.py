@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES, minilm_dir, run_job, sst2_sentences
+from benchmarks.shared import DATA_FILES, finetune_flags, minilm_dir, run_job, sst2_sentences
 
 TASKS = {  # task: (teacher config, dev metric)
   "sst2": ("configs/finetune/sst2.py:minilm", "accuracy"),
@@ -48,24 +48,12 @@ FLAGS = flags.FLAGS
 
 
 def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
-  train, dev, _ = (os.path.join(FLAGS.data_dir, p) if p else "" for p in DATA_FILES[task])
   config = TASKS[task][0] if kind == "teacher" else f"configs/compress/distill.py:{task}"
   lr = FLAGS.teacher_lr if kind == "teacher" else FLAGS.student_lr
-  args = [
-    "-m",
-    "train.main",
-    f"--config={config}",
-    f"--workdir={workdir}",
-    f"--config.init.hf_dir={minilm_dir()}",
-    f"--config.data.train_path={train}",
-    f"--config.data.eval_path={dev}",
-    f"--config.data.max_seq_length={FLAGS.seq_len}",
-    f"--config.batch_size={FLAGS.batch_size}",
-    f"--config.optimizer.total_steps={FLAGS.steps}",
-    f"--config.eval_every_steps={FLAGS.steps}",
-    f"--config.optimizer.lr={lr}",
-    f"--config.seed={FLAGS.seed}",
-  ]
+  args = ["-m", "train.main", f"--config={config}", f"--workdir={workdir}"]
+  args += finetune_flags(
+    task, FLAGS.data_dir, minilm_dir(), FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, lr, FLAGS.seed
+  )
   if kind in ("distilled", "hidden"):
     args.append(f"--config.distill.teacher={teacher}")
   if kind == "hidden":

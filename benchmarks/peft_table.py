@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir, run_job
+from benchmarks.shared import DATA_FILES, finetune_flags, mean_step_time, minilm_dir, run_job
 
 # task: (config file, dev metric); the data files are shared.DATA_FILES[task]
 TASKS = {
@@ -68,22 +68,17 @@ def learning_rate(method: str) -> float:
 def command(method: str, workdir: str, hf_dir: str) -> list[str]:
   config = TASKS[FLAGS.task][0]
   lr, extra = learning_rate(method), METHODS[method][1]
-  train, dev, test = (os.path.join(FLAGS.data_dir, p) if p else "" for p in DATA_FILES[FLAGS.task])
+  test = DATA_FILES[FLAGS.task][2] and os.path.join(FLAGS.data_dir, DATA_FILES[FLAGS.task][2])
+  shared = finetune_flags(
+    FLAGS.task, FLAGS.data_dir, hf_dir, FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, lr, FLAGS.seed
+  )
   args = [
     sys.executable,
     "-m",
     "train.main",
     f"--config={config}:minilm",
     f"--workdir={workdir}",
-    f"--config.init.hf_dir={hf_dir}",
-    f"--config.data.train_path={train}",
-    f"--config.data.eval_path={dev}",
-    f"--config.data.max_seq_length={FLAGS.seq_len}",
-    f"--config.batch_size={FLAGS.batch_size}",
-    f"--config.optimizer.total_steps={FLAGS.steps}",
-    f"--config.eval_every_steps={FLAGS.steps}",
-    f"--config.optimizer.lr={lr}",
-    f"--config.seed={FLAGS.seed}",
+    *shared,
     f"--config.peft.method={method}",
   ]
   if test:

@@ -25,6 +25,26 @@ DATA_FILES = {
 }
 
 
+def finetune_flags(
+  task: str, data_dir: str, hf_dir: str, seq_len: int, batch_size: int, steps: int, lr: float, seed
+) -> list[str]:
+  """The train.main flags every fine-tuning row of a table shares: the task's train and dev
+  files under data_dir, the init weights, the batch shape, the schedule (one evaluation, at
+  the end), the learning rate and the seed."""
+  train, dev, _ = (os.path.join(data_dir, p) if p else "" for p in DATA_FILES[task])
+  return [
+    f"--config.init.hf_dir={hf_dir}",
+    f"--config.data.train_path={train}",
+    f"--config.data.eval_path={dev}",
+    f"--config.data.max_seq_length={seq_len}",
+    f"--config.batch_size={batch_size}",
+    f"--config.optimizer.total_steps={steps}",
+    f"--config.eval_every_steps={steps}",
+    f"--config.optimizer.lr={lr}",
+    f"--config.seed={seed}",
+  ]
+
+
 def sst2_sentences(path: str, limit: int | None = None) -> list[str]:
   """The `sentence` column of an SST-2 TSV (GLUE's layout, with a header), the first `limit`."""
   with open(path, encoding="utf-8") as f:
