@@ -242,6 +242,9 @@ class SelfAttention(nnx.Module):
       Adapter(c.hidden_size, peft.adapter_size, rngs) if peft.method == "adapter" else None
     )
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs)
+    # Set by Encoder when a caller reads attention distributions (distillation): the call
+    # then runs the einsum path and keeps the probabilities, before dropout, in `self.probs`.
+    self.keep_probs = False
 
   def __call__(self, x, mask, rng=None, prefix=None):
     """prefix: [2, P, heads, head_dim] keys and values attended before the sequence."""
@@ -259,7 +262,12 @@ class SelfAttention(nnx.Module):
       ones = jnp.ones((*mask.shape[:-1], prefix.shape[1]), bool)
       mask = jnp.concatenate([ones, mask], axis=-1)
     train_dropout = rng_probs is not None and c.attention_probs_dropout_prob > 0
-    if c.attention_impl == "einsum" or train_dropout:
+    if self.keep_probs:
+      probs = attention_weights_einsum(q, k, mask, 0.0, None)
+      self.probs = nnx.Intermediate(probs)
+      w = dropout(probs, c.attention_probs_dropout_prob, rng_probs) if train_dropout else probs
+      ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    elif c.attention_impl == "einsum" or train_dropout:
       # The fused kernels have no attention-probability dropout: fall back.
       w = attention_weights_einsum(q, k, mask, c.attention_probs_dropout_prob, rng_probs)
       ctx = jnp.einsum("bhqk,bkhd->bqhd", w, v)
@@ -352,8 +360,11 @@ class Encoder(nnx.Module):
 
     self.layers = make_layers(rngs)
     # Set by a caller that reads every layer's output (distillation, train/distill.py): a
-    # call then also keeps them, [layers, batch, length, hidden], in `self.hidden_states`.
+    # call then also keeps them, [layers, batch, length, hidden], in `self.hidden_states`,
+    # and every layer's attention distributions, [layers, batch, heads, q, k], in
+    # `self.attention_probs`.
     self.keep_hidden_states = False
+    self.keep_attention_probs = False
 
   def __call__(self, x, mask, rng=None, prefix=None):
     """prefix: [layers, 2, P, heads, head_dim] (prefix tuning) or None."""
@@ -362,8 +373,13 @@ class Encoder(nnx.Module):
     n = c.num_hidden_layers
     rngs = None if rng is None else jax.random.split(rng, n)
 
+    keep_probs = self.keep_attention_probs
+
     def body(h, layer_state, layer_rng, layer_prefix):
-      return nnx.merge(graphdef, layer_state)(h, mask, layer_rng, layer_prefix)
+      layer = nnx.merge(graphdef, layer_state)
+      layer.attention.keep_probs = keep_probs
+      h = layer(h, mask, layer_rng, layer_prefix)
+      return h, (layer.attention.probs[...] if keep_probs else None)
 
     if c.remat_policy != "none":
       body = jax.checkpoint(
@@ -373,21 +389,25 @@ class Encoder(nnx.Module):
       keep = self.keep_hidden_states
 
       def step(h, xs):
-        h = body(h, *xs)
-        return h, h if keep else None
+        h, probs = body(h, *xs)
+        return h, (h if keep else None, probs)
 
-      x, hidden = jax.lax.scan(step, x, (stacked, rngs, prefix))
+      x, (hidden, probs) = jax.lax.scan(step, x, (stacked, rngs, prefix))
     else:
-      hidden = []
+      hidden, probs = [], []
       for i in range(n):
         layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
-        x = body(
+        x, layer_probs = body(
           x, layer_state, None if rngs is None else rngs[i], None if prefix is None else prefix[i]
         )
         hidden.append(x)
+        probs.append(layer_probs)
       hidden = jnp.stack(hidden) if self.keep_hidden_states else None
+      probs = jnp.stack(probs) if keep_probs else None
     if self.keep_hidden_states:
       self.hidden_states = nnx.Intermediate(hidden)
+    if keep_probs:
+      self.attention_probs = nnx.Intermediate(probs)
     return x
 
 

@@ -169,16 +169,20 @@ def test_a_student_starts_from_every_other_layer_of_its_teacher(tmp_path):
     build_run(config, str(tmp_path / "run2"))
 
 
-def test_hidden_states_are_distilled_from_the_mapped_teacher_layers(tmp_path):
+def test_hidden_states_and_attention_are_distilled_from_the_mapped_teacher_layers(tmp_path):
   """A 2-layer student against a 4-layer transformers teacher: the step's hidden loss is the
-  squared error to the teacher's layers 1 and 3 (uniform map) as PyTorch computes them."""
+  squared error to the outputs of the teacher's layers 1 and 3 (uniform map), its attention
+  loss the KL from their attention distributions, both as PyTorch computes them."""
   import torch
 
   config = ff.classification_config(tmp_path, **NO_DROPOUT)
   teacher_dir, torch_teacher = hf_teacher(
     tmp_path / "teacher", "classification", 2, num_hidden_layers=4
   )
-  config.distill.update(teacher=teacher_dir, soft_weight=0.3, hard_weight=0.7, hidden_weight=0.5)
+  torch_teacher.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+  config.distill.update(
+    teacher=teacher_dir, soft_weight=0.3, hard_weight=0.7, hidden_weight=0.5, attention_weight=0.2
+  )
   run = build_run(config, str(tmp_path / "run"))
   assert run.objective.layer_map == (1, 3)
   local = run.task.train_data.batch(0)
@@ -189,15 +193,19 @@ def test_hidden_states_are_distilled_from_the_mapped_teacher_layers(tmp_path):
       token_type_ids=torch.from_numpy(np.asarray(local["token_type_ids"])).long(),
       attention_mask=torch.from_numpy(np.asarray(local["attention_mask"])).long(),
       output_hidden_states=True,
+      output_attentions=True,
     )
   hidden = teacher_out.hidden_states  # the embeddings, then each layer's output
   teacher_layers = np.stack([hidden[2].numpy(), hidden[4].numpy()], axis=1)
+  teacher_probs = np.stack([teacher_out.attentions[i].numpy() for i in (1, 3)], axis=1)
   with mesh_lib.activate(run.mesh, run.rules):
     student = nnx.merge(run.graphdef, run.state.params, run.frozen)
     student.bert.encoder.keep_hidden_states = True
+    student.bert.encoder.keep_attention_probs = True
     objective = run.objective.task
     student_out = objective.outputs(student, batch, None)
     student_layers = np.swapaxes(np.asarray(student.bert.encoder.hidden_states[...]), 0, 1)
+    student_probs = np.swapaxes(np.asarray(student.bert.encoder.attention_probs[...]), 0, 1)
     norm = objective.normalizers(batch)
     hard = float(objective.loss_and_sums(student_out, batch, norm)[0])
     _, metrics = run.train_step(run.state, run.frozen, batch, run.teacher)
@@ -206,7 +214,18 @@ def test_hidden_states_are_distilled_from_the_mapped_teacher_layers(tmp_path):
   hidden_sum = float(np.sum(errors * mask))
   assert hidden_sum > 0.1
   np.testing.assert_allclose(float(metrics["hidden_loss"]), hidden_sum, rtol=1e-4)
+  # Attention rows: [batch, layers, heads, query, key]; masked keys are 0 on both sides.
+  t, p = teacher_probs.astype(np.float64), np.maximum(student_probs.astype(np.float64), 1e-30)
+  kl = np.where(t > 0, t * (np.log(np.maximum(t, 1e-30)) - np.log(p)), 0.0).sum(-1)
+  attention_sum = float(np.sum(kl * mask[:, :, None, :]))
+  assert attention_sum > 0.01
+  np.testing.assert_allclose(float(metrics["attention_loss"]), attention_sum, rtol=1e-3)
   weight = np.asarray(local["weight"], np.float64)
   soft_sum = _kl_sum_by_hand(student_out["logits"], teacher_out.logits.numpy(), weight, 2.0)
-  want = 0.7 * hard + 0.3 * soft_sum / weight.sum() + 0.5 * hidden_sum / (2 * mask.sum())
+  want = (
+    0.7 * hard
+    + 0.3 * soft_sum / weight.sum()
+    + 0.5 * hidden_sum / (2 * mask.sum())
+    + 0.2 * attention_sum / (2 * 2 * mask.sum())  # 2 layers x 2 heads a token
+  )
   np.testing.assert_allclose(float(metrics["total_loss"]), want, rtol=2e-4)

@@ -49,6 +49,20 @@ def hidden_mse_sum(student_hidden, teacher_hidden, attention_mask):
   return jnp.sum(error * attention_mask.astype(jnp.float32)[:, None, :])
 
 
+def attention_kl_sum(student_probs, teacher_probs, attention_mask):
+  """KL(teacher || student) of each attention distribution (a query row of a head), summed
+  over the real query tokens, heads and mapped layers; probs: [batch, layers, heads, q, k].
+  Masked keys have probability 0 on both sides and add nothing."""
+  t = teacher_probs.astype(jnp.float32)
+  s = student_probs.astype(jnp.float32)
+  tiny = jnp.finfo(jnp.float32).tiny
+  kl = jnp.sum(
+    jnp.where(t > 0, t * (jnp.log(jnp.maximum(t, tiny)) - jnp.log(jnp.maximum(s, tiny))), 0.0),
+    axis=-1,
+  )
+  return jnp.sum(kl * attention_mask.astype(jnp.float32)[:, None, None, :])
+
+
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> tuple[int, ...]:
   """The teacher layer each student layer learns from, evenly spaced and ending at the
   last (TinyBERT's uniform strategy): 3 of 6 -> (1, 3, 5)."""
@@ -63,7 +77,8 @@ class Teacher:
   graphdef: Any
   params: Any
   source: str
-  layer_map: tuple[int, ...] = ()  # the teacher layer of each student layer (hidden states)
+  layer_map: tuple[int, ...] = ()  # the teacher layer of each student layer (hidden, attention)
+  num_heads: int = 0
 
 
 class DistillationObjective:
@@ -82,6 +97,8 @@ class DistillationObjective:
     hard_weight,
     hidden_weight=0.0,
     layer_map=(),
+    attention_weight=0.0,
+    num_heads=0,
   ):
     if not hasattr(task_objective, "soft_targets") or getattr(task_objective, "regression", False):
       raise UserError(
@@ -94,15 +111,20 @@ class DistillationObjective:
     self.soft_weight = float(soft_weight)
     self.hard_weight = float(hard_weight)
     self.hidden_weight = float(hidden_weight)
+    self.attention_weight = float(attention_weight)
+    self.num_heads = int(num_heads)  # of teacher and student alike, for attention rows
     self.layer_map = tuple(int(i) for i in layer_map)  # the teacher layer of each student one
     self.metric_names = tuple(task_objective.metric_names)
     self.token_outputs = tuple(task_objective.token_outputs)
 
   def normalizers(self, batch):
     norm = self.task.normalizers(batch)
-    if self.hidden_weight:  # real tokens x student layers, of the whole batch
-      tokens = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map)
+    # Real tokens x student layers of the whole batch (x heads: attention rows).
+    tokens = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map)
+    if self.hidden_weight:
       norm["hidden_tokens"] = jnp.maximum(tokens, 1.0)
+    if self.attention_weight:
+      norm["attention_rows"] = jnp.maximum(tokens * self.num_heads, 1.0)
     return norm
 
   def outputs(self, model, batch, dropout_rng) -> dict:
@@ -115,6 +137,9 @@ class DistillationObjective:
     metrics = self.task.finalize(sums)
     if "distill_loss" in sums:
       metrics["distill_loss"] = float(sums["distill_loss"]) / max(float(sums["count"]), 1.0)
+    if "attention_loss" in sums:
+      count = max(float(sums["attention_count"]), 1.0)
+      metrics["attention_loss"] = float(sums["attention_loss"]) / count
     if "hidden_loss" in sums:
       metrics["hidden_loss"] = float(sums["hidden_loss"]) / max(float(sums["hidden_count"]), 1.0)
     return metrics
@@ -122,15 +147,23 @@ class DistillationObjective:
   def with_teacher_outputs(self, teacher_params, batch) -> dict:
     """The batch plus the teacher's logits (no dropout, no gradient) under TEACHER keys."""
     teacher = nnx.merge(self.teacher_graphdef, teacher_params)
-    teacher.bert.encoder.keep_hidden_states = bool(self.hidden_weight)
+    self._keep(teacher)
     outputs = self.task.outputs(teacher, batch, None)
     names = [name for name, _ in self.task.soft_targets(batch)]
     out = {TEACHER + n: outputs[n] for n in names}
+    mapped = jnp.asarray(self.layer_map)
     if self.hidden_weight:
-      out[TEACHER + "hidden"] = self._batch_major(
-        teacher.bert.encoder.hidden_states[...][jnp.asarray(self.layer_map)]
+      out[TEACHER + "hidden"] = self._batch_major(teacher.bert.encoder.hidden_states[...][mapped])
+    if self.attention_weight:
+      out[TEACHER + "attention"] = self._batch_major(
+        teacher.bert.encoder.attention_probs[...][mapped]
       )
     return dict(batch, **jax.lax.stop_gradient(out))
+
+  def _keep(self, model):
+    """Ask the model's encoder for the layer outputs this objective reads."""
+    model.bert.encoder.keep_hidden_states = bool(self.hidden_weight)
+    model.bert.encoder.keep_attention_probs = bool(self.attention_weight)
 
   @staticmethod
   def _batch_major(hidden):
@@ -138,7 +171,7 @@ class DistillationObjective:
     return jnp.swapaxes(hidden, 0, 1)
 
   def __call__(self, model, batch, dropout_rng, norm):
-    model.bert.encoder.keep_hidden_states = bool(self.hidden_weight)
+    self._keep(model)
     outputs = self.task.outputs(model, batch, dropout_rng)
     hard, sums = self.task.loss_and_sums(outputs, batch, norm)
     soft_sum = sum(
@@ -158,6 +191,17 @@ class DistillationObjective:
       sums["hidden_loss"] = hidden_sum
       sums["hidden_count"] = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(
         self.layer_map
+      )
+    if self.attention_weight:
+      attention_sum = attention_kl_sum(
+        self._batch_major(model.bert.encoder.attention_probs[...]),
+        batch[TEACHER + "attention"],
+        batch["attention_mask"],
+      )
+      loss = loss + self.attention_weight * attention_sum / norm["attention_rows"]
+      sums["attention_loss"] = attention_sum
+      sums["attention_count"] = (
+        jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map) * self.num_heads
       )
     return loss, sums
 
@@ -199,7 +243,7 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
   d = config.distill
   if not d.temperature > 0:
     raise UserError(f"distill.temperature={d.temperature:g}: must be > 0")
-  for key in ("soft_weight", "hard_weight", "hidden_weight"):
+  for key in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight"):
     if not d[key] >= 0:
       raise UserError(f"distill.{key}={d[key]:g}: must be >= 0")
   if config.task not in TASKS:
@@ -219,7 +263,8 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     raise UserError(f"{where}: labels {names} against the task's {list(labels)}")
   if labels and count is not None and count != len(labels):
     raise UserError(f"{where}: {count} labels against the task's {len(labels)}")
-  layer_map = _layer_map(config, model.config, model_config) if d.hidden_weight else ()
+  by_layer = d.hidden_weight or d.attention_weight
+  layer_map = _layer_map(config, model.config, model_config) if by_layer else ()
   graphdef, params = nnx.split(model.module)
   shapes = jax.eval_shape(lambda: params)
   shardings = param_shardings(shapes, mesh, rules)
@@ -241,21 +286,27 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     d.hidden_weight,
     f"(student layers <- teacher layers {list(layer_map)})" if layer_map else "",
   )
-  return Teacher(graphdef, params, source, layer_map)
+  return Teacher(graphdef, params, source, layer_map, model.config.num_attention_heads)
 
 
 def _layer_map(config, teacher_config, student_config) -> tuple[int, ...]:
   """distill.layer_map checked (or the uniform map) for hidden-state distillation."""
   d = config.distill
   where = f"distill.hidden_weight={d.hidden_weight:g}"
-  if teacher_config.hidden_size != student_config.hidden_size:
+  if d.hidden_weight and teacher_config.hidden_size != student_config.hidden_size:
     raise UserError(
       f"{where}: the teacher's hidden_size is {teacher_config.hidden_size}, the student's "
       f"{student_config.hidden_size}; hidden states are compared at equal widths (a learned "
       "projection between them is not implemented)"
     )
-  if config.get("peft", {}).get("method") == "prompt":
-    raise UserError(f"{where}: prompt tuning's extra positions have no teacher state")
+  heads = teacher_config.num_attention_heads, student_config.num_attention_heads
+  if d.attention_weight and heads[0] != heads[1]:
+    raise UserError(
+      f"distill.attention_weight={d.attention_weight:g}: the teacher has {heads[0]} attention "
+      f"heads, the student {heads[1]}; distributions are matched head by head"
+    )
+  if config.get("peft", {}).get("method") in ("prompt", "prefix"):
+    raise UserError(f"{where}: prompt and prefix positions have no teacher counterpart")
   student, teacher = student_config.num_hidden_layers, teacher_config.num_hidden_layers
   layer_map = tuple(int(i) for i in d.layer_map) or uniform_layer_map(student, teacher)
   if len(layer_map) != student or not all(0 <= i < teacher for i in layer_map):

@@ -174,6 +174,8 @@ def build_run(
       d.hard_weight,
       d.hidden_weight,
       teacher.layer_map,
+      d.attention_weight,
+      teacher.num_heads,
     )
     if task is not None:  # the loop scores and logs through the task's objective
       task = dataclasses.replace(task, objective=objective)

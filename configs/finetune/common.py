@@ -126,6 +126,9 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       # weight of the mean squared error between student and teacher layer outputs (TinyBERT;
       # equal widths), each student layer against the teacher layer layer_map names
       hidden_weight=0.0,
+      # weight of KL(teacher || student) of every attention distribution (a head's query
+      # row) of the mapped layers, TinyBERT / MiniLM; equal head counts
+      attention_weight=0.0,
       layer_map=(),  # () = uniform: student layer i <- teacher layer (i + 1) * T / S - 1
     )
   )
