@@ -15,7 +15,7 @@ import numpy as np
 
 def mask_tokens(
   input_ids: np.ndarray,
-  rng: np.random.Generator,
+  rng: np.random.Generator | RowGenerators,
   *,
   vocab_size: int,
   mask_id: int,
@@ -52,6 +52,30 @@ def mask_tokens(
     selected = _select_whole_words(candidates, np.asarray(word_start, bool), budget, rng)
   masked_ids = _corrupt(input_ids, selected, rng, vocab_size, mask_id, special_ids)
   return {"input_ids": masked_ids, **_gather_targets(input_ids, selected, max_predictions)}
+
+
+class RowGenerators:
+  """One generator per batch row, drawn from like a numpy Generator with batch-first shapes.
+
+  Row r's draws depend on its own seed alone: a host that masks only its rows of a
+  global batch gets exactly what masking the whole batch would give them.
+  """
+
+  def __init__(self, seeds):
+    self.generators = [np.random.default_rng(seed) for seed in seeds]
+
+  def _per_row(self, shape, draw) -> np.ndarray:
+    if shape[0] != len(self.generators):
+      raise ValueError(f"{shape[0]} rows drawn from {len(self.generators)} row generators")
+    if not self.generators:
+      return draw(np.random.default_rng(0), shape)
+    return np.stack([draw(g, shape[1:]) for g in self.generators])
+
+  def random(self, shape) -> np.ndarray:
+    return self._per_row(tuple(shape), lambda g, s: g.random(s))
+
+  def integers(self, high: int, size) -> np.ndarray:
+    return self._per_row(tuple(size), lambda g, s: g.integers(high, size=s))
 
 
 def _select_tokens(

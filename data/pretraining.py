@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from data import chinese
-from data.masking import mask_tokens, word_start_mask
-from data.sampling import EpochSampler, host_share
+from data.masking import RowGenerators, mask_tokens, word_start_mask
+from data.sampling import EpochSampler, host_slice
 from data.sentence_pairs import (
   Instance,
   make_full_sentence_rows,
@@ -291,12 +291,20 @@ class PretrainingData:
     return self.sampler.indices(step)
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
-    """This process's contiguous share of global batch `step`, masked."""
-    arrays = self.rows.rows(self.example_indices(step))
+    """This process's contiguous share of global batch `step`, masked.
+
+    Only those rows are read and masked: each row's masks come from its own generator,
+    seeded by (seed, step, its place in the global batch), so every host draws exactly
+    the masks one process drawing the whole batch would.
+    """
+    indices = self.example_indices(step)
+    mine = host_slice(len(indices), process_index, process_count)
+    arrays = self.rows.rows(indices[mine])
     config = self.masking
+    rows = range(mine.start, mine.stop)
     masked = mask_tokens(
       arrays["input_ids"],
-      np.random.default_rng((self.seed, step, _MASKING_STREAM)),
+      RowGenerators((self.seed, step, _MASKING_STREAM, row) for row in rows),
       vocab_size=config.vocab_size,
       mask_id=config.mask_id,
       special_ids=config.special_ids,
@@ -313,4 +321,4 @@ class PretrainingData:
       "masked_weights": masked["masked_weights"],
       "next_sentence_label": arrays["next_sentence_label"].astype(np.int32),
     }
-    return host_share(batch, process_index, process_count)
+    return batch

@@ -41,15 +41,20 @@ class EpochSampler:
     return self._cached_order[1][start : start + self.batch_size]
 
 
-def host_share(batch: dict, process_index: int, process_count: int) -> dict:
-  """This process's contiguous slice of a global batch."""
+def host_slice(size: int, process_index: int, process_count: int) -> slice:
+  """This process's contiguous rows of a global batch of `size` rows."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  size = len(next(iter(batch.values())))
   if size % process_count:
     raise ValueError(f"global batch of {size} does not split over {process_count} processes")
   share = size // process_count
-  mine = slice(process_index * share, (process_index + 1) * share)
+  return slice(process_index * share, (process_index + 1) * share)
+
+
+def host_share(batch: dict, process_index: int, process_count: int) -> dict:
+  """This process's contiguous slice of a global batch."""
+  size = len(next(iter(batch.values())))
+  mine = host_slice(size, process_index, process_count)
   return {key: value[mine] for key, value in batch.items()}
 
 

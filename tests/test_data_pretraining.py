@@ -162,13 +162,19 @@ def test_an_epoch_visits_each_example_at_most_once(packed):
   assert not np.array_equal(seen, next_epoch)
 
 
-def test_process_shards_concatenate_to_the_global_batch(packed):
+def test_process_shards_concatenate_to_the_global_batch_and_read_only_their_rows(packed):
   data = dataset(packed, whole_word=True)
   whole = data.batch(5)
+  read = []  # the row indices each call asks the storage for
+  rows = data.rows.rows
+  data.rows.rows = lambda indices: read.append(np.asarray(indices)) or rows(indices)
   shards = [data.batch(5, process_index=i, process_count=4) for i in range(4)]
   assert shards[0]["input_ids"].shape == (4, 64)
   for key in whole:
     np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), whole[key])
+  global_rows = data.example_indices(5)
+  for i, indices in enumerate(read):
+    np.testing.assert_array_equal(indices, global_rows[4 * i : 4 * (i + 1)])
 
 
 def test_batch_refuses_a_batch_that_does_not_split_over_processes(packed):
