@@ -119,6 +119,24 @@ def _read_one_file(path: str) -> list[list[str]]:
 # TensorFlow Datasets
 
 
+def tfds_source(name: str, split: str, data_dir: str | None = None):
+  """`tfds.data_source` of a text dataset: random access by example index, no TensorFlow."""
+  import tensorflow_datasets as tfds
+  import tensorflow_datasets.text  # noqa: F401  (registers wikipedia, c4, ...)
+
+  return tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+
+def tfds_document(example: dict, text_key: str, where: str) -> list[str]:
+  """One TFDS example as a document: its `text_key` text split into sentences."""
+  if text_key not in example:
+    raise ValueError(f"{where} has no key {text_key!r}; keys are {sorted(example)}")
+  text = example[text_key]
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  return split_sentences(str(text))
+
+
 def tfds_documents(
   name: str,
   split: str,
@@ -134,22 +152,11 @@ def tfds_documents(
   IsNext pairs at all, so prefer wikipedia or c4 for NSP. Text builders
   (wikipedia, c4) are registered only by importing tensorflow_datasets.text.
   """
-  import tensorflow_datasets as tfds
-  import tensorflow_datasets.text  # noqa: F401  (registers wikipedia, c4, ...)
-
-  source = tfds.data_source(name, split=split, data_dir=data_dir)
+  source = tfds_source(name, split, data_dir)
   count = len(source) if max_documents is None else min(len(source), max_documents)
   documents = []
   for index in range(count):
-    example = source[index]
-    if text_key not in example:
-      raise ValueError(
-        f"{name}[{split}] example {index} has no key {text_key!r}; keys are {sorted(example)}"
-      )
-    text = example[text_key]
-    if isinstance(text, bytes):
-      text = text.decode("utf-8")
-    sentences = split_sentences(str(text))
+    sentences = tfds_document(source[index], text_key, f"{name}[{split}] example {index}")
     if sentences:
       documents.append(sentences)
   if not documents:

@@ -2,6 +2,8 @@
 
   python -m data.prepare --config=configs/pretrain/bert_base.py --out=/data/wiki_128 \
       [--workers=8] [--config.data.paths='/text/*.txt'] [-- --runner=DataflowRunner ...]
+  python -m data.prepare --config=configs/pretrain/bert_base.py --out=/data/wiki_128 \
+      --config.data.source=tfds --config.data.tfds_name=wikipedia/20230601.en
 
 Why Beam: the same pipeline runs here on the DirectRunner with worker processes and on
 Dataflow, Flink or Spark through Beam's own pipeline options (the arguments after `--`),
@@ -10,7 +12,8 @@ than a TFDS builder because its output depends on the run's options (vocab, sequ
 length, dupe factor, seed), which TFDS would have to carry as builder configs.
 
 The pipeline:
-  files -> documents, each keyed by (file number, document number), which fixes its place
+  files (or chunks of a TFDS dataset's examples) -> documents, each keyed by (file number,
+  document number) (or (chunk, example index)), which fixes its place
   -> a split (heldout or train) and a shard, from a hash of that key and the seed
   -> per shard, in key order: tokenize, make NSP pairs (data/pretraining.py's own
      build_pretraining_data, seeded by (seed, split, shard)), write one ArrayRecord file
@@ -38,6 +41,7 @@ from etils import epath
 from data import shards
 
 SPLIT_IDS = {"train": 0, "heldout": 1}
+TFDS_CHUNK = 10_000  # TFDS examples one Beam work item reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def load_vocab(options: Options, out: str):
   return tokenizer_lib.load_tokenizer(vocab, lowercase=options.lowercase)
 
 
-def learn_or_copy_vocab(options: Options, files: Sequence[str], out: str, config) -> object:
+def learn_or_copy_vocab(options: Options, documents, out: str, config) -> object:
   """Writes OUT/vocab/vocab.txt: learned from the first data.vocab_sample_documents
   documents for data.vocab='train' (a bounded sample, whatever the corpus size), else
   data.vocab's own list. Training on these shards reads the ids back from this file."""
@@ -159,13 +163,10 @@ def learn_or_copy_vocab(options: Options, files: Sequence[str], out: str, config
       limit = config.data.vocab_sample_documents
 
       def sample() -> Iterator[str]:
-        count = 0
-        for path in files:
-          for document in read_documents(path):
-            yield from document
-            count += 1
-            if count >= limit:
-              return
+        for count, document in enumerate(documents(), start=1):
+          yield from document
+          if count >= limit:
+            return
 
       tokenizer_lib.train_wordpiece(
         sample(), config.data.train_vocab_size, os.fspath(vocab_dir), options.lowercase
@@ -184,6 +185,76 @@ class _ReadFile:
     number, path = numbered_path
     for index, document in enumerate(read_documents(path)):
       yield f"{number:06d}/{index:010d}", document
+
+
+class _ReadTfds:
+  """(chunk number, first, end) -> ((key, document), ...) of those TFDS examples, keyed
+  (chunk, example index) as _ReadFile keys (file, document): one chunk of a dataset places
+  its documents as one file of the same documents would."""
+
+  def __init__(self, name: str, split: str, text_key: str, data_dir: str):
+    self.name, self.split, self.text_key, self.data_dir = name, split, text_key, data_dir
+    self.source = None  # opened once per worker
+
+  def __call__(self, chunk):
+    from data.corpus import tfds_document, tfds_source
+
+    if self.source is None:
+      self.source = tfds_source(self.name, self.split, self.data_dir)
+    number, first, end = chunk
+    for index in range(first, end):
+      where = f"{self.name}[{self.split}] example {index}"
+      document = tfds_document(self.source[index], self.text_key, where)
+      if document:
+        yield f"{number:06d}/{index:010d}", document
+
+
+@dataclasses.dataclass
+class Input:
+  """What a preparation reads: Beam work items, the reader that turns one into keyed
+  documents, the documents in order (for the vocab sample), what the manifest records,
+  and the bytes of text when known."""
+
+  units: list
+  read: object
+  documents: object
+  names: list[str]
+  megabytes: float | None
+
+
+def input_of(config) -> Input:
+  """data.source 'text' (data.paths: files or globs, gs:// too) or 'tfds' (data.tfds_name,
+  read by index through tfds.data_source in chunks of TFDS_CHUNK examples)."""
+  data = config.data
+  if data.source == "text":
+    files = expand_patterns([p for p in data.paths.split(",") if p])
+
+    def documents():
+      for path in files:
+        yield from read_documents(path)
+
+    megabytes = sum(epath.Path(f).stat().length for f in files) / 1e6
+    return Input(list(enumerate(files)), _ReadFile(), documents, files, megabytes)
+  if data.source == "tfds":
+    from data.corpus import tfds_source
+
+    if not data.tfds_name:
+      raise ValueError("data.source='tfds' needs data.tfds_name (e.g. wikipedia/20230601.en)")
+    read = _ReadTfds(data.tfds_name, data.tfds_split, data.tfds_text_key, data.tfds_data_dir)
+    count = len(tfds_source(data.tfds_name, data.tfds_split, data.tfds_data_dir))
+    starts = range(0, count, TFDS_CHUNK)
+    units = [(n, first, min(first + TFDS_CHUNK, count)) for n, first in enumerate(starts)]
+
+    def documents():
+      reader = _ReadTfds(data.tfds_name, data.tfds_split, data.tfds_text_key, data.tfds_data_dir)
+      for unit in units:  # a reader of its own: `read` goes to the workers unopened
+        for _, document in reader(unit):
+          yield document
+
+    return Input(units, read, documents, [f"tfds:{data.tfds_name}[{data.tfds_split}]"], None)
+  raise ValueError(
+    f"data.source={data.source!r}: data.prepare reads 'text' files or a 'tfds' dataset"
+  )
 
 
 class _MakeShard(beam.DoFn):
@@ -231,14 +302,14 @@ class _MakeShard(beam.DoFn):
     )
 
 
-def build_pipeline(root, files: Sequence[str], options: Options, out: str, results: str):
+def build_pipeline(root, source: Input, options: Options, out: str, results: str):
   """The Beam graph on `root` (a Pipeline); writes shards under `out`, one JSON line per
   shard to `results`."""
   documents = (
     root
-    | "Files" >> beam.Create(list(enumerate(files)))
-    | "Reshuffle" >> beam.Reshuffle()  # files spread over workers
-    | "Read" >> beam.FlatMap(_ReadFile())
+    | "Inputs" >> beam.Create(source.units)
+    | "Reshuffle" >> beam.Reshuffle()  # files or chunks spread over workers
+    | "Read" >> beam.FlatMap(source.read)
   )
   count = documents | "Count" >> beam.combiners.Count.Globally()
 
@@ -271,9 +342,8 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
     python_logging.ERROR
   )
   options = Options.from_config(config)
-  if config.data.source != "text":
-    raise ValueError(f"data.source={config.data.source!r}: data.prepare reads text files")
-  files = expand_patterns([p for p in config.data.paths.split(",") if p])
+  source = input_of(config)
+  files = source.names
   out_path = epath.Path(out)
   if (out_path / shards.MANIFEST).exists():
     manifest = shards.read_manifest(out)
@@ -286,7 +356,7 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
     return manifest
   out_path.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  tokenizer = learn_or_copy_vocab(options, files, out, config)
+  tokenizer = learn_or_copy_vocab(options, source.documents, out, config)
   results = os.fspath(out_path / "shards.jsonl.partial")
   if beam_args:
     pipeline_options = PipelineOptions(list(beam_args))
@@ -296,7 +366,7 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
       direct_running_mode="multi_processing" if workers > 1 else "in_memory",
     )
   with beam.Pipeline(options=pipeline_options) as root:
-    build_pipeline(root, files, options, out, results)
+    build_pipeline(root, source, options, out, results)
   made = sorted(
     (json.loads(line) for line in epath.Path(results).read_text().splitlines()),
     key=lambda shard: (shard["split"], shard["shard"]),
@@ -314,10 +384,11 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
     for split, made_shards in splits.items()
   }
   seconds = time.perf_counter() - started
-  megabytes = sum(epath.Path(f).stat().length for f in files) / 1e6
+  megabytes = source.megabytes
   tokens = sum(s["num_tokens"] for s in stats.values())
   stats["seconds"] = seconds
-  stats["megabytes_per_second"] = megabytes / seconds
+  if megabytes is not None:  # TFDS gives examples, not a byte count
+    stats["megabytes_per_second"] = megabytes / seconds
   stats["tokens_per_second"] = tokens / seconds
   manifest = {
     "layout": shards.LAYOUT,
@@ -334,15 +405,13 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
   # The manifest goes last: a directory with one is complete.
   (out_path / shards.MANIFEST).write_text(json.dumps(manifest, indent=1))
   logging.info(
-    "prepared %s: %.1f MB of text, %d tokens -> %d train + %d heldout instances in %.1f s "
-    "(%.2f MB/s, %.0f tokens/s)",
+    "prepared %s from %s: %d tokens -> %d train + %d heldout instances in %.1f s (%.0f tokens/s)",
     out,
-    megabytes,
+    ", ".join(files) if len(files) < 4 else f"{len(files)} files",
     tokens,
     stats["train"]["num_instances"],
     stats["heldout"]["num_instances"],
     seconds,
-    stats["megabytes_per_second"],
     stats["tokens_per_second"],
   )
   return manifest

@@ -225,3 +225,30 @@ def test_the_prefetcher_gives_each_steps_batch_in_order_and_raises_its_errors():
   with pytest.raises(RuntimeError, match="asked for step 7, holds step 5"):
     prefetcher.get(7)
   prefetcher.close()
+
+
+def test_a_tfds_dataset_prepares_what_the_same_documents_in_a_text_file_do(tmp_path):
+  """data.source='tfds': examples read by index in chunks through tfds.data_source (here
+  TFDS's mock data), keyed as a text file's documents, so the shards are byte-identical to
+  those of one file holding the same documents."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from data.corpus import tfds_documents
+
+  name = "wikipedia/20230601.en"
+  with tfds.testing.mock_data(num_examples=40):
+    documents = tfds_documents(name, split="train")
+    assert len(documents) == 40  # no example without text: keys line up with the file's
+    from_text = tiny_config(tmp_path, **{"data.num_shards": 2, "data.heldout_documents": 0.1})
+    text = tmp_path / "tfds_documents.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in documents) + "\n")
+    assert list(prepare.read_documents(str(text))) == documents
+    from_text.data.paths = str(text)
+    prepare.prepare(from_text, str(tmp_path / "text"), workers=1)
+    from_tfds = set_keys(
+      from_text.copy_and_resolve_references(),
+      {"data.source": "tfds", "data.tfds_name": name, "data.paths": ""},
+    )
+    manifest = prepare.prepare(from_tfds, str(tmp_path / "tfds"), workers=1)
+  assert manifest["files"] == [f"tfds:{name}[train]"]
+  text_files, tfds_files = file_bytes(tmp_path / "text"), file_bytes(tmp_path / "tfds")
+  assert len(text_files) == 4 and text_files == tfds_files
