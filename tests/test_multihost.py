@@ -1,4 +1,5 @@
-"""Two processes x 4 CPU devices train exactly like one process x 8 devices."""
+"""Two processes x 4 CPU devices train exactly like one process x 8 devices, on prepared
+shards (data.prepare), each process reading only its own rows of every batch."""
 
 import os
 import socket
@@ -10,6 +11,7 @@ import pytest
 from helpers import saved_state, xla_flags
 from helpers.pretraining import tiny_config
 
+from data import prepare
 from train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +34,9 @@ def test_two_processes_reach_the_loss_and_params_of_one(tmp_path):
     "model.attention_probs_dropout_prob": 0.0,
   }
   config = tiny_config(tmp_path, **overrides)
+  shards = str(tmp_path / "shards")
+  prepare.prepare(config, shards, workers=1)
+  config.data.update(source="prepared", paths=shards)
   single = loop.train_and_evaluate(config, str(tmp_path / "one_process"))
 
   port = _free_port()
@@ -50,7 +55,8 @@ def test_two_processes_reach_the_loss_and_params_of_one(tmp_path):
       "train.main",
       f"--config={REPO}/tests/helpers/pretraining_config.py",
       f"--workdir={workdir}",
-      f"--config.data.paths={config.data.paths}",
+      "--config.data.source=prepared",
+      f"--config.data.paths={shards}",
       f"--config.data.vocab={config.data.vocab}",
       f"--config.optimizer.total_steps={steps}",
       f"--config.eval_every_steps={steps}",
