@@ -123,6 +123,21 @@ def test_resume_is_bitwise_exact(tmp_path):
   assert_bitwise_equal(a, b)
 
 
+def test_a_run_stopped_before_its_final_metrics_writes_them_when_run_again(tmp_path):
+  """Killed after its last checkpoint, before final_metrics.json (while it evaluated): run
+  again, it evaluates that checkpoint and ends with the metrics the finished run had."""
+  config = tiny_config(tmp_path)
+  workdir = tmp_path / "run"
+  finished = loop.train_and_evaluate(config, str(workdir))
+  (workdir / "final_metrics.json").unlink()
+  again = loop.train_and_evaluate(config, str(workdir))
+  assert (workdir / "final_metrics.json").exists()
+  assert again["step"] == finished["step"] == 8
+  for key in ("loss", "mlm_accuracy", "nsp_accuracy"):
+    assert again[key] == pytest.approx(finished[key], rel=1e-6), key
+  assert saved_state(str(workdir))[0] == 8  # nothing trained again
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   """A process killed mid-run (no chance to save) resumes from its last checkpoint."""

@@ -298,6 +298,10 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     with mesh_lib.activate(mesh, rules):
       if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
         last_eval = run_eval(state.params, task.eval_batches, 0)
+      elif resuming and start >= end_step and not _has_final_metrics(workdir, start):
+        # Stopped between its last checkpoint and its final metrics (killed while it
+        # evaluated): evaluate now, so the run ends as the uninterrupted one would have.
+        last_eval = run_eval(state.params, task.eval_batches, start)
       for step in range(start, end_step):
         profiler.before(step)
         fetched = time.perf_counter()
@@ -411,6 +415,11 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     writer=writer,
     curve_keys=["loss"] + ([accuracy_key] if accuracy_key else []),
   )
+
+
+def _has_final_metrics(workdir: str, step: int) -> bool:
+  saved = epath.Path(workdir) / "final_metrics.json"
+  return saved.exists() and json.loads(saved.read_text()).get("step") == step
 
 
 def finish_run(
