@@ -117,7 +117,9 @@ class Dense(nnx.Module):
 
   def __call__(self, x: Array, rng: Array | None = None) -> Array:
     """rng: dropout key of the low-rank branch (None: no dropout)."""
-    y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+    kernel = self.kernel[...]
+    # Cast only when the compute dtype differs: a quantized kernel (qwix) stays as it is.
+    y = jnp.einsum(self.spec, x, kernel if kernel.dtype == x.dtype else kernel.astype(x.dtype))
     y = y + self.bias[...].astype(x.dtype)
     if self.low_rank is not None:
       y = y + self.low_rank(dropout(x, self.low_rank.dropout, rng))
@@ -342,6 +344,20 @@ _REMAT_POLICIES = {
 }
 
 
+def _layer(stacked: nnx.State, i: int) -> nnx.State:
+  """Layer i of the stacked parameters, its sharding names without the 'layers' axis (as a
+  layer's own parameters have them: libraries that read them, such as qwix, see one layer)."""
+
+  def take(variable):
+    names = variable.get_metadata().get("out_sharding")
+    taken = variable.replace(variable[...][i])
+    if names and names[0] == "layers":
+      taken.set_metadata("out_sharding", tuple(names[1:]))
+    return taken
+
+  return jax.tree.map(take, stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 class Encoder(nnx.Module):
   """The layer stack. Parameters are always stacked on a leading 'layers' axis.
 
@@ -396,7 +412,7 @@ class Encoder(nnx.Module):
     else:
       hidden, probs = [], []
       for i in range(n):
-        layer_state = jax.tree.map(lambda p, i=i: p[i], stacked)
+        layer_state = _layer(stacked, i)
         x, layer_probs = body(
           x, layer_state, None if rngs is None else rngs[i], None if prefix is None else prefix[i]
         )
