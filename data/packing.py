@@ -7,7 +7,8 @@ position, so a batch is still a pure function of (seed, step)). Each row says
 which example a token belongs to (`segment_ids` 1, 2, ...; 0 is padding), where
 each example's positions restart (`position_ids`) and where each example's
 [CLS] is (`cls_positions`, one slot per example); per-example arrays (label,
-weight) become [rows, slots], weight 0 in empty slots.
+weight) become [rows, slots], weight 0 in empty slots, and an answer span's positions
+are moved to where its example sits in the row.
 
 The shape is fixed for the run: enough rows and slots for every batch of the
 schedule, found by packing them all once at the start (`plan_shape`, about a
@@ -25,6 +26,8 @@ from data.sampling import EpochSampler
 
 # Arrays a packed batch adds (model/heads.py reads them; train/losses.PACKED_KEYS).
 PACKED_KEYS = ("segment_ids", "position_ids", "cls_positions")
+# Per-example token positions (extractive QA's answer span): packed, they index the row.
+POSITION_KEYS = ("start_positions", "end_positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +97,7 @@ def pack(batch: dict[str, np.ndarray], shape: PackedShape) -> dict[str, np.ndarr
       for key in token_keys:
         out[key][r, start : start + n] = batch[key][i, :n]
       for key in example_keys:
-        out[key][r, slot] = batch[key][i]
+        out[key][r, slot] = batch[key][i] + (start if key in POSITION_KEYS else 0)
       out["segment_ids"][r, start : start + n] = slot + 1
       out["position_ids"][r, start : start + n] = np.arange(n)
       out["cls_positions"][r, slot] = start

@@ -208,8 +208,27 @@ class BertForQuestionAnswering(nnx.Module):
       config.initializer_range,
     )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *, dropout_rng=None):
-    """Returns (start_logits, end_logits), each [batch, length] (float32)."""
-    sequence, _ = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=dropout_rng)
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    *,
+    dropout_rng=None,
+    segment_ids=None,
+    position_ids=None,
+    cls_positions=None,
+  ):
+    """Returns (start_logits, end_logits), each [batch, length] (float32). Packed rows
+    (segment_ids, position_ids) score every token; the objective reads each example's own."""
+    del cls_positions  # spans are read per token, not from [CLS]
+    sequence, _ = self.bert(
+      input_ids,
+      token_type_ids,
+      attention_mask,
+      position_ids=position_ids,
+      segment_ids=segment_ids,
+      dropout_rng=dropout_rng,
+    )
     logits = self.qa_outputs(sequence).astype(jnp.float32)
     return logits[..., 0], logits[..., 1]

@@ -13,10 +13,10 @@ from helpers import finetune as ff
 from data import packing
 from data.sampling import EpochSampler
 from model.config import BertConfig
-from model.heads import BertForSequenceClassification
+from model.heads import BertForQuestionAnswering, BertForSequenceClassification
 from train import loop
 from train import mesh as mesh_lib
-from train.losses import ClassificationObjective
+from train.losses import ClassificationObjective, SpanObjective
 from train.run import build_run
 from train.writers import read_metrics
 
@@ -169,14 +169,54 @@ def test_a_packed_train_step_matches_the_unpacked_one(tmp_path, make_config):
       state, metrics = run.train_step(run.state, run.frozen, batch)
     steps.append((jax.device_get(metrics), jax.device_get(state.params)))
   packed_batch = runs[0].task.train_data.batch(0)
-  assert packed_batch["segment_ids"].shape[1] == 32
+  assert packed_batch["segment_ids"].shape[1] == runs[0].config.data.max_seq_length
   assert packed_batch["segment_ids"].max() > 1  # some row holds several examples
   assert "segment_ids" not in runs[1].task.train_data.batch(0)
   np.testing.assert_allclose(steps[0][0]["loss"], steps[1][0]["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), steps[0][1], steps[1][1])
 
 
+def test_packed_qa_windows_score_their_own_tokens():
+  """Span logits of a packed row, read per example: each window's start and end scores are
+  its unpacked scores at its own tokens (the answer positions moved with it), every other
+  token of the row out of its softmax. Unpacked, BERT's (and transformers') softmax also
+  runs over the padding after a window; packed there is none, so the loss is the unpacked
+  logits' cross-entropy over each window's real tokens."""
+  config = BertConfig.from_dict(dict(ff.TINY, hidden_dropout_prob=0.0))
+  m, batch = BertForQuestionAnswering(config, nnx.Rngs(0)), examples()
+  lengths = batch["attention_mask"].sum(-1)
+  rng = np.random.default_rng(1)
+  batch["start_positions"] = np.array([rng.integers(0, n) for n in lengths], np.int32)
+  batch["end_positions"] = np.minimum(batch["start_positions"] + 1, lengths - 1).astype(np.int32)
+  del batch["label"]
+  objective = SpanObjective()
+  unpacked = objective.outputs(m, batch, None)
+  shape = packing.PackedShape(rows=3, slots=3, length=16)
+  packed = packing.pack(dict(batch, order=np.arange(6, dtype=np.int32)), shape)
+  out = objective.outputs(m, packed, None)
+  assert out["start_logits"].shape == (3, 3, 16)
+  norm = objective.normalizers(batch)
+  want = 0.0
+  for r, slot in zip(*np.nonzero(packed["weight"])):
+    i, n = packed["order"][r, slot], lengths[packed["order"][r, slot]]
+    start = packed["cls_positions"][r, slot]
+    for key, position in (("start_logits", "start_positions"), ("end_logits", "end_positions")):
+      own = np.asarray(out[key][r, slot])
+      np.testing.assert_allclose(own[start : start + n], unpacked[key][i, :n], atol=2e-5)
+      assert np.all(np.delete(own, np.arange(start, start + n)) == np.finfo(np.float32).min)
+      assert packed[position][r, slot] == batch[position][i] + start
+      real = np.asarray(unpacked[key][i, :n], np.float64)
+      log_z = np.log(np.exp(real - real.max()).sum()) + real.max()
+      want += (log_z - real[batch[position][i]]) / 2
+  loss, sums = objective.loss_and_sums(out, packed, norm)
+  np.testing.assert_allclose(float(loss), want / 6, rtol=1e-5)
+  assert float(sums["count"]) == 6
+
+
 def test_packing_refuses_what_it_cannot_pack_by_name(tmp_path):
-  config = ff.squad_config(tmp_path, **{"data.packing": True})
-  with pytest.raises(ValueError, match="task='question_answering' cannot pack yet"):
-    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  from train import tasks
+  from train.tasks.common import packed_shape_of
+
+  config = ff.tiny_config("multiple_choice", tmp_path, **{"data.packing": True})
+  with pytest.raises(ValueError, match="task='multiple_choice' cannot pack yet"):
+    packed_shape_of(tasks.get("multiple_choice"), config, {}, None)

@@ -228,7 +228,17 @@ class SpanObjective(_FinetuneObjective):
 
   def outputs(self, model, batch: Batch, dropout_rng) -> dict:
     start, end = self._forward(model, batch, dropout_rng)
+    if "segment_ids" in batch:  # packed: each example's scores over its own tokens alone
+      start, end = (self._per_slot(x, batch) for x in (start, end))
     return {"start_logits": start, "end_logits": end}
+
+  @staticmethod
+  def _per_slot(logits, batch):
+    """[rows, length] -> [rows, slots, length]: slot s keeps the tokens of segment s + 1,
+    the others at the float32 minimum (softmax weight 0); positions stay the row's."""
+    slots = batch["weight"].shape[1]
+    own = batch["segment_ids"][:, None, :] == jnp.arange(1, slots + 1)[None, :, None]
+    return jnp.where(own, logits[:, None, :], jnp.finfo(jnp.float32).min)
 
   def loss_and_sums(self, outputs, batch: Batch, norm) -> tuple[jax.Array, dict]:
     weight = batch["weight"].astype(jnp.float32)

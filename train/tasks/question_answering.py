@@ -128,6 +128,7 @@ SPEC = TaskSpec(
   ),
   objective=lambda config, labels: SpanObjective(),
   predict=predict,
+  packs=True,
   head="qa_outputs",
   hf_architecture="BertForQuestionAnswering",
   peft_task_type="QUESTION_ANS",
