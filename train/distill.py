@@ -76,7 +76,6 @@ class Teacher:
 
   graphdef: Any
   params: Any
-  source: str
   layer_map: tuple[int, ...] = ()  # the teacher layer of each student layer (hidden, attention)
   num_heads: int = 0
 
@@ -117,14 +116,24 @@ class DistillationObjective:
     self.metric_names = tuple(task_objective.metric_names)
     self.token_outputs = tuple(task_objective.token_outputs)
 
+  def _layer_terms(self):
+    """(name, weight, encoder attribute, loss-sum function, rows per real token and student
+    layer) of each layer-wise term this objective has."""
+    terms = (
+      ("hidden", self.hidden_weight, "hidden_states", hidden_mse_sum, 1),
+      ("attention", self.attention_weight, "attention_probs", attention_kl_sum, self.num_heads),
+    )
+    return [term for term in terms if term[1]]
+
+  def _rows(self, batch, per_token: int):
+    """Real tokens x student layers x per_token: what a layer-wise loss sum is a sum over."""
+    tokens = jnp.sum(batch["attention_mask"].astype(jnp.float32))
+    return tokens * len(self.layer_map) * per_token
+
   def normalizers(self, batch):
     norm = self.task.normalizers(batch)
-    # Real tokens x student layers of the whole batch (x heads: attention rows).
-    tokens = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map)
-    if self.hidden_weight:
-      norm["hidden_tokens"] = jnp.maximum(tokens, 1.0)
-    if self.attention_weight:
-      norm["attention_rows"] = jnp.maximum(tokens * self.num_heads, 1.0)
+    for name, _, _, _, per_token in self._layer_terms():  # of the whole batch
+      norm[f"{name}_rows"] = jnp.maximum(self._rows(batch, per_token), 1.0)
     return norm
 
   def outputs(self, model, batch, dropout_rng) -> dict:
@@ -137,11 +146,10 @@ class DistillationObjective:
     metrics = self.task.finalize(sums)
     if "distill_loss" in sums:
       metrics["distill_loss"] = float(sums["distill_loss"]) / max(float(sums["count"]), 1.0)
-    if "attention_loss" in sums:
-      count = max(float(sums["attention_count"]), 1.0)
-      metrics["attention_loss"] = float(sums["attention_loss"]) / count
-    if "hidden_loss" in sums:
-      metrics["hidden_loss"] = float(sums["hidden_loss"]) / max(float(sums["hidden_count"]), 1.0)
+    for name in ("hidden", "attention"):
+      if f"{name}_loss" in sums:
+        count = max(float(sums[f"{name}_count"]), 1.0)
+        metrics[f"{name}_loss"] = float(sums[f"{name}_loss"]) / count
     return metrics
 
   def with_teacher_outputs(self, teacher_params, batch) -> dict:
@@ -152,12 +160,9 @@ class DistillationObjective:
     names = [name for name, _ in self.task.soft_targets(batch)]
     out = {TEACHER + n: outputs[n] for n in names}
     mapped = jnp.asarray(self.layer_map)
-    if self.hidden_weight:
-      out[TEACHER + "hidden"] = self._batch_major(teacher.bert.encoder.hidden_states[...][mapped])
-    if self.attention_weight:
-      out[TEACHER + "attention"] = self._batch_major(
-        teacher.bert.encoder.attention_probs[...][mapped]
-      )
+    for name, _, attribute, _, _ in self._layer_terms():
+      kept = getattr(teacher.bert.encoder, attribute)[...]
+      out[TEACHER + name] = self._batch_major(kept[mapped])
     return dict(batch, **jax.lax.stop_gradient(out))
 
   def _keep(self, model):
@@ -181,28 +186,12 @@ class DistillationObjective:
     soft = soft_sum / norm[self.task.soft_target_normalizer]
     loss = self.hard_weight * hard + self.soft_weight * soft
     sums = dict(sums, distill_loss=soft_sum)
-    if self.hidden_weight:
-      hidden_sum = hidden_mse_sum(
-        self._batch_major(model.bert.encoder.hidden_states[...]),
-        batch[TEACHER + "hidden"],
-        batch["attention_mask"],
-      )
-      loss = loss + self.hidden_weight * hidden_sum / norm["hidden_tokens"]
-      sums["hidden_loss"] = hidden_sum
-      sums["hidden_count"] = jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(
-        self.layer_map
-      )
-    if self.attention_weight:
-      attention_sum = attention_kl_sum(
-        self._batch_major(model.bert.encoder.attention_probs[...]),
-        batch[TEACHER + "attention"],
-        batch["attention_mask"],
-      )
-      loss = loss + self.attention_weight * attention_sum / norm["attention_rows"]
-      sums["attention_loss"] = attention_sum
-      sums["attention_count"] = (
-        jnp.sum(batch["attention_mask"].astype(jnp.float32)) * len(self.layer_map) * self.num_heads
-      )
+    for name, weight, attribute, loss_sum, per_token in self._layer_terms():
+      student = self._batch_major(getattr(model.bert.encoder, attribute)[...])
+      term = loss_sum(student, batch[TEACHER + name], batch["attention_mask"])
+      loss = loss + weight * term / norm[f"{name}_rows"]
+      sums[f"{name}_loss"] = term
+      sums[f"{name}_count"] = self._rows(batch, per_token)
     return loss, sums
 
 
@@ -286,7 +275,7 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     d.hidden_weight,
     f"(student layers <- teacher layers {list(layer_map)})" if layer_map else "",
   )
-  return Teacher(graphdef, params, source, layer_map, model.config.num_attention_heads)
+  return Teacher(graphdef, params, layer_map, model.config.num_attention_heads)
 
 
 def _layer_map(config, teacher_config, student_config) -> tuple[int, ...]:
