@@ -117,12 +117,12 @@ def init_architecture(init) -> tuple[dict, str]:
   return {key: saved[key] for key in hf.ARCH_KEYS if key in saved}, path
 
 
-def init_layers(init) -> tuple[int, ...]:
-  """init.layers checked against the source's layer count: the source layers the model
-  keeps, in order (DistilBERT's student: every other layer of its teacher); () keeps all."""
+def init_layers(init) -> tuple[tuple[int, ...], int | None]:
+  """(init.layers, the source's layer count), checked: the source layers the model keeps, in
+  order (DistilBERT's student: every other layer of its teacher); ((), None) keeps all."""
   layers = tuple(int(i) for i in (init.get("layers") or ()))
   if not layers:
-    return ()
+    return (), None
   source_layers = init_architecture(init)[0].get("num_hidden_layers")
   if source_layers is None and init.get("hf_dir"):  # a hub name: its config.json, cached
     source_layers = hf.read_hf_config(hf.resolve_hf_source(init.hf_dir))["num_hidden_layers"]
@@ -133,7 +133,7 @@ def init_layers(init) -> tuple[int, ...]:
       f"init.layers={list(layers)}: distinct indices of the source's {source_layers} layers "
       f"(0 to {source_layers - 1})"
     )
-  return layers
+  return layers, source_layers
 
 
 def select_layers(tree: dict, layers: tuple[int, ...]) -> dict:
@@ -153,7 +153,7 @@ def adopt_init_architecture(config) -> None:
   differed could not load its weights anyway, so a fine-tuning config need not restate them.
   With init.layers, the model has that many layers."""
   architecture, where = init_architecture(config.get("init", {}))
-  layers = init_layers(config.get("init", {}))
+  layers, _ = init_layers(config.get("init", {}))
   if layers:
     architecture["num_hidden_layers"] = len(layers)
   changed = {key: value for key, value in architecture.items() if config.model.get(key) != value}
@@ -182,11 +182,9 @@ def base_tree(init, config: BertConfig) -> tuple[dict | None, str]:
     )
   if not (checkpoint or hf_dir):
     return None, ""
-  layers = init_layers(init)
+  layers, source_layers = init_layers(init)
   if layers:  # read the source at its own depth, then keep the chosen layers
-    path = checkpoint or hf.resolve_hf_source(hf_dir)
-    source = init_architecture(dict(checkpoint=checkpoint, hf_dir=path))[0]
-    config = config.replace(num_hidden_layers=source["num_hidden_layers"])
+    config = config.replace(num_hidden_layers=source_layers)
   if checkpoint:
     tree, where = workdir_params(checkpoint, config), f"init.checkpoint={checkpoint}"
   else:
