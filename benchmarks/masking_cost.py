@@ -1,6 +1,6 @@
 """Host cost of dynamic masking: one generator for the batch against one per row.
 
-Per-row generators (data/masking.RowGenerators) let each host of a pod mask only its own
+Per-row draws (data/masking.RowGenerators) let each host of a pod mask only its own
 rows and still draw what one process would; this prints what they cost on one host.
 
   python -m benchmarks.masking_cost --batch_size=256 --seq_len=128 --repeats=20
