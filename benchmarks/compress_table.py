@@ -5,7 +5,10 @@ For each task (SST-2 accuracy, CoNLL-2003 entity F1, dev sets), from all-MiniLM-
   student, labels only      3 layers (the teacher's pretrained layers 0, 2, 4), fine-tuned
                             on the labels (configs/compress/distill.py:<task>, no teacher);
   student, distilled        the same, taught by the teacher's logits (distill.teacher);
-  ... + hidden states       and by its layers 1, 3, 5's outputs (distill.hidden_weight).
+  ... + hidden states       and by its layers 1, 3, 5's outputs (distill.hidden_weight);
+  heads / FFN pruned        the teacher with 25 % or 50 % of every layer's heads, or 50 % of
+                            its FFN neurons, removed by importance and not retrained
+                            (configs/compress/prune.py:<task>, Michel et al. 2019).
 Every row: the same data, steps, batch, sequence length and seed; the students share a
 learning rate. Latency is the forward of a loaded workdir (`train.api.load`), on CPU,
 padded to --seq_len, at batch 1 and 32 over the same dev sentences, measured in this one
@@ -47,7 +50,18 @@ flags.DEFINE_string("out", "", "Markdown file; empty: ROOT/table.md.")
 FLAGS = flags.FLAGS
 
 
+PRUNED = {"heads25": ("heads", 0.25), "heads50": ("heads", 0.5), "ffn50": ("ffn", 0.5)}
+
+
 def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
+  if kind in PRUNED:  # the teacher pruned, no training: its weights and tokenizer, epochs 0
+    part, fraction = PRUNED[kind]
+    args = ["-m", "train.main", f"--config=configs/compress/prune.py:{task}"]
+    args += [f"--workdir={workdir}", f"--config.prune.source={teacher}"]
+    args += [f"--config.prune.heads={fraction if part == 'heads' else 0}"]
+    args += [f"--config.prune.ffn={fraction if part == 'ffn' else 0}"]
+    flags_ = finetune_flags(task, FLAGS.data_dir, "", FLAGS.seq_len, FLAGS.batch_size, 0, 0, 0)
+    return args + [f for f in flags_ if "total_steps" not in f and "eval_every" not in f]
   config = TASKS[task][0] if kind == "teacher" else f"configs/compress/distill.py:{task}"
   lr = FLAGS.teacher_lr if kind == "teacher" else FLAGS.student_lr
   args = ["-m", "train.main", f"--config={config}", f"--workdir={workdir}"]
@@ -119,6 +133,9 @@ def main(argv):
       ("labels", "student (3 layers), labels only"),
       ("distilled", "student (3 layers), distilled (logits)"),
       ("hidden", "student (3 layers), distilled (logits + hidden states)"),
+      ("heads25", "teacher, 25 % of heads pruned"),
+      ("heads50", "teacher, 50 % of heads pruned"),
+      ("ffn50", "teacher, 50 % of FFN neurons pruned"),
     ):
       workdirs[name] = os.path.join(root, kind)
       args = row_args(task, kind, workdirs[name], teacher)
@@ -139,7 +156,9 @@ def main(argv):
     ]
     for name, final in results.items():
       params = final["parameters"]["total"]
-      score, (one, many) = final["best"]["value"], times[name]
+      # A pruned row trains no step: its one evaluation is its score.
+      score = final["best"]["value"] if "best" in final else final[metric]
+      one, many = times[name]
       lines.append(
         f"| {name} | {params:,} | {params * 4 / 2**20:.1f} | {one:.2f} | {many:.1f} | "
         f"{teacher_ms[0] / one:.2f}x / {teacher_ms[1] / many:.2f}x | {100 * score:.2f} | "

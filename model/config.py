@@ -34,6 +34,9 @@ class BertConfig:
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
+  # Not a transformers field: the width of one head when it is not hidden_size /
+  # num_attention_heads, as in a model whose heads were pruned (train/prune.py). 0: BERT's rule.
+  attention_head_size: int = 0
   # Compute: how to run it. Parameters are always float32.
   dtype: str = "float32"
   scan_layers: bool = False
@@ -59,11 +62,22 @@ class BertConfig:
         key,
         "must be a positive integer",
       )
-    check(
-      self.hidden_size % self.num_attention_heads == 0,
-      "hidden_size",
-      f"must be divisible by num_attention_heads={self.num_attention_heads}",
-    )
+    if self.attention_head_size:
+      check(
+        self.attention_head_size > 0
+        and self.hidden_size % self.attention_head_size == 0
+        and self.num_attention_heads * self.attention_head_size <= self.hidden_size,
+        "attention_head_size",
+        f"must divide hidden_size={self.hidden_size} with num_attention_heads="
+        f"{self.num_attention_heads} heads of it fitting in hidden_size (heads pruned from "
+        "a BERT, which exports to transformers with the pruned heads as zeros)",
+      )
+    else:
+      check(
+        self.hidden_size % self.num_attention_heads == 0,
+        "hidden_size",
+        f"must be divisible by num_attention_heads={self.num_attention_heads}",
+      )
     check(self.hidden_act in HIDDEN_ACTS, "hidden_act", f"one of {HIDDEN_ACTS}")
     check(self.dtype in COMPUTE_DTYPES, "dtype", f"one of {COMPUTE_DTYPES}")
     check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}")
@@ -78,7 +92,12 @@ class BertConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
+    return self.attention_head_size or self.hidden_size // self.num_attention_heads
+
+  @property
+  def hf_num_attention_heads(self) -> int:
+    """The head count transformers builds: a pruned model's heads plus zero heads."""
+    return self.hidden_size // self.head_dim
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> BertConfig:
@@ -97,7 +116,7 @@ class BertConfig:
     arch = {
       f.name: hf[f.name]
       for f in dataclasses.fields(cls)
-      if f.name in hf and f.name not in ("dtype",)
+      if f.name in hf and f.name not in ("dtype", "attention_head_size")
     }
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(
@@ -108,10 +127,10 @@ class BertConfig:
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The architecture part, as transformers' `BertConfig(**d)` takes it."""
-    compute = {"dtype", "scan_layers", "remat_policy", "attention_impl"}
-    return {
-      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in compute
-    }
+    compute = {"dtype", "scan_layers", "remat_policy", "attention_impl", "attention_head_size"}
+    hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in compute}
+    hf["num_attention_heads"] = self.hf_num_attention_heads  # pruned heads come back as zeros
+    return hf
 
   def replace(self, **changes: Any) -> BertConfig:
     return dataclasses.replace(self, **changes)

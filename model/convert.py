@@ -49,13 +49,20 @@ def normalise_hf_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 def _layer_map(i: int, c: BertConfig) -> list[tuple[str, tuple[str, ...], Any, Any]]:
   """(hf name, our path inside one layer, hf->ours, ours->hf) for layer i."""
   h, nh, hd = c.hidden_size, c.num_attention_heads, c.head_dim
+  # A pruned model (fewer heads of the original width) goes to transformers, which derives
+  # the head width from hidden_size, with its missing heads as zeros: a zero head's values
+  # and output rows are zero, so it adds nothing, and the logits are unchanged.
+  zero_heads = c.hf_num_attention_heads - nh
   p = f"bert.encoder.layer.{i}."
+  pad = lambda x, axis: np.concatenate(
+    [x, np.zeros((*x.shape[:axis], zero_heads, *x.shape[axis + 1 :]), x.dtype)], axis
+  )
   qkv_in = lambda w: w.T.reshape(h, nh, hd)
-  qkv_out = lambda k: k.reshape(h, nh * hd).T
+  qkv_out = lambda k: pad(np.asarray(k), 1).reshape(h, h).T
   head_bias_in = lambda b: b.reshape(nh, hd)
-  head_bias_out = lambda b: b.reshape(nh * hd)
+  head_bias_out = lambda b: pad(np.asarray(b), 0).reshape(h)
   o_in = lambda w: w.T.reshape(nh, hd, h)
-  o_out = lambda k: k.reshape(nh * hd, h).T
+  o_out = lambda k: pad(np.asarray(k), 0).reshape(h, h).T
   t, same = (lambda w: w.T), (lambda x: x)
   rows = []
   for name in ("query", "key", "value"):

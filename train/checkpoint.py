@@ -344,7 +344,7 @@ def read_on_host(
 # What a checkpoint is bound to: checked before a run resumes it
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
-RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill")
+RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill", "prune")
 
 
 def fingerprint(config) -> dict:
@@ -368,6 +368,8 @@ def fingerprint(config) -> dict:
     fingerprint["ewc"] = config.ewc.to_dict()  # a resumed stage keeps its penalty
   if config.get("distill") and config.distill.teacher:
     fingerprint["distill"] = config.distill.to_dict()  # and a student its teacher
+  if config.get("prune") and config.prune.source:
+    fingerprint["prune"] = config.prune.to_dict()  # and a pruned model its source
   return fingerprint
 
 

@@ -41,6 +41,7 @@ ARCH_KEYS = (
   "intermediate_size",
   "max_position_embeddings",
   "type_vocab_size",
+  "attention_head_size",
 )
 
 

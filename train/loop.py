@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from data.finetune import gather_outputs
 from data.sampling import Prefetcher, host_share
 from train import mesh as mesh_lib
-from train import optim, profiling, warm_start, writers
+from train import optim, profiling, tasks, warm_start, writers
 from train import probe as probe_lib
 from train.checkpoint import (
   Checkpointer,
@@ -298,6 +298,12 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     with mesh_lib.activate(mesh, rules):
       if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
         last_eval = run_eval(state.params, task.eval_batches, 0)
+        if not resuming and tasks.get(config.task).head:
+          # The weights it scored are the run's model (a pruned one, say): checkpoint 0,
+          # so that predict and export read this workdir like any other.
+          ckpt.save(0, state, meta)
+          if best_ckpt is not None:
+            best_ckpt.save(0, {"params": state.params}, meta)
       elif resuming and start >= end_step and not _has_final_metrics(workdir, start):
         # Stopped between its last checkpoint and its final metrics (killed while it
         # evaluated): evaluate now, so the run ends as the uninterrupted one would have.

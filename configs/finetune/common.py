@@ -133,6 +133,17 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
     )
   )
 
+  # Structured pruning (train/prune.py, Michel et al. 2019): the model is this fine-tuned
+  # workdir's, with the least important heads and FFN neurons of every layer removed.
+  c.prune = ml_collections.ConfigDict(
+    dict(
+      source="",  # a fine-tuned workdir of this task; '' = no pruning
+      heads=0.0,  # fraction of each layer's attention heads to remove
+      ffn=0.0,  # fraction of each layer's FFN neurons to remove
+      batches=16,  # training batches the importance is summed over
+    )
+  )
+
   c.batch_size = 32  # global, across all hosts and devices
   c.epochs = 3
   c.optimizer = ml_collections.ConfigDict(

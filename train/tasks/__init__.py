@@ -50,6 +50,10 @@ def build_task(config, workdir: str) -> Task:
 
     warm_start.check_init_source(config.init)
     warm_start.adopt_init_architecture(config)
+  from train import prune
+
+  if prune.enabled(config):
+    prune.adopt_source(config)
   return spec.build(config, workdir)
 
 
