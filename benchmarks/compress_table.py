@@ -8,7 +8,9 @@ For each task (SST-2 accuracy, CoNLL-2003 entity F1, dev sets), from all-MiniLM-
   ... + hidden states       and by its layers 1, 3, 5's outputs (distill.hidden_weight);
   heads / FFN pruned        the teacher with 25 % or 50 % of every layer's heads, or 50 % of
                             its FFN neurons, removed by importance and not retrained
-                            (configs/compress/prune.py:<task>, Michel et al. 2019).
+                            (configs/compress/prune.py:<task>, Michel et al. 2019);
+  int8                      the teacher's encoder matmuls in int8, weights only or weights
+                            and activations (configs/compress/quantize.py:<task>), not retrained.
 Every row: the same data, steps, batch, sequence length and seed; the students share a
 learning rate. Latency is the forward of a loaded workdir (`train.api.load`), on CPU,
 padded to --seq_len, at batch 1 and 32 over the same dev sentences, measured in this one
@@ -50,18 +52,23 @@ flags.DEFINE_string("out", "", "Markdown file; empty: ROOT/table.md.")
 FLAGS = flags.FLAGS
 
 
-PRUNED = {"heads25": ("heads", 0.25), "heads50": ("heads", 0.5), "ffn50": ("ffn", 0.5)}
+COMPRESSED = {  # row: (config, its flags); the teacher compressed, no training, epochs 0
+  "heads25": ("prune", ["--config.compress.prune_heads=0.25"]),
+  "heads50": ("prune", ["--config.compress.prune_heads=0.5"]),
+  "ffn50": ("prune", ["--config.compress.prune_heads=0", "--config.compress.prune_ffn=0.5"]),
+  "int8w": ("quantize", ["--config.model.quantization=int8_weights"]),
+  "int8": ("quantize", ["--config.model.quantization=int8"]),
+}
 
 
 def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
-  if kind in PRUNED:  # the teacher pruned, no training: its weights and tokenizer, epochs 0
-    part, fraction = PRUNED[kind]
-    args = ["-m", "train.main", f"--config=configs/compress/prune.py:{task}"]
-    args += [f"--workdir={workdir}", f"--config.prune.source={teacher}"]
-    args += [f"--config.prune.heads={fraction if part == 'heads' else 0}"]
-    args += [f"--config.prune.ffn={fraction if part == 'ffn' else 0}"]
-    flags_ = finetune_flags(task, FLAGS.data_dir, "", FLAGS.seq_len, FLAGS.batch_size, 0, 0, 0)
-    return args + [f for f in flags_ if "total_steps" not in f and "eval_every" not in f]
+  if kind in COMPRESSED:  # the teacher's weights and tokenizer; no training step
+    config, extra = COMPRESSED[kind]
+    args = ["-m", "train.main", f"--config=configs/compress/{config}.py:{task}"]
+    args += [f"--workdir={workdir}", f"--config.compress.source={teacher}", *extra]
+    shared = finetune_flags(task, FLAGS.data_dir, "", FLAGS.seq_len, FLAGS.batch_size, 0, 1, 0)
+    schedule = ("optimizer.total_steps", "eval_every_steps", "optimizer.lr")
+    return args + [f for f in shared if not any(key in f for key in schedule)]
   config = TASKS[task][0] if kind == "teacher" else f"configs/compress/distill.py:{task}"
   lr = FLAGS.teacher_lr if kind == "teacher" else FLAGS.student_lr
   args = ["-m", "train.main", f"--config={config}", f"--workdir={workdir}"]
@@ -90,11 +97,19 @@ def dev_texts(task: str) -> list[str]:
   return texts[: FLAGS.latency_sentences]
 
 
-def latencies(workdirs: dict[str, str], texts: list[str]) -> dict[str, tuple[float, float]]:
-  """{row: (ms a sentence at batch 1, ms a batch of 32)}, best of the rounds, rows alternating."""
+def latencies(workdirs: dict[str, str], texts: list[str]) -> dict[str, tuple[float, float, int]]:
+  """{row: (ms a sentence at batch 1, ms a batch of 32, weight bytes)}, best of the rounds,
+  rows alternating. Weight bytes: every parameter as loaded (int8 kernels count 1 a value)."""
+  import jax
+  from flax import nnx
+
   from train import api
 
   loaded = {name: api.load(workdir) for name, workdir in workdirs.items()}
+  sizes = {
+    name: sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.module, nnx.Param)))
+    for name, (model, _) in loaded.items()
+  }
 
   def inputs(tokenizer, batch):
     return tokenizer(
@@ -118,7 +133,7 @@ def latencies(workdirs: dict[str, str], texts: list[str]) -> dict[str, tuple[flo
         model(**batch)
       many = (time.perf_counter() - start) / 4
       best[name] = [min(best[name][0], one), min(best[name][1], many)]
-  return {name: (1e3 * a, 1e3 * b) for name, (a, b) in best.items()}
+  return {name: (1e3 * a, 1e3 * b, sizes[name]) for name, (a, b) in best.items()}
 
 
 def main(argv):
@@ -136,6 +151,8 @@ def main(argv):
       ("heads25", "teacher, 25 % of heads pruned"),
       ("heads50", "teacher, 50 % of heads pruned"),
       ("ffn50", "teacher, 50 % of FFN neurons pruned"),
+      ("int8w", "teacher, int8 weights"),
+      ("int8", "teacher, int8 weights and activations"),
     ):
       workdirs[name] = os.path.join(root, kind)
       args = row_args(task, kind, workdirs[name], teacher)
@@ -150,7 +167,7 @@ def main(argv):
       f"{FLAGS.seed}; lr {FLAGS.teacher_lr:g} (teacher), {FLAGS.student_lr:g} (students); "
       f"latency on {len(dev_texts(task))} dev sentences padded to {FLAGS.seq_len}.",
       "",
-      "| model | params | weights (MiB, fp32) | latency batch 1 (ms) | latency batch 32 (ms) "
+      "| model | params | weights (MiB) | latency batch 1 (ms) | latency batch 32 (ms) "
       f"| speed-up (1 / 32) | dev {metric} | vs teacher |",
       "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -158,9 +175,9 @@ def main(argv):
       params = final["parameters"]["total"]
       # A pruned row trains no step: its one evaluation is its score.
       score = final["best"]["value"] if "best" in final else final[metric]
-      one, many = times[name]
+      one, many, size = times[name]
       lines.append(
-        f"| {name} | {params:,} | {params * 4 / 2**20:.1f} | {one:.2f} | {many:.1f} | "
+        f"| {name} | {params:,} | {size / 2**20:.1f} | {one:.2f} | {many:.1f} | "
         f"{teacher_ms[0] / one:.2f}x / {teacher_ms[1] / many:.2f}x | {100 * score:.2f} | "
         f"{100 * score / teacher_score:.1f} % |"
       )

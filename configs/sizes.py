@@ -41,6 +41,12 @@ def bert(size: str, **overrides) -> ml_collections.ConfigDict:
       initializer_range=0.02,
       layer_norm_eps=1e-12,
       pad_token_id=0,
+      # Not a transformers field: one head's width when fewer heads remain (a pruned model,
+      # train/prune.py); 0 = hidden_size / num_attention_heads.
+      attention_head_size=0,
+      # int8 encoder matmuls (model/quantize.py): 'none' | 'int8_weights' | 'int8' (weights
+      # and activations); changes the parameter tree, so a quantized model is its own run.
+      quantization="none",
       # How to compute: float32 on CPU, bfloat16 on TPU/GPU; params stay float32.
       dtype="float32",
       scan_layers=False,

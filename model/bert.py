@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import quantize
 from model.config import BertConfig
 from model.peft import Adapter, LowRank, PeftConfig, Prefix
 
@@ -91,7 +92,9 @@ class Dense(nnx.Module):
 
   `spec` is an einsum such as 'btd,dhk->bthk'; the kernel's logical names
   follow its letters. Kernels are cast to the compute dtype at use. With a
-  LoRA / AdaLoRA `peft` that targets `name`, a low-rank branch is added.
+  LoRA / AdaLoRA `peft` that targets `name`, a low-rank branch is added. With
+  `quantization` (model/quantize.py) the kernel is int8 with a float32 scale per
+  output channel, and the matmul runs through qwix.
   """
 
   def __init__(
@@ -104,9 +107,20 @@ class Dense(nnx.Module):
     std,
     name: str = "",
     peft: PeftConfig = NO_PEFT,
+    quantization: str = "none",
   ):
     self.spec = spec
-    self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
+    self.quantization = quantization
+    if quantization == "none":
+      self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
+    else:
+      if peft.method != "none":
+        raise ValueError(f"model.quantization={quantization!r} with peft.method={peft.method!r}")
+      int8 = jnp.zeros(kernel_shape, jnp.int8)  # the values come from a float model
+      self.kernel = nnx.Param(int8, out_sharding=tuple(kernel_names), eager_sharding=False)
+      shape = quantize.scale_shape(kernel_shape, spec)
+      names = [name if n > 1 else None for name, n in zip(kernel_names, shape)]
+      setattr(self, quantize.SCALE, param(rngs, shape, names, "ones"))
     bias_shape = kernel_shape[len(kernel_shape) - len(bias_names) :]
     self.bias = param(rngs, bias_shape, bias_names, "zeros")
     self.low_rank = (
@@ -117,13 +131,24 @@ class Dense(nnx.Module):
 
   def __call__(self, x: Array, rng: Array | None = None) -> Array:
     """rng: dropout key of the low-rank branch (None: no dropout)."""
-    kernel = self.kernel[...]
-    # Cast only when the compute dtype differs: a quantized kernel (qwix) stays as it is.
-    y = jnp.einsum(self.spec, x, kernel if kernel.dtype == x.dtype else kernel.astype(x.dtype))
+    if self.quantization == "none":
+      y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+    else:
+      y = self._quantized(x).astype(x.dtype)
     y = y + self.bias[...].astype(x.dtype)
     if self.low_rank is not None:
       y = y + self.low_rank(dropout(x, self.low_rank.dropout, rng))
     return y
+
+  def _quantized(self, x: Array) -> Array:
+    qwix = quantize.require_qwix()
+    scale = getattr(self, quantize.SCALE)[...]
+    kernel = qwix.QArray(self.kernel[...], scale.astype(x.dtype), qtype=jnp.int8)
+    if self.quantization == "int8":  # dynamic activation ranges: one scale per token
+      lhs, out = self.spec.split(",")[0], self.spec.split("->")[1]
+      per_token = tuple(i for i, letter in enumerate(lhs) if letter in out)
+      x = qwix.quantize(x, jnp.int8, channelwise_axes=per_token)
+    return qwix.einsum(self.spec, x, kernel)
 
 
 class Embeddings(nnx.Module):
@@ -225,7 +250,15 @@ class SelfAttention(nnx.Module):
     shape = (c.hidden_size, c.num_attention_heads, c.head_dim)
     names = ("embed", "heads", "kv")
     dense = lambda name: Dense(
-      "btd,dhk->bthk", shape, names, ("heads", "kv"), rngs, std, f"attention.{name}", peft
+      "btd,dhk->bthk",
+      shape,
+      names,
+      ("heads", "kv"),
+      rngs,
+      std,
+      f"attention.{name}",
+      peft,
+      c.quantization,
     )
     self.query = dense("query")
     self.key = dense("key")
@@ -239,6 +272,7 @@ class SelfAttention(nnx.Module):
       std,
       "attention.output",
       peft,
+      c.quantization,
     )
     self.adapter = (
       Adapter(c.hidden_size, peft.adapter_size, rngs) if peft.method == "adapter" else None
@@ -296,6 +330,7 @@ class FeedForward(nnx.Module):
       std,
       "ffn.intermediate",
       peft,
+      c.quantization,
     )
     self.output = Dense(
       "btf,fd->btd",
@@ -306,6 +341,7 @@ class FeedForward(nnx.Module):
       std,
       "ffn.output",
       peft,
+      c.quantization,
     )
     self.adapter = (
       Adapter(c.hidden_size, peft.adapter_size, rngs) if peft.method == "adapter" else None

@@ -16,6 +16,7 @@ HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+QUANTIZATIONS = ("none", "int8_weights", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,9 @@ class BertConfig:
   # Not a transformers field: the width of one head when it is not hidden_size /
   # num_attention_heads, as in a model whose heads were pruned (train/prune.py). 0: BERT's rule.
   attention_head_size: int = 0
+  # Not a transformers field either: int8 encoder matmuls (model/quantize.py), 'none',
+  # 'int8_weights' or 'int8' (weights and activations). It changes the parameter tree.
+  quantization: str = "none"
   # Compute: how to run it. Parameters are always float32.
   dtype: str = "float32"
   scan_layers: bool = False
@@ -82,6 +86,7 @@ class BertConfig:
     check(self.dtype in COMPUTE_DTYPES, "dtype", f"one of {COMPUTE_DTYPES}")
     check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"one of {REMAT_POLICIES}")
     check(self.attention_impl in ATTENTION_IMPLS, "attention_impl", f"one of {ATTENTION_IMPLS}")
+    check(self.quantization in QUANTIZATIONS, "quantization", f"one of {QUANTIZATIONS}")
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
       check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
     check(
@@ -116,7 +121,7 @@ class BertConfig:
     arch = {
       f.name: hf[f.name]
       for f in dataclasses.fields(cls)
-      if f.name in hf and f.name not in ("dtype", "attention_head_size")
+      if f.name in hf and f.name not in ("dtype", "attention_head_size", "quantization")
     }
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(
@@ -127,7 +132,8 @@ class BertConfig:
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The architecture part, as transformers' `BertConfig(**d)` takes it."""
-    compute = {"dtype", "scan_layers", "remat_policy", "attention_impl", "attention_head_size"}
+    ours = {"attention_head_size", "quantization"}  # an export writes float, BERT-shaped heads
+    compute = {"dtype", "scan_layers", "remat_policy", "attention_impl", *ours}
     hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in compute}
     hf["num_attention_heads"] = self.hf_num_attention_heads  # pruned heads come back as zeros
     return hf

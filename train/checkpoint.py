@@ -344,13 +344,17 @@ def read_on_host(
 # What a checkpoint is bound to: checked before a run resumes it
 
 # Keys of the config a checkpoint must agree with before a run may resume it.
-RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill", "prune")
+RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill", "compress")
 
 
 def fingerprint(config) -> dict:
   """The part of the config a checkpoint is bound to (compute options excluded)."""
   compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
   model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
+  # At their defaults, fields newer than some checkpoints are left out, as those lack them.
+  for key, default in (("attention_head_size", 0), ("quantization", "none")):
+    if model.get(key, default) == default:
+      model.pop(key, None)
   fingerprint = {
     "task": config.task,
     "model": model,
@@ -368,8 +372,8 @@ def fingerprint(config) -> dict:
     fingerprint["ewc"] = config.ewc.to_dict()  # a resumed stage keeps its penalty
   if config.get("distill") and config.distill.teacher:
     fingerprint["distill"] = config.distill.to_dict()  # and a student its teacher
-  if config.get("prune") and config.prune.source:
-    fingerprint["prune"] = config.prune.to_dict()  # and a pruned model its source
+  if config.get("compress") and config.compress.source:
+    fingerprint["compress"] = config.compress.to_dict()  # and a compressed model its source
   return fingerprint
 
 

@@ -42,6 +42,7 @@ ARCH_KEYS = (
   "max_position_embeddings",
   "type_vocab_size",
   "attention_head_size",
+  "quantization",
 )
 
 
@@ -216,10 +217,11 @@ def export_finetuned(
 def save_finetuned_model(out_dir: str, run: finetuned.FinetunedRun) -> str:
   """config.json + model.safetensors for transformers' model of the task, LoRA merged."""
   from model.peft import merge_low_rank
+  from model.quantize import dequantize_tree
 
-  tensors = convert.params_to_hf(
-    merge_low_rank(finetuned.full_params(run), run.peft), run.model_config
-  )
+  # transformers has no int8 BERT: a quantized model goes out as kernel x scale, in float32.
+  tree = dequantize_tree(merge_low_rank(finetuned.full_params(run), run.peft))
+  tensors = convert.params_to_hf(tree, run.model_config)
   spec = run.spec
   if not spec.hf_pooler:  # transformers builds these without the pooler
     tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}

@@ -13,88 +13,25 @@ an ordinary, smaller BERT: fewer heads of the original width (`model.attention_h
 and a narrower `intermediate_size`. It trains, evaluates, predicts and exports like any
 fine-tuned model; transformers gets the pruned heads back as zeros (model/convert.py).
 
-A run prunes when `prune.source` names a fine-tuned workdir of its task: the run's model is
-the source's, pruned, head included, before the first step. `train.steps=0` evaluates the
-pruned model as it is (Michel et al. prune without retraining); more steps fine-tune it.
+A run prunes through `compress` (train/compress.py): the source's fine-tuned model, pruned,
+is the run's model before its first step.
 """
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
-
-from model.config import BertConfig
-from train.errors import UserError
 
 ENCODER = ("bert", "encoder", "layers")
 HEAD_KERNEL = (*ENCODER, "attention", "output", "kernel")  # [layers, heads, head_dim, hidden]
 NEURON_KERNEL = (*ENCODER, "ffn", "output", "kernel")  # [layers, intermediate, hidden]
 
 
-def enabled(config) -> bool:
-  return bool(config.get("prune", {}).get("source", ""))
-
-
-def kept(total: int, fraction: float, key: str) -> int:
+def kept(total: int, fraction: float) -> int:
   """How many of `total` stay when `fraction` of them is pruned (at least one)."""
-  if not 0.0 <= fraction < 1.0:
-    raise UserError(f"prune.{key}={fraction:g}: the fraction to remove, in [0, 1)")
   return max(1, total - round(total * fraction))
-
-
-def source_run(config):
-  """The fine-tuned run prune.source names, checked against this run's task and labels."""
-  from train import finetuned
-
-  source = config.prune.source
-  where = f"prune.source={source}"
-  if not os.path.isfile(os.path.join(source, "config.json")):
-    raise UserError(f"{where}: no fine-tuned workdir there (it holds no config.json)")
-  run = finetuned.read_run(source)
-  if run.task != config.task:
-    raise UserError(f"{where} holds a {run.task!r} run; task={config.task!r} needs its own")
-  if run.peft.method != "none":
-    raise UserError(
-      f"{where} is a {run.peft.method} run: prune a fully fine-tuned model (or merge first)"
-    )
-  if config.get("init") and (config.init.get("checkpoint") or config.init.get("hf_dir")):
-    raise UserError(
-      f"{where} and init.{'checkpoint' if config.init.get('checkpoint') else 'hf_dir'} are "
-      "both set: a pruned run's weights are the source's (--config.init.hf_dir= clears it)"
-    )
-  return run
-
-
-def adopt_source(config) -> None:
-  """config.model becomes the source's architecture, pruned; data.vocab its tokenizer."""
-  run = source_run(config)
-  m = run.model_config
-  p = config.prune
-  pruned = dict(
-    num_attention_heads=kept(m.num_attention_heads, p.heads, "heads"),
-    attention_head_size=m.head_dim,
-    intermediate_size=kept(m.intermediate_size, p.ffn, "ffn"),
-  )
-  from train.hf import ARCH_KEYS
-
-  config.model.update({key: getattr(m, key) for key in ARCH_KEYS}, **pruned)
-  tokenizer = os.path.join(p.source, "tokenizer")
-  if os.path.isdir(tokenizer):
-    config.data.vocab = tokenizer
-  logging.info(
-    "pruning %s: heads %d -> %d, ffn %d -> %d per layer",
-    p.source,
-    m.num_attention_heads,
-    pruned["num_attention_heads"],
-    m.intermediate_size,
-    pruned["intermediate_size"],
-  )
 
 
 def _get(tree: dict, path):
@@ -152,76 +89,6 @@ def prune_tree(tree: dict, heads: np.ndarray, neurons: np.ndarray) -> dict:
   layers = dict(layers, attention=attention, ffn=ffn)
   encoder = dict(tree["bert"]["encoder"], layers=layers)
   return dict(tree, bert=dict(tree["bert"], encoder=encoder))
-
-
-class PruneHook:
-  """The run hook of pruning (train/run.py): a fresh run starts from the source, pruned.
-
-  A resumed run has the pruned weights in its checkpoint already. `prune.json` and
-  `head_importance.png` in the workdir keep every score and what was kept.
-  """
-
-  def __init__(self, config, task, mesh, rules, frozen, tx, workdir: str | None):
-    self.config, self.task, self.mesh, self.rules = config, task, mesh, rules
-    self.frozen, self.tx, self.workdir = frozen, tx, workdir
-    self.summary: dict = {}
-
-  def on_start(self, state, resuming: bool):
-    if resuming:
-      return state
-    from train import finetuned, tasks
-    from train import mesh as mesh_lib
-    from train.state import abstract_model, load_params
-
-    p, model_config = self.config.prune, BertConfig.from_dict(self.config.model)
-    source = source_run(self.config)
-    factory = tasks.model_factory(source.config, source.model_config, source.labels)
-    graphdef, abstract = abstract_model(factory)
-    tree = finetuned.full_params(source)
-    params = jax.tree.map(jnp.asarray, tree)
-    nnx.replace_by_pure_dict(abstract, params)
-    batches = [
-      mesh_lib.shard_batch(
-        self.task.train_data.batch(step, jax.process_index(), jax.process_count()),
-        self.mesh,
-        self.rules,
-      )
-      for step in range(p.batches)
-    ]
-    head_scores, neuron_scores = importance(graphdef, abstract, self.task.objective, batches)
-    heads = most_important(head_scores, model_config.num_attention_heads)
-    neurons = most_important(neuron_scores, model_config.intermediate_size)
-    pruned = prune_tree(tree, heads, neurons)
-    state, _ = load_params(state, self.frozen, pruned, self.tx)
-    self.summary = {
-      "prune_heads_kept": int(heads.shape[1]),
-      "prune_heads_of": int(head_scores.shape[1]),
-      "prune_neurons_kept": int(neurons.shape[1]),
-      "prune_neurons_of": int(neuron_scores.shape[1]),
-    }
-    logging.info("pruned %s on %d batches: %s", p.source, p.batches, self.summary)
-    if self.workdir and jax.process_index() == 0:
-      self._write(head_scores, neuron_scores, heads, neurons)
-    return state
-
-  def _write(self, head_scores, neuron_scores, heads, neurons) -> None:
-    from train import writers
-
-    record = dict(
-      source=self.config.prune.source,
-      batches=self.config.prune.batches,
-      head_importance=head_scores.tolist(),
-      heads_kept=heads.tolist(),
-      neuron_importance_sum_kept=[
-        float(s[k].sum() / max(s.sum(), 1e-30)) for s, k in zip(neuron_scores, neurons)
-      ],
-      neurons_kept=neurons.tolist(),
-    )
-    writers.write_text(os.path.join(self.workdir, "prune.json"), json.dumps(record, indent=1))
-    plot_head_importance(head_scores, heads, os.path.join(self.workdir, "head_importance.png"))
-
-  def on_end(self, state, mesh) -> dict:
-    return dict(self.summary)
 
 
 def plot_head_importance(scores: np.ndarray, kept_heads: np.ndarray, out_png: str) -> str:

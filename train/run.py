@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from model import peft as peft_lib
 from model.config import BertConfig
 from model.peft import PeftConfig
-from train import adalora, distill, ewc, optim, prune, tasks
+from train import adalora, compress, distill, ewc, optim, tasks
 from train import mesh as mesh_lib
 from train import step as step_lib
 from train.errors import UserError
@@ -193,10 +193,11 @@ def build_run(
     graphdef, state, frozen, shardings = create_train_state(
       factory, tx, mesh, rules, config.seed, trainable
     )
-  if task is not None and prune.enabled(config):
+  compress.check_trainable(config, total_steps)
+  if task is not None and compress.enabled(config):
     if peft.method != "none":
-      raise UserError(f"prune.source with peft.method={peft.method!r}: prune trains every weight")
-    hooks.append(prune.PruneHook(config, task, mesh, rules, frozen, tx, workdir))
+      raise UserError(f"compress.source with peft.method={peft.method!r}: not supported")
+    hooks.append(compress.CompressHook(config, task, mesh, rules, frozen, tx, workdir))
   train_step = step_lib.jit_train_step(graphdef, tx, objective, opt_config, shardings)
   with_outputs = task is not None and task.score is not None
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, objective, with_outputs=with_outputs))

@@ -142,10 +142,11 @@ def _take(tree: dict, like: dict) -> dict:
 
 
 def place_tree(part: nnx.State, tree: dict) -> nnx.State:
-  """A copy of `part` holding `tree`'s values (numpy; every key of `part`), each on its sharding."""
+  """A copy of `part` holding `tree`'s values (numpy; every key of `part`), each on its sharding
+  and in its dtype (float32; int8 for a quantized kernel)."""
   pure = nnx.to_pure_dict(part)
   values = jax.tree.map(
-    lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
+    lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding),
     _take(tree, pure),
     pure,
   )

@@ -133,14 +133,15 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
     )
   )
 
-  # Structured pruning (train/prune.py, Michel et al. 2019): the model is this fine-tuned
-  # workdir's, with the least important heads and FFN neurons of every layer removed.
-  c.prune = ml_collections.ConfigDict(
+  # Compression (train/compress.py): the model is this fine-tuned workdir's, with the least
+  # important heads and FFN neurons of every layer removed (train/prune.py, Michel et al.
+  # 2019) and model.quantization applied (model/quantize.py).
+  c.compress = ml_collections.ConfigDict(
     dict(
-      source="",  # a fine-tuned workdir of this task; '' = no pruning
-      heads=0.0,  # fraction of each layer's attention heads to remove
-      ffn=0.0,  # fraction of each layer's FFN neurons to remove
-      batches=16,  # training batches the importance is summed over
+      source="",  # a fine-tuned workdir of this task; '' = no compression
+      prune_heads=0.0,  # fraction of each layer's attention heads to remove
+      prune_ffn=0.0,  # fraction of each layer's FFN neurons to remove
+      importance_batches=16,  # training batches the head / neuron importance is summed over
     )
   )
 

@@ -50,10 +50,10 @@ def build_task(config, workdir: str) -> Task:
 
     warm_start.check_init_source(config.init)
     warm_start.adopt_init_architecture(config)
-  from train import prune
+  from train import compress
 
-  if prune.enabled(config):
-    prune.adopt_source(config)
+  if compress.enabled(config):
+    compress.adopt_source(config)
   return spec.build(config, workdir)
 
 
