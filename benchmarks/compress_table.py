@@ -10,7 +10,9 @@ For each task (SST-2 accuracy, CoNLL-2003 entity F1, dev sets), from all-MiniLM-
                             its FFN neurons, removed by importance and not retrained
                             (configs/compress/prune.py:<task>, Michel et al. 2019);
   int8                      the teacher's encoder matmuls in int8, weights only or weights
-                            and activations (configs/compress/quantize.py:<task>), not retrained.
+                            and activations (configs/compress/quantize.py:<task>), not retrained;
+  int8, QAT                 the teacher fine-tuned --qat_steps more through int8 rounding
+                            (model.quantization=int8_qat), then made int8 the same way.
 Every row: the same data, steps, batch, sequence length and seed; the students share a
 learning rate. Latency is the forward of a loaded workdir (`train.api.load`), on CPU,
 padded to --seq_len, at batch 1 and 32 over the same dev sentences, measured in this one
@@ -46,6 +48,8 @@ flags.DEFINE_float("teacher_lr", 5e-5, "The teacher's peak learning rate.")
 flags.DEFINE_float("student_lr", 1e-4, "Both students' peak learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed, every row.")
 flags.DEFINE_float("hidden_weight", 1.0, "distill.hidden_weight of the hidden-state row.")
+flags.DEFINE_integer("qat_steps", 100, "Quantization-aware steps from the teacher (int8, QAT).")
+flags.DEFINE_float("qat_lr", 1e-5, "Peak learning rate of those steps.")
 flags.DEFINE_integer("latency_sentences", 128, "Dev sentences timed at batch 1 (and 32).")
 flags.DEFINE_integer("rounds", 3, "Timing rounds; the best is kept.")
 flags.DEFINE_string("out", "", "Markdown file; empty: ROOT/table.md.")
@@ -58,7 +62,19 @@ COMPRESSED = {  # row: (config, its flags); the teacher compressed, no training,
   "ffn50": ("prune", ["--config.compress.prune_heads=0", "--config.compress.prune_ffn=0.5"]),
   "int8w": ("quantize", ["--config.model.quantization=int8_weights"]),
   "int8": ("quantize", ["--config.model.quantization=int8"]),
+  "qat_int8": ("quantize", ["--config.model.quantization=int8"]),  # source: the QAT workdir
 }
+
+
+def qat_args(task: str, workdir: str, teacher: str) -> list[str]:
+  """The teacher, trained on through int8 rounding: what the 'int8, QAT' row quantizes."""
+  args = ["-m", "train.main", f"--config=configs/compress/quantize.py:{task}"]
+  args += [f"--workdir={workdir}", f"--config.compress.source={teacher}"]
+  args += ["--config.model.quantization=int8_qat"]
+  args += finetune_flags(
+    task, FLAGS.data_dir, "", FLAGS.seq_len, FLAGS.batch_size, FLAGS.qat_steps, FLAGS.qat_lr, 0
+  )
+  return args
 
 
 def row_args(task: str, kind: str, workdir: str, teacher: str) -> list[str]:
@@ -153,9 +169,15 @@ def main(argv):
       ("ffn50", "teacher, 50 % of FFN neurons pruned"),
       ("int8w", "teacher, int8 weights"),
       ("int8", "teacher, int8 weights and activations"),
+      ("qat_int8", "teacher, int8 weights and activations, QAT"),
     ):
       workdirs[name] = os.path.join(root, kind)
-      args = row_args(task, kind, workdirs[name], teacher)
+      source = teacher
+      if kind == "qat_int8":
+        source = os.path.join(root, "qat")
+        commands.append(qat_args(task, source, teacher))
+        run_job(commands[-1], source)
+      args = row_args(task, kind, workdirs[name], source)
       commands.append(args)
       results[name] = run_job(args, workdirs[name])[0]
     times = latencies(workdirs, dev_texts(task))

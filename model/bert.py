@@ -111,7 +111,7 @@ class Dense(nnx.Module):
   ):
     self.spec = spec
     self.quantization = quantization
-    if quantization == "none":
+    if quantization in ("none", "int8_qat"):
       self.kernel = param(rngs, kernel_shape, kernel_names, "normal", std)
     else:
       if peft.method != "none":
@@ -133,6 +133,8 @@ class Dense(nnx.Module):
     """rng: dropout key of the low-rank branch (None: no dropout)."""
     if self.quantization == "none":
       y = jnp.einsum(self.spec, x, self.kernel[...].astype(x.dtype))
+    elif self.quantization == "int8_qat":
+      y = self._fake_quantized(x)
     else:
       y = self._quantized(x).astype(x.dtype)
     y = y + self.bias[...].astype(x.dtype)
@@ -140,15 +142,26 @@ class Dense(nnx.Module):
       y = y + self.low_rank(dropout(x, self.low_rank.dropout, rng))
     return y
 
+  def _per_token_axes(self) -> tuple[int, ...]:
+    lhs, out = self.spec.split(",")[0], self.spec.split("->")[1]
+    return tuple(i for i, letter in enumerate(lhs) if letter in out)
+
   def _quantized(self, x: Array) -> Array:
     qwix = quantize.require_qwix()
     scale = getattr(self, quantize.SCALE)[...]
     kernel = qwix.QArray(self.kernel[...], scale.astype(x.dtype), qtype=jnp.int8)
     if self.quantization == "int8":  # dynamic activation ranges: one scale per token
-      lhs, out = self.spec.split(",")[0], self.spec.split("->")[1]
-      per_token = tuple(i for i, letter in enumerate(lhs) if letter in out)
-      x = qwix.quantize(x, jnp.int8, channelwise_axes=per_token)
+      x = qwix.quantize(x, jnp.int8, channelwise_axes=self._per_token_axes())
     return qwix.einsum(self.spec, x, kernel)
+
+  def _fake_quantized(self, x: Array) -> Array:
+    """The matmul of 'int8' on int8-rounded float values, with straight-through gradients
+    (quantization-aware training): what the model computes once quantized, trainable."""
+    kernel = self.kernel[...].astype(x.dtype)
+    contracted = quantize.contracted_axes(self.spec)
+    channels = tuple(i for i in range(kernel.ndim) if i not in contracted)
+    kernel = quantize.fake_quant(kernel, channels)
+    return jnp.einsum(self.spec, quantize.fake_quant(x, self._per_token_axes()), kernel)
 
 
 class Embeddings(nnx.Module):

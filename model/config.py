@@ -16,7 +16,7 @@ HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
-QUANTIZATIONS = ("none", "int8_weights", "int8")
+QUANTIZATIONS = ("none", "int8_weights", "int8", "int8_qat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,8 @@ class BertConfig:
   # num_attention_heads, as in a model whose heads were pruned (train/prune.py). 0: BERT's rule.
   attention_head_size: int = 0
   # Not a transformers field either: int8 encoder matmuls (model/quantize.py), 'none',
-  # 'int8_weights' or 'int8' (weights and activations). It changes the parameter tree.
+  # 'int8_weights' or 'int8' (weights and activations), which change the parameter tree, or
+  # 'int8_qat': float weights trained through the int8 of 'int8' (quantization-aware).
   quantization: str = "none"
   # Compute: how to run it. Parameters are always float32.
   dtype: str = "float32"

@@ -6,7 +6,10 @@ value, attention output, FFN in and out):
                   (symmetric, absmax); activations stay float (weight-only PTQ);
   'int8'          the same weights, and each matmul's input is quantized per token at run
                   time (dynamic, absmax), so the matmul itself is int8 x int8 (Q8BERT's
-                  scheme, with dynamic instead of calibrated activation ranges).
+                  scheme, with dynamic instead of calibrated activation ranges);
+  'int8_qat'      float weights, trained through the rounding of 'int8' (fake quantization,
+                  straight-through gradients: quantization-aware training). Its workdir,
+                  compressed with 'int8', computes what it trained to compute.
 Embeddings, LayerNorms, the pooler and the task head stay float32, as do all biases.
 
 A quantized model's parameter tree holds the int8 kernels and their `kernel_scale`s: that
@@ -30,6 +33,17 @@ def require_qwix():
       "model.quantization needs qwix: pip install -e '.[compress]' (or pip install qwix)"
     ) from None
   return qwix
+
+
+def fake_quant(x, channelwise_axes: tuple[int, ...]):
+  """x rounded to int8 and back (symmetric absmax per channel, as qwix quantizes it), with
+  the gradient of the identity (straight-through): quantization-aware training."""
+  import jax
+  import jax.numpy as jnp
+
+  qwix = require_qwix()
+  rounded = qwix.dequantize(qwix.quantize(x, jnp.int8, channelwise_axes=channelwise_axes))
+  return x + jax.lax.stop_gradient(rounded.astype(x.dtype) - x)
 
 
 def contracted_axes(spec: str) -> tuple[int, ...]:

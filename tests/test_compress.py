@@ -264,3 +264,41 @@ def test_int8_weights_do_not_train(finetuned, tmp_path):
   config.model.quantization = "int8"
   with pytest.raises(UserError, match="model.quantization='int8' with .* training steps"):
     build_run(config, str(tmp_path / "run"))
+
+
+def test_quantization_aware_training_computes_what_the_int8_model_computes(finetuned, tmp_path):
+  """'int8_qat' trains float weights through int8 rounding; compressed to 'int8', the model
+  gives the QAT model's logits (the same rounding, now in int8 arithmetic)."""
+  from model.bert import Dense
+  from model.quantize import quantize_kernel
+
+  spec, shape, names = "btf,fd->btd", (48, 32), ("mlp", "embed")
+  qat = Dense(spec, shape, names, ("embed",), nnx.Rngs(0), 0.1, quantization="int8_qat")
+  int8 = Dense(spec, shape, names, ("embed",), nnx.Rngs(0), 0.1, quantization="int8")
+  int8.kernel[...], int8.kernel_scale[...] = quantize_kernel(qat.kernel[...], (1, 32))
+  x = jax.random.normal(jax.random.key(2), (2, 5, 48))
+  np.testing.assert_allclose(qat(x), int8(x), rtol=1e-5, atol=1e-5)
+  # Straight-through: the kernel's gradient is that of the float matmul on rounded inputs.
+  grad = jax.grad(lambda k: jnp.sum(jnp.einsum(spec, x, k)))(qat.kernel[...])
+  graphdef, state = nnx.split(qat)
+  qat_grad = jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x)))(state)["kernel"][...]
+  assert not np.allclose(qat_grad, grad)  # the inputs were rounded...
+  np.testing.assert_allclose(qat_grad, grad, rtol=0.05, atol=0.05)  # ...to int8 precision
+
+  _, _, source = finetuned
+  qat_dir = str(tmp_path / "qat")
+  config = pruning_config(tmp_path, source, epochs=2)
+  config.compress.update(prune_heads=0.0, prune_ffn=0.0)
+  config.model.quantization = "int8_qat"
+  config.optimizer.lr = 1e-4
+  loop.train_and_evaluate(config, qat_dir)
+  int8_dir = str(tmp_path / "qat_int8")
+  config = pruning_config(tmp_path, qat_dir)
+  config.compress.update(prune_heads=0.0, prune_ffn=0.0)
+  config.model.quantization = "int8"
+  loop.train_and_evaluate(config, int8_dir)
+  (qat_model, tokenizer), (int8_model, _) = api.load(qat_dir), api.load(int8_dir)
+  inputs = tokenizer(["a fine film", "a dull and bad film"], padding=True, return_tensors="np")
+  np.testing.assert_allclose(
+    int8_model(**inputs)["logits"], qat_model(**inputs)["logits"], atol=1e-4
+  )

@@ -6,7 +6,9 @@ heads / FFN neurons removed (train/prune.py) and `model.quantization` applied
 (model/quantize.py). Before the first step a run hook loads the source's weights, head
 included, prunes them by importance and quantizes them. With `epochs=0` the run evaluates
 that model as it is and keeps it as checkpoint 0: post-training pruning (Michel et al. 2019)
-and post-training quantization. With steps, a pruned float model is fine-tuned further.
+and post-training quantization. With steps, a pruned float model is fine-tuned further, and
+with model.quantization='int8_qat' it trains through int8 rounding (quantization-aware); its
+workdir, compressed with 'int8' and epochs 0, is then the int8 model it trained to be.
 Either way the workdir is an ordinary fine-tuned one: it evaluates, predicts and exports.
 """
 
@@ -24,6 +26,8 @@ from model.config import BertConfig
 from model.quantize import quantize_tree
 from train import prune
 from train.errors import UserError
+
+STORED_INT8 = ("int8_weights", "int8")  # quantizations whose kernels are int8 parameters
 
 
 def enabled(config) -> bool:
@@ -52,7 +56,7 @@ def source_run(config):
     raise UserError(
       f"{where} is a {run.peft.method} run: compress a fully fine-tuned model (export merged)"
     )
-  if run.model_config.quantization != "none":
+  if run.model_config.quantization in STORED_INT8:
     raise UserError(f"{where} is quantized already: compress its float source instead")
   if config.get("init") and (config.init.get("checkpoint") or config.init.get("hf_dir")):
     which = "checkpoint" if config.init.get("checkpoint") else "hf_dir"
@@ -94,10 +98,11 @@ def adopt_source(config) -> None:
 def check_trainable(config, total_steps: int) -> None:
   """int8 weights take no gradient: a quantized run evaluates its source (epochs 0)."""
   quantization = config.model.get("quantization", "none")
-  if quantization != "none" and total_steps:
+  if quantization in STORED_INT8 and total_steps:
     raise UserError(
       f"model.quantization={quantization!r} with {total_steps} training steps: int8 weights "
-      "do not train; quantize a fine-tuned model with compress.source and epochs=0"
+      "do not train; quantize a fine-tuned model with compress.source and epochs=0, or train "
+      "with 'int8_qat' first"
     )
 
 
@@ -129,7 +134,7 @@ class CompressHook:
       tree = self._pruned(tree, abstract_model(factory), model_config)
     self.summary.update(compress_heads=model_config.num_attention_heads)
     self.summary.update(compress_ffn=model_config.intermediate_size)
-    if model_config.quantization != "none":
+    if model_config.quantization in STORED_INT8:
       tree = quantize_tree(tree, nnx.to_pure_dict(state.params))
       self.summary.update(compress_quantization=model_config.quantization)
     state, _ = load_params(state, self.frozen, tree, self.tx)
