@@ -240,3 +240,50 @@ def test_hidden_states_and_attention_are_distilled_from_the_mapped_teacher_layer
     + 0.2 * attention_sum / (2 * 2 * mask.sum())  # 2 layers x 2 heads a token
   )
   np.testing.assert_allclose(float(metrics["total_loss"]), want, rtol=2e-4)
+
+
+def test_a_narrower_student_distils_hidden_states_through_a_learned_projection(tmp_path):
+  """TinyBERT's W_h: a 16-wide student against a 32-wide teacher. The hidden loss is the
+  squared error of the projected student states; the projection trains with the student and
+  stays out of what the workdir exports."""
+  import torch
+  from transformers import BertForSequenceClassification as TorchClassifier
+
+  from train import hf
+  from train.distill import PROJECTION
+
+  narrow = {"model.hidden_size": 16, "model.intermediate_size": 32, **NO_DROPOUT}
+  config = ff.classification_config(tmp_path, epochs=2, **narrow)
+  teacher_dir, _ = hf_teacher(tmp_path / "teacher", "classification", 2)
+  config.distill.update(teacher=teacher_dir, soft_weight=0.5, hard_weight=0.5, hidden_weight=1.0)
+  config.optimizer.warmup_ratio = 0.0  # the first step moves the weights
+  run = build_run(config, str(tmp_path / "probe"))
+  before = jax.tree.map(np.array, nnx.to_pure_dict(run.state.params)[PROJECTION])
+  assert before["kernel"].shape == (16, 32)
+  local = run.task.train_data.batch(0)
+  batch = mesh_lib.shard_batch(local, run.mesh, run.rules)
+  with mesh_lib.activate(run.mesh, run.rules):
+    taught = run.objective.with_teacher_outputs(run.teacher, batch)
+    student = nnx.merge(run.graphdef, run.state.params, run.frozen)
+    student.bert.encoder.keep_hidden_states = True
+    run.objective.task.outputs(student, batch, None)
+    hidden = np.swapaxes(np.asarray(student.bert.encoder.hidden_states[...]), 0, 1)
+    new_state, metrics = run.train_step(run.state, run.frozen, batch, run.teacher)
+  projected = hidden.astype(np.float64) @ before["kernel"] + before["bias"]
+  errors = np.mean((projected - np.asarray(taught["teacher/hidden"])) ** 2, axis=-1)
+  mask = np.asarray(local["attention_mask"], np.float64)[:, None, :]
+  np.testing.assert_allclose(float(metrics["hidden_loss"]), np.sum(errors * mask), rtol=1e-4)
+  moved = nnx.to_pure_dict(new_state.params)[PROJECTION]["kernel"]
+  assert not np.allclose(np.asarray(moved), before["kernel"])  # it trains
+
+  workdir = str(tmp_path / "student")
+  loop.train_and_evaluate(config, workdir)
+  out = str(tmp_path / "hf")
+  hf.export_finetuned(workdir, out)
+  torch_model = TorchClassifier.from_pretrained(out).eval()
+  assert torch_model.config.hidden_size == 16
+  model, tokenizer = api.load(workdir)
+  inputs = tokenizer(["a fine film"], return_tensors="np")
+  with torch.no_grad():
+    expected = torch_model(**{k: torch.tensor(v) for k, v in inputs.items()}).logits.numpy()
+  np.testing.assert_allclose(model(**inputs)["logits"], expected, atol=1e-4)

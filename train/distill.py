@@ -78,6 +78,27 @@ class Teacher:
   params: Any
   layer_map: tuple[int, ...] = ()  # the teacher layer of each student layer (hidden, attention)
   num_heads: int = 0
+  hidden_size: int = 0
+
+
+# The student's learned map from its width to the teacher's, when hidden states are distilled
+# between different widths (TinyBERT's W_h). It trains with the student and exists only for
+# distillation: reading a fine-tuned workdir (predict, export, api.load) leaves it out.
+PROJECTION = "distill_projection"
+
+
+def with_projection(factory, student_width: int, teacher_width: int, std: float):
+  """The student's model factory, its models carrying PROJECTION."""
+  from model.bert import Dense
+
+  def make(rngs):
+    model = factory(rngs)
+    shape = (student_width, teacher_width)
+    projection = Dense("blte,ef->bltf", shape, ("embed", None), (None,), rngs, std)
+    setattr(model, PROJECTION, projection)
+    return model
+
+  return make
 
 
 class DistillationObjective:
@@ -188,6 +209,8 @@ class DistillationObjective:
     sums = dict(sums, distill_loss=soft_sum)
     for name, weight, attribute, loss_sum, per_token in self._layer_terms():
       student = self._batch_major(getattr(model.bert.encoder, attribute)[...])
+      if name == "hidden" and hasattr(model, PROJECTION):  # to the teacher's width
+        student = getattr(model, PROJECTION)(student)
       term = loss_sum(student, batch[TEACHER + name], batch["attention_mask"])
       loss = loss + weight * term / norm[f"{name}_rows"]
       sums[f"{name}_loss"] = term
@@ -275,19 +298,15 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
     d.hidden_weight,
     f"(student layers <- teacher layers {list(layer_map)})" if layer_map else "",
   )
-  return Teacher(graphdef, params, layer_map, model.config.num_attention_heads)
+  return Teacher(
+    graphdef, params, layer_map, model.config.num_attention_heads, model.config.hidden_size
+  )
 
 
 def _layer_map(config, teacher_config, student_config) -> tuple[int, ...]:
   """distill.layer_map checked (or the uniform map) for hidden-state distillation."""
   d = config.distill
   where = f"distill.hidden_weight={d.hidden_weight:g}"
-  if d.hidden_weight and teacher_config.hidden_size != student_config.hidden_size:
-    raise UserError(
-      f"{where}: the teacher's hidden_size is {teacher_config.hidden_size}, the student's "
-      f"{student_config.hidden_size}; hidden states are compared at equal widths (a learned "
-      "projection between them is not implemented)"
-    )
   heads = teacher_config.num_attention_heads, student_config.num_attention_heads
   if d.attention_weight and heads[0] != heads[1]:
     raise UserError(

@@ -98,13 +98,11 @@ def read_run(workdir: str, checkpoint: str = "best", step: int | None = None) ->
       step,
       config.optimizer.get("total_steps") or 0,
     )
+  from train.distill import PROJECTION
+
+  params = {key: value for key, value in parts["params"].items() if key != PROJECTION}
   return FinetunedRun(
-    config,
-    BertConfig.from_dict(config.model),
-    peft_config(config),
-    labels,
-    parts["params"],
-    step,
+    config, BertConfig.from_dict(config.model), peft_config(config), labels, params, step
   )
 
 

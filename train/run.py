@@ -166,6 +166,15 @@ def build_run(
   teacher = distill.load_teacher(config, labels, model_config, mesh, rules, abstract)
   if teacher is not None:
     d = config.distill
+    if d.hidden_weight and teacher.hidden_size != model_config.hidden_size:
+      logging.info(
+        "distilling hidden states through a learned %d -> %d projection",
+        model_config.hidden_size,
+        teacher.hidden_size,
+      )
+      factory = distill.with_projection(
+        factory, model_config.hidden_size, teacher.hidden_size, model_config.initializer_range
+      )
     objective = distill.DistillationObjective(
       objective,
       teacher.graphdef,
@@ -183,6 +192,7 @@ def build_run(
     total_steps, warmup_steps = 1, 0  # epochs without data: the schedule's length changes no shape
   else:
     total_steps, warmup_steps = schedule_steps(config, task.steps_per_epoch if task else None)
+  compress.check_trainable(config, total_steps)
   opt_config = ml_collections.ConfigDict(config.optimizer.to_dict())
   opt_config.update(total_steps=max(total_steps, 1), warmup_steps=warmup_steps)
   tx, hooks = make_optimizer(opt_config, peft, config.get("ewc"))
@@ -193,7 +203,6 @@ def build_run(
     graphdef, state, frozen, shardings = create_train_state(
       factory, tx, mesh, rules, config.seed, trainable
     )
-  compress.check_trainable(config, total_steps)
   if task is not None and compress.enabled(config):
     if peft.method != "none":
       raise UserError(f"compress.source with peft.method={peft.method!r}: not supported")

@@ -123,8 +123,9 @@ def get_config(task: str = "classification", size: str = "base") -> ml_collectio
       temperature=2.0,  # T of the softened distributions (Hinton et al. 2015)
       soft_weight=0.5,  # weight of T^2 * KL(teacher_T || student_T)
       hard_weight=0.5,  # weight of the task loss on the labels
-      # weight of the mean squared error between student and teacher layer outputs (TinyBERT;
-      # equal widths), each student layer against the teacher layer layer_map names
+      # weight of the mean squared error between student and teacher layer outputs (TinyBERT),
+      # each student layer against the teacher layer layer_map names; a narrower student's
+      # through a learned projection to the teacher's width
       hidden_weight=0.0,
       # weight of KL(teacher || student) of every attention distribution (a head's query
       # row) of the mapped layers, TinyBERT / MiniLM; equal head counts
