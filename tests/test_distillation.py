@@ -155,9 +155,27 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path):
     config.distill.teacher = teacher
     with pytest.raises(UserError, match=f"distill.teacher={teacher}.*{message}"):
       build_run(config, str(tmp_path / "run"))
+  vocab = ff.TINY["vocab_size"] + 8
+  other_vocab = hf_teacher(tmp_path / "vocab", "classification", 2, vocab_size=vocab)[0]
+  config.distill.teacher = other_vocab
+  with pytest.raises(UserError, match=f"vocab_size {vocab} against the student's"):
+    build_run(config, str(tmp_path / "run"))
   ok = hf_teacher(tmp_path / "ok", "classification", 2)[0]
-  config.distill.update(teacher=ok, temperature=0)
-  with pytest.raises(UserError, match="distill.temperature=0: must be > 0"):
+  layers = ff.TINY["num_hidden_layers"]
+  refusals = [  # (distill settings, message)
+    (dict(hidden_weight=1.0, layer_map=(0, layers)), rf"distill.layer_map=\[0, {layers}\]: one"),
+    (dict(hidden_weight=1.0, layer_map=(0,)), "for each of the student's"),
+    (dict(temperature=0), "distill.temperature=0: must be > 0"),
+  ]
+  for settings, message in refusals:
+    config.distill.update(dict(teacher=ok, hidden_weight=0.0, layer_map=(), temperature=2.0))
+    config.distill.update(settings)
+    with pytest.raises(UserError, match=message):
+      build_run(config, str(tmp_path / "run"))
+  heads = ff.TINY["num_attention_heads"]
+  config.distill.update(dict(layer_map=(), temperature=2.0, attention_weight=1.0))
+  config.model.num_attention_heads = heads * 2
+  with pytest.raises(UserError, match=f"the teacher has {heads} attention heads, the student"):
     build_run(config, str(tmp_path / "run"))
 
 
