@@ -132,6 +132,51 @@ def test_a_run_on_prepared_shards_learns_and_resumes_bitwise(prepared, tmp_path)
   assert_bitwise_equal(a, b)
 
 
+@pytest.mark.slow
+def test_a_text_run_prepares_its_corpus_in_the_workdir_once_and_resumes_on_it(prepared, tmp_path):
+  """data.prepare_in_workdir: the same shards data.prepare writes, made at the first start
+  and reused by the resume; the run equals one on the prepared directory, bit for bit."""
+  config, directory = prepared
+  steps = {"optimizer.total_steps": 8, "data.prepare_in_workdir": True}
+  workdir = str(tmp_path / "auto")
+  loop.train_and_evaluate(
+    set_keys(config.copy_and_resolve_references(), {**steps, "stop_at_step": 3}), workdir
+  )
+  made = os.path.join(workdir, "data")
+  assert file_bytes(made) == file_bytes(directory)
+  manifest = os.path.join(made, shards.MANIFEST)
+  written = os.stat(manifest).st_mtime_ns
+  loop.train_and_evaluate(set_keys(config.copy_and_resolve_references(), steps), workdir)
+  assert os.stat(manifest).st_mtime_ns == written  # reused, not prepared again
+  assert os.path.isfile(os.path.join(workdir, "vocab", "vocab.txt"))
+  straight = str(tmp_path / "straight")
+  loop.train_and_evaluate(
+    prepared_config(config, directory, **{"optimizer.total_steps": 8}), straight
+  )
+  step_a, a = saved_state(straight)
+  step_b, b = saved_state(workdir)
+  assert step_a == step_b == 8
+  assert_bitwise_equal(a, b)
+
+
+def test_a_workdir_prepared_from_other_text_is_refused(prepared, tmp_path):
+  from train.errors import UserError
+  from train.tasks.pretraining import prepare_in_workdir
+
+  config, directory = prepared
+  workdir = tmp_path / "run"
+  shutil.copytree(directory, workdir / "data")
+  other = set_keys(
+    config.copy_and_resolve_references(), {"data.paths": config.data.paths[:-5] + "1.txt"}
+  )
+  with pytest.raises(UserError, match="this workdir's corpus was prepared from .*part-2.txt"):
+    prepare_in_workdir(other, str(workdir))
+  assert prepare_in_workdir(config, str(workdir)) == str(workdir / "data")
+  tables = set_keys(config.copy_and_resolve_references(), {"data.text_columns": "sentence"})
+  with pytest.raises(UserError, match="data.text_columns='sentence' is read in memory only"):
+    prepare_in_workdir(tables, str(workdir))
+
+
 @pytest.mark.parametrize(
   "override, named",
   [

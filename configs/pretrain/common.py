@@ -53,6 +53,11 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       # Words for whole_word masking of Chinese text (data/chinese.py): 'jieba', or '' for
       # WordPiece's "##" pieces (which never join Chinese characters).
       segmenter="",
+      # source='text' / 'tfds': prepare the corpus once into WORKDIR/data (data.prepare's
+      # pipeline, prepare_workers DirectRunner processes) and read it by index, so memory and
+      # start-up stay flat and a resume reuses it; False reads it into memory at every start.
+      prepare_in_workdir=True,
+      prepare_workers=1,
       # data.prepare: documents are hashed to this many shards per split. Random-next B
       # segments come from the same shard, so keep a few thousand documents in each.
       num_shards=16,

@@ -15,7 +15,8 @@ share a row. The vocab, sizes and positions come from init.hf_dir.
 The result fine-tunes (configs/finetune/*: --config.init.checkpoint=/tmp/tapt) and
 fills cloze prompts (configs/finetune/sst2_prompt.py) like any pretraining workdir.
 On a TPU slice the same file runs with a larger batch_size and total_steps, and
-data.paths naming domain text (DAPT: data.text_columns='' reads plain text files).
+data.paths naming domain text (DAPT: data.text_columns='' reads plain text files, and
+data.prepare_in_workdir=True prepares a large corpus once into WORKDIR/data).
 """
 
 from configs.finetune.common import HF_CHECKPOINTS
@@ -28,6 +29,7 @@ def get_config(size: str = "minilm"):
   c.data.update(
     source="text",
     text_columns="sentence",  # SST-2's train.tsv; a CLUE JSON-lines file names its key
+    prepare_in_workdir=False,  # a task's sentences: read in memory (tables are read there)
     vocab="",  # the checkpoint's own
     next_sentence=False,
     max_seq_length=128,

@@ -47,6 +47,7 @@ def tiny_config(tmp_path, **overrides):
     dupe_factor=2,
     max_predictions=5,
     heldout_documents=4,
+    prepare_in_workdir=False,  # the in-memory path; test_prepared_data prepares in a workdir
   )
   c.batch_size = 8
   c.optimizer.update(lr=3e-3, warmup_steps=2, total_steps=8)

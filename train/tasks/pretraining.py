@@ -69,6 +69,16 @@ def vocab_of(data, init) -> str:
   return vocab
 
 
+def keep_vocab(tokenizer, workdir: str | None) -> None:
+  """The workdir carries its vocab (vocab/vocab.txt), where exports and fine-tuning from it
+  (init.checkpoint) find it; written once."""
+  kept = epath.Path(workdir or "") / "vocab" / "vocab.txt"
+  if workdir and not kept.exists():
+    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text("".join(token + "\n" for token, _ in by_id), encoding="utf-8")
+
+
 def load_or_train_tokenizer(data, documents, workdir: str, init=None):
   """A vocab by path/name, or one learned from the corpus; either is kept in the workdir
   (vocab/vocab.txt), where fine-tuning from it (init.checkpoint) and exports find it.
@@ -79,10 +89,7 @@ def load_or_train_tokenizer(data, documents, workdir: str, init=None):
   kept = epath.Path(workdir) / "vocab" / "vocab.txt"
   if data.vocab != "train":
     tokenizer = tokenizer_lib.load_tokenizer(vocab_of(data, init), lowercase=data.lowercase)
-    if workdir and not kept.exists():  # the workdir carries its vocab, as exports do
-      by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-      kept.parent.mkdir(parents=True, exist_ok=True)
-      kept.write_text("".join(token + "\n" for token, _ in by_id), encoding="utf-8")
+    keep_vocab(tokenizer, workdir)
     return tokenizer
   if not writers.is_remote(workdir):
     if not kept.exists():
@@ -109,7 +116,12 @@ def build(config, workdir: str) -> Task:
       f"model.max_position_embeddings={model_config.max_position_embeddings}"
     )
   if data.source == "prepared":
-    return _build_prepared(config, model_config)
+    return _build_prepared(config, model_config, data.paths, workdir)
+  if data.source in ("text", "tfds") and data.get("prepare_in_workdir") and workdir:
+    if not data.vocab:  # init's vocab, named: the shards' manifest records which
+      config = config.copy_and_resolve_references()
+      config.data.vocab = vocab_of(data, config.get("init"))
+    return _build_prepared(config, model_config, prepare_in_workdir(config, workdir), workdir)
   documents = load_documents(data)
   if not documents:
     raise ValueError(f"data.source={data.source!r} gave an empty corpus")
@@ -147,28 +159,73 @@ def build(config, workdir: str) -> Task:
   return _task(config, model_config, tokenizer, train_arrays, heldout_arrays, summary)
 
 
-def _build_prepared(config, model_config) -> Task:
+def prepare_in_workdir(config, workdir: str) -> str:
+  """WORKDIR/data: the text or TFDS corpus prepared once by data.prepare's pipeline, then
+  read by index like any prepared directory; a resume finds it there and reuses it.
+
+  Process 0 prepares while the others wait; a host that still sees no manifest (a workdir
+  that is not shared) prepares its own, which comes out the same (the pipeline is
+  deterministic).
+  """
+  import jax
+
+  from data import prepare
+
+  data = config.data
+  for key in ("text_columns", "max_documents"):
+    if data.get(key):
+      raise UserError(
+        f"data.{key}={data[key]!r} is read in memory only: set data.prepare_in_workdir=False "
+        "(a small corpus) or prepare the text files as they are"
+      )
+  directory = os.fspath(epath.Path(workdir) / "data")
+  manifest = epath.Path(directory) / shards.MANIFEST
+
+  def prepare_once():
+    if manifest.exists():
+      files = json.loads(manifest.read_text())["files"]
+      if files != prepare.input_of(config).names:
+        raise UserError(
+          f"{manifest}: this workdir's corpus was prepared from {files}, not from this "
+          f"run's data.paths={data.paths!r} / data.tfds_name={data.tfds_name!r}"
+        )
+      return
+    logging.info("preparing the corpus once into %s (data.prepare_in_workdir)", directory)
+    prepare.prepare(config, directory, workers=data.get("prepare_workers", 1))
+
+  if jax.process_index() == 0:
+    prepare_once()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("prepare_in_workdir")
+    prepare_once()
+  return directory
+
+
+def _build_prepared(config, model_config, directory: str, workdir: str | None) -> Task:
   """Shards that data.prepare made (data/shards.py), read by index: nothing is built here,
   and host memory holds the shard boundaries, not the corpus."""
   data = config.data
-  if not data.paths or "," in data.paths:
+  if not directory or "," in directory:
     raise UserError(
-      f"data.paths={data.paths!r}: give the one directory data.prepare wrote, for "
+      f"data.paths={directory!r}: give the one directory data.prepare wrote, for "
       "data.source='prepared'"
     )
-  manifest = shards.read_manifest(data.paths)
-  vocab = os.path.join(data.paths, shards.VOCAB) if data.vocab == "train" else data.vocab
+  manifest = shards.read_manifest(directory)
+  vocab = os.path.join(directory, shards.VOCAB) if data.vocab == "train" else data.vocab
   tokenizer = tokenizer_lib.load_tokenizer(vocab, lowercase=data.lowercase)
   tokenizer_lib.check_vocab_fits(tokenizer, model_config.vocab_size)
-  shards.check_manifest(manifest, data, shards.vocab_sha256(tokenizer), data.paths)
+  shards.check_manifest(manifest, data, shards.vocab_sha256(tokenizer), directory)
+  keep_vocab(tokenizer, workdir)
   rows = {
-    split: shards.PreparedRows(data.paths, split, manifest, tokenizer.pad_token_id)
+    split: shards.PreparedRows(directory, split, manifest, tokenizer.pad_token_id)
     for split in shards.SPLITS
   }
-  stats_path = epath.Path(data.paths) / shards.STATS
+  stats_path = epath.Path(directory) / shards.STATS
   summary = json.loads(stats_path.read_text()) if stats_path.exists() else {}
   summary = {split: summary.get(split) for split in shards.SPLITS}
-  logging.info("prepared pretraining data %s: %s", data.paths, summary)
+  logging.info("prepared pretraining data %s: %s", directory, summary)
   return _task(config, model_config, tokenizer, rows["train"], rows["heldout"], summary)
 
 
