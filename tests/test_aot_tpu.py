@@ -4,10 +4,23 @@ import pytest
 
 pytest.importorskip("libtpu", reason="pip install -e '.[tpu]' for ahead-of-time TPU compiles")
 
+import jax
+
 from configs.pretrain import bert_base, bert_large
 from model.config import BertConfig
 from train import aot
 from train.profiling import train_flops_per_step
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_tpu_compiles():
+  """The TPU compiler at its lowest execution-time effort: bert-base compiles in 15 s instead
+  of 65 on 2 cores, and its memory estimate is 5 % higher (3.78 against 3.59 GiB a chip), so
+  "fits" stays a safe check. train.aot keeps the default effort for the numbers it reports."""
+  before = jax.config.jax_exec_time_optimization_effort
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  yield
+  jax.config.update("jax_exec_time_optimization_effort", before)
 
 
 def test_flop_count_matches_the_6nd_rule_for_bert_base():
