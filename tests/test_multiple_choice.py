@@ -13,7 +13,7 @@ from helpers import random_batch, set_keys, tiny_hf_config
 from data import multiple_choice
 from model.config import BertConfig
 from model.convert import hf_to_params, merge_trees
-from train import hf, loop, predict
+from train import api, hf, loop, predict
 from train.tasks.multiple_choice import BertForMultipleChoice
 from train.writers import read_metrics
 
@@ -151,6 +151,12 @@ def test_predict_and_merged_export_agree_with_transformers(run):
       attention_mask=torch.tensor(arrays["attention_mask"], dtype=torch.long),
     ).logits.numpy()
   np.testing.assert_allclose(predictor.outputs(arrays)["logits"], expected, atol=1e-4)
+  # train.api loads the workdir and the export as the task's head model (from the registry)
+  feed = {k: arrays[k][:8] for k in ("input_ids", "token_type_ids", "attention_mask")}
+  for source in (workdir, out):
+    model, _ = api.load(source)
+    assert model.head == "multiple_choice"
+    np.testing.assert_allclose(model(**feed)["logits"], expected, atol=1e-4)
   with pytest.raises(ValueError, match="HF PEFT has no task type for task='multiple_choice'"):
     hf.export_finetuned(workdir, str(tmp_path / "adapter"), export_format="peft")
 

@@ -33,30 +33,37 @@ from model.bert import BertModel
 from model.config import BertConfig
 from model.convert import leaf_paths, merge_trees
 
-# `head=` -> (model class, whether it takes num_labels); HF architectures -> head
-HEADS = {
-  "none": (None, False),
-  "pretraining": (heads.BertForPreTraining, False),
-  "classification": (heads.BertForSequenceClassification, True),
-  "token_classification": (heads.BertForTokenClassification, True),
-  "question_answering": (heads.BertForQuestionAnswering, False),
-}
-ARCHITECTURE_HEADS = {
-  "BertModel": "none",
-  "BertForPreTraining": "pretraining",
-  "BertForMaskedLM": "pretraining",
-  "BertForSequenceClassification": "classification",
-  "BertForTokenClassification": "token_classification",
-  "BertForQuestionAnswering": "question_answering",
-}
+# Heads that are no fine-tuning task; the task heads come from the registry (train/tasks).
+ENCODER_OUTPUTS = ("sequence_output", "pooled_output")
+PRETRAINING_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM")
 
 
-_OUTPUT_NAMES = {  # what each head model's call returns, named as transformers names it
-  "none": ("sequence_output", "pooled_output"),
-  "classification": ("logits",),
-  "token_classification": ("logits",),
-  "question_answering": ("start_logits", "end_logits"),
-}
+def head_names() -> tuple[str, ...]:
+  """What `load(..., head=)` accepts besides 'auto'."""
+  from train import tasks
+
+  return ("none", "pretraining", *tasks.finetuned_names())
+
+
+def architecture_head(architecture: str) -> str:
+  """The head of an HF config's `architectures[0]`: a task's, 'pretraining' or 'none'."""
+  from train import tasks
+
+  if architecture in PRETRAINING_ARCHITECTURES:
+    return "pretraining"
+  for name in tasks.finetuned_names():
+    if tasks.get(name).hf_architecture == architecture:
+      return name
+  return "none"
+
+
+def _output_names(head: str) -> tuple[str, ...] | None:
+  """What the head model's call returns, named as transformers names it; None: a dict."""
+  from train import tasks
+
+  if head == "pretraining":
+    return None
+  return ENCODER_OUTPUTS if head == "none" else tasks.get(head).outputs
 
 
 @dataclasses.dataclass
@@ -71,7 +78,7 @@ class Model:
 
   def __post_init__(self):
     graphdef, state = nnx.split(self.module)
-    names = _OUTPUT_NAMES.get(self.head)
+    names = _output_names(self.head)
 
     def forward(state, input_ids, token_type_ids, attention_mask):
       out = nnx.merge(graphdef, state)(input_ids, token_type_ids, attention_mask)
@@ -114,11 +121,12 @@ def load(source: str, head: str = "auto", num_labels: int | None = None):
   """(model, tokenizer) from an HF directory or hub name, or a workdir of this codebase.
 
   `model(**tokenizer(texts, padding=True, return_tensors="np"))` returns a dict of
-  arrays. head: 'auto' (what the source holds), 'none' (the encoder), 'pretraining',
-  'classification', 'token_classification' or 'question_answering'.
+  arrays. head: 'auto' (what the source holds), 'none' (the encoder), 'pretraining' or a
+  fine-tuning task with a head ('classification', 'token_classification',
+  'question_answering', 'multiple_choice').
   """
-  if head not in ("auto", *HEADS):
-    raise ValueError(f"head={head!r}: expected 'auto' or one of {sorted(HEADS)}")
+  if head not in ("auto", *head_names()):
+    raise ValueError(f"head={head!r}: expected 'auto' or one of {sorted(head_names())}")
   if os.path.isdir(os.path.join(source, "checkpoints")):
     return _load_workdir(source, head, num_labels)
   return _load_hf(source, head, num_labels)
@@ -133,11 +141,26 @@ def predictor(workdir: str, checkpoint: str = "best", batch_size: int = 32):
 
 
 def _build(head: str, config: BertConfig, num_labels: int | None) -> nnx.Module:
-  cls, takes_labels = HEADS[head]
+  from train import tasks
+
   rngs = nnx.Rngs(0)
-  if cls is None:
+  if head == "none":
     return Encoder(config, rngs)
-  return cls(config, num_labels, rngs) if takes_labels else cls(config, rngs)
+  if head == "pretraining":
+    return heads.BertForPreTraining(config, rngs)
+  return tasks.get(head).hf_model(config, num_labels, rngs)
+
+
+def _takes_num_labels(head: str) -> bool:
+  from train import tasks
+
+  return head not in ("none", "pretraining") and tasks.get(head).hf_num_labels
+
+
+def _keeps_pooler(head: str) -> bool:
+  from train import tasks
+
+  return head in ("none", "pretraining") or tasks.get(head).hf_pooler
 
 
 def _fill(module: nnx.Module, tree: dict, where: str, missing_encoder=()) -> None:
@@ -176,14 +199,14 @@ def _load_hf(source: str, head: str, num_labels: int | None):
   config, tree, missing = hf.load_hf_checkpoint(path)
   if head == "auto":
     architecture = (hf_config.get("architectures") or ["BertModel"])[0]
-    head = ARCHITECTURE_HEADS.get(architecture, "none")
-  if HEADS[head][1] and num_labels is None:
+    head = architecture_head(architecture)
+  if _takes_num_labels(head) and num_labels is None:
     saved = tree.get("classifier", {}).get("bias")
     num_labels = len(saved) if saved is not None else len(hf_config.get("id2label") or {})
     if not num_labels:
       raise ValueError(f"{source} has no classifier and no id2label: give load(..., num_labels=N)")
   module = _build(head, config, num_labels)
-  pooled = head in ("none", "pretraining", "classification")
+  pooled = _keeps_pooler(head)
   encoder_missing = [
     n for n in missing if n.startswith("bert.") and (pooled or ".pooler." not in n)
   ]

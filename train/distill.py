@@ -28,7 +28,6 @@ from flax import nnx
 from train.errors import UserError
 
 TEACHER = "teacher/"  # prefix of the teacher's outputs in a train batch
-TASKS = ("classification", "token_classification", "question_answering")
 
 
 def soft_target_loss_sum(student_logits, teacher_logits, weights, temperature: float):
@@ -123,7 +122,7 @@ class DistillationObjective:
     if not hasattr(task_objective, "soft_targets") or getattr(task_objective, "regression", False):
       raise UserError(
         f"distill.teacher: {type(task_objective).__name__} has no class distribution to "
-        f"distil (soft targets work for {', '.join(TASKS)}; not regression)"
+        "distil (regression)"
       )
     self.task = task_objective
     self.teacher_graphdef = teacher_graphdef
@@ -258,8 +257,11 @@ def load_teacher(config, labels, model_config, mesh, rules, abstract: bool = Fal
   for key in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight"):
     if not d[key] >= 0:
       raise UserError(f"distill.{key}={d[key]:g}: must be >= 0")
-  if config.task not in TASKS:
-    raise UserError(f"{where}: task={config.task!r} cannot be distilled (tasks: {TASKS})")
+  from train import tasks
+
+  if not tasks.get(config.task).distills:
+    distilled = [name for name in tasks.MODULES if tasks.get(name).distills]
+    raise UserError(f"{where}: task={config.task!r} cannot be distilled (tasks: {distilled})")
   if not os.path.isdir(source):
     raise UserError(f"{where}: no such directory (a fine-tuned workdir or an HF directory)")
   model, _ = api.load(source)

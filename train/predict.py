@@ -136,17 +136,14 @@ def iter_records(path: str) -> Iterator[dict]:
 
 def clue_input(config, record: dict) -> tuple[str, ...]:
   """A CLUE test line's text(s), by the keys the run trained on (NER: CLUENER's 'text')."""
-  from data.classification import parse_columns
-
-  if config.task == "token_classification":
-    keys = ["text"]
-  elif config.task == "classification":
-    keys = parse_columns(config.data.text_columns)
-  else:
+  spec = tasks.get(config.task)
+  if spec.clue_keys is None:
+    readers = [name for name in tasks.finetuned_names() if tasks.get(name).clue_keys]
     raise ValueError(
-      f"{record['_origin']}: JSON-lines input (CLUE's test files) is read for classification "
-      f"and NER workdirs, not {config.task!r}; give a text per line"
+      f"{record['_origin']}: JSON-lines input (CLUE's test files) is read for {readers} "
+      f"workdirs, not {config.task!r}; give a text per line"
     )
+  keys = spec.clue_keys(config)
   missing = [key for key in keys if key not in record]
   if missing:
     raise ValueError(f"{record['_origin']}: no key {missing[0]!r}; the line has {sorted(record)}")
@@ -154,15 +151,8 @@ def clue_input(config, record: dict) -> tuple[str, ...]:
 
 
 def clue_submission(config, record: dict, result: dict) -> dict:
-  """CLUE's submission line: {"id", "label"}; NER's label in CLUENER's span layout."""
-  if config.task == "token_classification":
-    label = {}
-    for entity in result["entities"]:
-      spans = label.setdefault(entity["type"], {}).setdefault(entity["text"], [])
-      spans.append([entity["start"], entity["end"] - 1])  # CLUENER's ends are inclusive
-  else:
-    label = result["label"]
-  return {"id": record.get("id"), "label": label}
+  """CLUE's submission line: {"id", "label"}, the label as the task writes it."""
+  return {"id": record.get("id"), "label": tasks.get(config.task).clue_label(result)}
 
 
 def predict_file(

@@ -65,4 +65,15 @@ class TaskSpec:
   peft_task_type: str | None = None  # HF PEFT's task_type of a LoRA adapter export
   hf_labels: Callable | None = None  # (config, labels) -> config.json label fields
   hf_pooler: bool = False  # whether transformers' model of the task keeps bert.pooler
+  # (model_config, num_labels or None, rngs) -> the head model of an HF checkpoint of this
+  # architecture (train.api.load); num_labels is read from the checkpoint when
+  # hf_num_labels, the head then having one output per label
+  hf_model: Callable | None = None
+  hf_num_labels: bool = False
+  outputs: tuple[str, ...] = ()  # what the head model returns, named as transformers names it
+  distills: bool = False  # train/distill.py can teach it (its outputs are class logits)
+  # CLUE test files (JSON lines) in train.predict: (config) -> the keys of a line's texts,
+  # and (predict result) -> the "label" of CLUE's submission line; None: not read
+  clue_keys: Callable | None = None
+  clue_label: Callable | None = None
   packs: bool = False  # whether its training batches can be packed rows (data.packing)

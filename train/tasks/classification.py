@@ -179,4 +179,12 @@ SPEC = TaskSpec(
   peft_task_type="SEQ_CLS",
   hf_labels=hf_labels,
   hf_pooler=True,
+  hf_model=lambda model_config, num_labels, rngs: BertForSequenceClassification(
+    model_config, num_labels, rngs
+  ),
+  hf_num_labels=True,
+  outputs=("logits",),
+  distills=True,
+  clue_keys=lambda config: classification.parse_columns(config.data.text_columns),
+  clue_label=lambda result: result["label"],
 )

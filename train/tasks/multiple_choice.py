@@ -149,4 +149,6 @@ SPEC = TaskSpec(
   peft_task_type=None,  # HF PEFT has no multiple-choice task type: merged export only
   hf_labels=lambda config, labels: {},
   hf_pooler=True,
+  hf_model=lambda model_config, num_labels, rngs: BertForMultipleChoice(model_config, rngs),
+  outputs=("logits",),
 )

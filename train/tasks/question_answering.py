@@ -133,4 +133,7 @@ SPEC = TaskSpec(
   hf_architecture="BertForQuestionAnswering",
   peft_task_type="QUESTION_ANS",
   hf_labels=lambda config, labels: {},
+  hf_model=lambda model_config, num_labels, rngs: BertForQuestionAnswering(model_config, rngs),
+  outputs=("start_logits", "end_logits"),
+  distills=True,
 )

@@ -122,6 +122,16 @@ def example_shapes(config):
   return common.configured_labels(config, default=9), shapes  # CoNLL-2003's 9 BIO tags
 
 
+def clue_entities(result: dict) -> dict:
+  """CLUENER's label of a prediction: {type: {entity text: [[start, end], ...]}}, ends
+  inclusive."""
+  label = {}
+  for entity in result["entities"]:
+    spans = label.setdefault(entity["type"], {}).setdefault(entity["text"], [])
+    spans.append([entity["start"], entity["end"] - 1])
+  return label
+
+
 SPEC = TaskSpec(
   name="token_classification",
   packs=True,
@@ -137,4 +147,12 @@ SPEC = TaskSpec(
   hf_architecture="BertForTokenClassification",
   peft_task_type="TOKEN_CLS",
   hf_labels=lambda config, labels: common.label_fields(labels),
+  hf_model=lambda model_config, num_labels, rngs: BertForTokenClassification(
+    model_config, num_labels, rngs
+  ),
+  hf_num_labels=True,
+  outputs=("logits",),
+  distills=True,
+  clue_keys=lambda config: ["text"],  # CLUENER's
+  clue_label=clue_entities,
 )
