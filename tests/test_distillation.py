@@ -305,3 +305,36 @@ def test_a_narrower_student_distils_hidden_states_through_a_learned_projection(t
   with torch.no_grad():
     expected = torch_model(**{k: torch.tensor(v) for k, v in inputs.items()}).logits.numpy()
   np.testing.assert_allclose(model(**inputs)["logits"], expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_distillation_on_meshes_equals_one_device_and_leaves_the_teacher_unchanged(tmp_path):
+  """Three train steps with soft targets, hidden states and attention distilled: the same
+  losses and student on (8,1,1) and (2,2,2) as on one device; the teacher, an argument of
+  the step and never differentiated, bitwise as it was."""
+  teacher_dir, _ = hf_teacher(tmp_path / "teacher", "classification", 2)
+
+  def train(shape):
+    config = ff.classification_config(tmp_path, **NO_DROPOUT)
+    config.distill.update(teacher=teacher_dir, hidden_weight=0.5, attention_weight=0.2)
+    config.mesh.shape = dict(zip(("data", "fsdp", "tensor"), shape))
+    devices = jax.devices()[: int(np.prod(shape))]
+    run = build_run(config, str(tmp_path / f"run{shape}"), devices=devices)
+    before = jax.device_get(run.teacher)
+    state, losses = run.state, []
+    with mesh_lib.activate(run.mesh, run.rules):
+      for step in range(3):
+        batch = mesh_lib.shard_batch(run.task.train_data.batch(step), run.mesh, run.rules)
+        state, metrics = run.train_step(state, run.frozen, batch, run.teacher)
+        losses.append([float(metrics[k]) for k in ("total_loss", "distill_loss", "hidden_loss")])
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(run.teacher))):
+      np.testing.assert_array_equal(x, y)
+    return np.array(losses), jax.device_get(nnx.to_pure_dict(state.params))
+
+  one_losses, one_params = train((1, 1, 1))
+  assert one_losses[-1, 0] < one_losses[0, 0]
+  for shape in ((8, 1, 1), (2, 2, 2)):
+    losses, params = train(shape)
+    np.testing.assert_allclose(losses, one_losses, rtol=2e-5)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(one_params)):
+      np.testing.assert_allclose(x, y, atol=2e-5)
