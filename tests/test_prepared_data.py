@@ -146,7 +146,9 @@ def test_a_text_run_prepares_its_corpus_in_the_workdir_once_and_resumes_on_it(pr
   assert file_bytes(made) == file_bytes(directory)
   manifest = os.path.join(made, shards.MANIFEST)
   written = os.stat(manifest).st_mtime_ns
-  loop.train_and_evaluate(set_keys(config.copy_and_resolve_references(), steps), workdir)
+  # The resume may name another worker count: the shards would be the same.
+  resumed = set_keys(config.copy_and_resolve_references(), {**steps, "data.prepare_workers": 2})
+  loop.train_and_evaluate(resumed, workdir)
   assert os.stat(manifest).st_mtime_ns == written  # reused, not prepared again
   assert os.path.isfile(os.path.join(workdir, "vocab", "vocab.txt"))
   straight = str(tmp_path / "straight")
@@ -157,6 +159,16 @@ def test_a_text_run_prepares_its_corpus_in_the_workdir_once_and_resumes_on_it(pr
   step_b, b = saved_state(workdir)
   assert step_a == step_b == 8
   assert_bitwise_equal(a, b)
+
+
+def test_in_memory_runs_keep_the_fingerprint_of_runs_from_before_preparing_in_workdirs(prepared):
+  from train.checkpoint import fingerprint
+
+  config, _ = prepared  # data.prepare_in_workdir=False
+  assert "prepare_in_workdir" not in fingerprint(config)["data"]
+  assert "prepare_workers" not in fingerprint(config)["data"]
+  config = set_keys(config.copy_and_resolve_references(), {"data.prepare_in_workdir": True})
+  assert fingerprint(config)["data"]["prepare_in_workdir"] is True
 
 
 def test_a_workdir_prepared_from_other_text_is_refused(prepared, tmp_path):

@@ -355,10 +355,14 @@ def fingerprint(config) -> dict:
   for key, default in (("attention_head_size", 0), ("quantization", "none")):
     if model.get(key, default) == default:
       model.pop(key, None)
+  data = config.data.to_dict()
+  data.pop("prepare_workers", None)  # the shards are the same with any number of workers
+  if not data.get("prepare_in_workdir", True):
+    data.pop("prepare_in_workdir")  # read in memory, as runs from before the field were
   fingerprint = {
     "task": config.task,
     "model": model,
-    "data": config.data.to_dict(),
+    "data": data,
     "batch_size": config.batch_size,
     "seed": config.seed,
   }
