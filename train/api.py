@@ -32,6 +32,7 @@ from model import heads
 from model.bert import BertModel
 from model.config import BertConfig
 from model.convert import leaf_paths, merge_trees
+from train import tasks
 
 # Heads that are no fine-tuning task; the task heads come from the registry (train/tasks).
 ENCODER_OUTPUTS = ("sequence_output", "pooled_output")
@@ -40,15 +41,11 @@ PRETRAINING_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM")
 
 def head_names() -> tuple[str, ...]:
   """What `load(..., head=)` accepts besides 'auto'."""
-  from train import tasks
-
   return ("none", "pretraining", *tasks.finetuned_names())
 
 
 def architecture_head(architecture: str) -> str:
   """The head of an HF config's `architectures[0]`: a task's, 'pretraining' or 'none'."""
-  from train import tasks
-
   if architecture in PRETRAINING_ARCHITECTURES:
     return "pretraining"
   for name in tasks.finetuned_names():
@@ -59,8 +56,6 @@ def architecture_head(architecture: str) -> str:
 
 def _output_names(head: str) -> tuple[str, ...] | None:
   """What the head model's call returns, named as transformers names it; None: a dict."""
-  from train import tasks
-
   if head == "pretraining":
     return None
   return ENCODER_OUTPUTS if head == "none" else tasks.get(head).outputs
@@ -141,8 +136,6 @@ def predictor(workdir: str, checkpoint: str = "best", batch_size: int = 32):
 
 
 def _build(head: str, config: BertConfig, num_labels: int | None) -> nnx.Module:
-  from train import tasks
-
   rngs = nnx.Rngs(0)
   if head == "none":
     return Encoder(config, rngs)
@@ -152,14 +145,10 @@ def _build(head: str, config: BertConfig, num_labels: int | None) -> nnx.Module:
 
 
 def _takes_num_labels(head: str) -> bool:
-  from train import tasks
-
   return head not in ("none", "pretraining") and tasks.get(head).hf_num_labels
 
 
 def _keeps_pooler(head: str) -> bool:
-  from train import tasks
-
   return head in ("none", "pretraining") or tasks.get(head).hf_pooler
 
 
@@ -225,7 +214,7 @@ def _hf_lowercase(path: str) -> bool:
 
 def _load_workdir(workdir: str, head: str, num_labels: int | None):
   """A fine-tuning workdir's best checkpoint with its head; a pretraining workdir's newest."""
-  from train import finetuned, tasks
+  from train import finetuned
 
   if finetuned.finetuned_task(workdir):
     run = finetuned.read_run(workdir)
