@@ -172,6 +172,15 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path):
     config.distill.update(settings)
     with pytest.raises(UserError, match=message):
       build_run(config, str(tmp_path / "run"))
+  from train.distill import DistillationObjective
+  from train.losses import ClassificationObjective, PretrainingObjective
+
+  for objective, kind in (
+    (ClassificationObjective(1), "regression"),
+    (PretrainingObjective(), "Pre"),
+  ):
+    with pytest.raises(UserError, match=f"distill.teacher: {kind}.* has no class distribution"):
+      DistillationObjective(objective, None, 2.0, 0.5, 0.5)
   heads = ff.TINY["num_attention_heads"]
   config.distill.update(dict(layer_map=(), temperature=2.0, attention_weight=1.0))
   config.model.num_attention_heads = heads * 2

@@ -119,11 +119,10 @@ class DistillationObjective:
     attention_weight=0.0,
     num_heads=0,
   ):
-    if not hasattr(task_objective, "soft_targets") or getattr(task_objective, "regression", False):
-      raise UserError(
-        f"distill.teacher: {type(task_objective).__name__} has no class distribution to "
-        "distil (regression)"
-      )
+    regression = getattr(task_objective, "regression", False)
+    if not hasattr(task_objective, "soft_targets") or regression:
+      kind = "regression" if regression else type(task_objective).__name__
+      raise UserError(f"distill.teacher: {kind} has no class distribution to distil")
     self.task = task_objective
     self.teacher_graphdef = teacher_graphdef
     self.temperature = float(temperature)
