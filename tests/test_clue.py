@@ -147,6 +147,7 @@ def tnews_lines(n, seed):
   return lines
 
 
+@pytest.mark.slow
 def test_a_clue_classification_config_trains_on_its_json_and_writes_a_submission(tmp_path):
   from configs.finetune import clue as clue_configs
 

@@ -266,6 +266,7 @@ def test_int8_weights_do_not_train(finetuned, tmp_path):
     build_run(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_quantization_aware_training_computes_what_the_int8_model_computes(finetuned, tmp_path):
   """'int8_qat' trains float weights through int8 rounding; compressed to 'int8', the model
   gives the QAT model's logits (the same rounding, now in int8 arithmetic)."""

@@ -85,6 +85,7 @@ def test_second_task_starts_from_the_first_encoder_and_ewc_holds_it(runs):
   assert ewc_drift < 0.5 * naive_drift, (ewc_drift, naive_drift)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_tasks(runs, tmp_path):
   workdir, result = runs["naive"]
   mtime = os.path.getmtime(os.path.join(workdir, "1_ner", "final_metrics.json"))

@@ -269,6 +269,7 @@ def test_hidden_states_and_attention_are_distilled_from_the_mapped_teacher_layer
   np.testing.assert_allclose(float(metrics["total_loss"]), want, rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_a_narrower_student_distils_hidden_states_through_a_learned_projection(tmp_path):
   """TinyBERT's W_h: a 16-wide student against a 32-wide teacher. The hidden loss is the
   squared error of the projected student states; the projection trains with the student and

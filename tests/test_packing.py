@@ -141,6 +141,7 @@ def test_a_packed_run_learns_compiles_once_and_logs_its_packing(tmp_path, caplog
   assert all(r["real_token_fraction"] > 0.25 for r in train)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact_with_packing(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.train_and_evaluate(packed_config(tmp_path / "a"), straight)

@@ -111,6 +111,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_exactly(
   jax.tree.map(np.testing.assert_array_equal, saved_state(workdir)[1], saved_state(straight)[1])
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_names_each_one(tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(tmp_path, **{"stop_at_step": 4}), workdir)
