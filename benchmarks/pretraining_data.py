@@ -122,6 +122,8 @@ def train_row(source: str, paths: str, vocab: str, workdir: str, steps: int, res
     f"--config.checkpoint.every_steps={steps}",
     f"--config.eval_every_steps={steps}",
   ]
+  if source == "text":  # the in-memory path (a text run would otherwise prepare in its workdir)
+    args.append("--config.data.prepare_in_workdir=False")
   measured = run_measured(args, until=first_train_row(workdir, resume_from))
   rows = [r for r in read_metrics(workdir) if r["split"] == "train" and r["step"] > resume_from]
   later = rows[1:] or rows
