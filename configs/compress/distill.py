@@ -15,15 +15,11 @@ the labels alone, the row a distilled student is compared with.
 conll2003 reads CoNLL files the same way (data.train_path / eval_path), or TFDS's.
 """
 
-from configs.finetune import conll2003, sst2
-
-TASKS = {"sst2": sst2.get_config, "conll2003": conll2003.get_config}
+from configs.compress.common import task_config
 
 
 def get_config(task: str = "sst2"):
-  if task not in TASKS:
-    raise ValueError(f"configs/compress/distill.py:{task}: one of {sorted(TASKS)}")
-  c = TASKS[task]("minilm")
+  c = task_config(task, "configs/compress/distill.py")
   c.init.layers = (0, 2, 4)  # every other layer of the 6
   c.model.num_hidden_layers = 3
   c.distill.update(temperature=2.0, soft_weight=0.5, hard_weight=0.5)

@@ -16,15 +16,11 @@ source is set.
 conll2003 reads CoNLL files the same way (data.train_path / eval_path), or TFDS's.
 """
 
-from configs.finetune import conll2003, sst2
-
-TASKS = {"sst2": sst2.get_config, "conll2003": conll2003.get_config}
+from configs.compress.common import task_config
 
 
 def get_config(task: str = "sst2"):
-  if task not in TASKS:
-    raise ValueError(f"configs/compress/*.py:{task}: one of {sorted(TASKS)}")
-  c = TASKS[task]("minilm")
+  c = task_config(task, "configs/compress/prune.py")
   c.init.hf_dir = ""  # the weights and the tokenizer are compress.source's
   c.compress.update(prune_heads=0.5, prune_ffn=0.0, importance_batches=32)
   c.epochs = 0
