@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from train import ewc, loop, warm_start
+from train import ewc, loop, warm_start, writers
 from train import mesh as mesh_lib
 from train.checkpoint import read_on_host
 from train.run import build_run
@@ -172,12 +172,8 @@ def table(names: list[str], metrics: list[str], matrix, method: str) -> str:
 
 
 def plot(names: list[str], matrix, path: str, method: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(4.5, 4))
+  fig = writers.new_figure(4.5, 4)
+  ax = fig.subplots()
   for j, name in enumerate(names):
     xs = [k for k, row in enumerate(matrix) if row[j] is not None]
     ax.plot(xs, [100 * matrix[k][j] for k in xs], marker="o", label=name)
@@ -185,10 +181,7 @@ def plot(names: list[str], matrix, path: str, method: str) -> None:
   ax.set_ylabel("dev metric (%)")
   ax.set_title(f"continual learning: {method}")
   ax.legend()
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=120)
-  plt.close(fig)
+  writers.save_png(fig, path)
 
 
 def run(config, workdir: str) -> dict:

@@ -93,17 +93,13 @@ def prune_tree(tree: dict, heads: np.ndarray, neurons: np.ndarray) -> dict:
 
 def plot_head_importance(scores: np.ndarray, kept_heads: np.ndarray, out_png: str) -> str:
   """Each layer's head scores as a heatmap (share of the layer's total); kept heads boxed."""
-  import io
-
-  from etils import epath
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   from matplotlib.patches import Rectangle
+
+  from train import writers
 
   share = 100 * scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
   layers, heads = share.shape
-  fig = Figure(figsize=(1.8 + 0.5 * heads, 1.2 + 0.45 * layers), dpi=100, layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = writers.new_figure(1.8 + 0.5 * heads, 1.2 + 0.45 * layers)
   ax = fig.subplots()
   image = ax.imshow(share, cmap="Oranges", vmin=0)
   for layer, kept in enumerate(kept_heads):
@@ -115,7 +111,4 @@ def plot_head_importance(scores: np.ndarray, kept_heads: np.ndarray, out_png: st
   ax.set_ylabel("layer")
   ax.set_title("head importance |dL/d gate| (boxed: kept)")
   fig.colorbar(image, ax=ax, label="% of the layer's importance")
-  png = io.BytesIO()
-  fig.savefig(png, format="png")
-  epath.Path(out_png).write_bytes(png.getvalue())
-  return out_png
+  return writers.save_png(fig, out_png)

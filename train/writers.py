@@ -276,19 +276,30 @@ def _series(records, key: str, split: str):
   return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_loss_curves(workdir, out_png=None, keys=("loss",)) -> str:
-  """One subplot per key found, train and eval against step; returns the PNG's path.
+def new_figure(width: float, height: float) -> Figure:
+  """A figure on the Agg canvas directly rather than pyplot: it needs no display and leaves
+  the matplotlib backend of whoever imports this module alone."""
+  fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+  FigureCanvasAgg(fig)
+  return fig
 
-  Uses the Agg canvas directly rather than pyplot, so it neither needs a display
-  nor changes the matplotlib backend of whoever imports this module.
-  """
+
+def save_png(fig: Figure, out_png) -> str:
+  """`fig` as a PNG at `out_png`, a local path or a bucket's (etils.epath)."""
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
+  epath.Path(out_png).write_bytes(png.getvalue())
+  return str(out_png)
+
+
+def plot_loss_curves(workdir, out_png=None, keys=("loss",)) -> str:
+  """One subplot per key found, train and eval against step; returns the PNG's path."""
   records = read_metrics(workdir)
   present = [k for k in keys if any(k in r for r in records)]
   if not present:
     raise ValueError(f"none of the keys {list(keys)} appear in {workdir}/{METRICS_FILE}")
   out_png = str(out_png or os.path.join(str(workdir), CURVES_FILE))
-  fig = Figure(figsize=(6.4, 3.6 * len(present)), dpi=100, layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = new_figure(6.4, 3.6 * len(present))
   axes = fig.subplots(len(present), 1, squeeze=False)[:, 0]
   for ax, key in zip(axes, present):
     for split, style in (("train", "-"), ("eval", "o-")):
@@ -300,10 +311,7 @@ def plot_loss_curves(workdir, out_png=None, keys=("loss",)) -> str:
     ax.set_title(f"{key} by step")
     ax.grid(True, alpha=0.3)
     ax.legend()
-  png = io.BytesIO()
-  fig.savefig(png, format="png")
-  epath.Path(out_png).write_bytes(png.getvalue())
-  return out_png
+  return save_png(fig, out_png)
 
 
 def plot_confusion(counts, labels, out_png, title: str) -> str:
@@ -311,8 +319,7 @@ def plot_confusion(counts, labels, out_png, title: str) -> str:
   counts = np.asarray(counts, np.float64)
   share = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   size = 1.6 + 0.55 * len(labels)
-  fig = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = new_figure(size + 1.2, size)
   ax = fig.subplots()
   image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
   ax.set_xticks(range(len(labels)), [str(x) for x in labels], rotation=45, ha="right")
@@ -332,10 +339,7 @@ def plot_confusion(counts, labels, out_png, title: str) -> str:
         color="white" if share[i, j] > 60 else "black",
       )
   fig.colorbar(image, ax=ax, label="% of the gold row")
-  png = io.BytesIO()
-  fig.savefig(png, format="png")
-  epath.Path(out_png).write_bytes(png.getvalue())
-  return str(out_png)
+  return save_png(fig, out_png)
 
 
 def progress(
