@@ -347,18 +347,32 @@ def read_on_host(
 RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill", "compress")
 
 
+# Config fields a checkpoint is not bound to: how the step computes, not what it computes.
+UNBOUND = {
+  "model": ("dtype", "scan_layers", "remat_policy", "attention_impl"),
+  "data": ("prepare_workers",),  # the prepared shards are the same with any count
+}
+# Fields newer than some checkpoints: at the value that means what runs before them did,
+# they are left out of the fingerprint, so those runs still resume.
+LEGACY_VALUES = {
+  "model": {"attention_head_size": 0, "quantization": "none"},
+  "data": {"prepare_in_workdir": False},  # the corpus read in memory
+}
+
+
+def _bound(section: str, fields: dict) -> dict:
+  legacy = LEGACY_VALUES.get(section, {})
+  return {
+    key: value
+    for key, value in fields.items()
+    if key not in UNBOUND.get(section, ()) and not (key in legacy and value == legacy[key])
+  }
+
+
 def fingerprint(config) -> dict:
   """The part of the config a checkpoint is bound to (compute options excluded)."""
-  compute = ("dtype", "scan_layers", "remat_policy", "attention_impl")
-  model = {k: v for k, v in config.model.to_dict().items() if k not in compute}
-  # At their defaults, fields newer than some checkpoints are left out, as those lack them.
-  for key, default in (("attention_head_size", 0), ("quantization", "none")):
-    if model.get(key, default) == default:
-      model.pop(key, None)
-  data = config.data.to_dict()
-  data.pop("prepare_workers", None)  # the shards are the same with any number of workers
-  if not data.get("prepare_in_workdir", True):
-    data.pop("prepare_in_workdir")  # read in memory, as runs from before the field were
+  model = _bound("model", config.model.to_dict())
+  data = _bound("data", config.data.to_dict())
   fingerprint = {
     "task": config.task,
     "model": model,
