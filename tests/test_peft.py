@@ -159,8 +159,11 @@ def test_each_method_on_each_mesh_matches_one_device(name, shape):
   losses, params, opt_state = _train(peft, shape)
   assert losses[-1] < losses[0], losses  # it learns
   np.testing.assert_allclose(losses, one_losses, rtol=2e-5)
+  # Adam's normalised step (lr 3e-2) turns reduction-order noise in a near-zero gradient
+  # into parameter noise: 2.4e-5 was seen on one of 256 LoRA entries on an 8-way fsdp mesh.
+  # A sharding mistake moves parameters by about the learning rate.
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(one_params)):
-    np.testing.assert_allclose(x, y, atol=2e-5)
+    np.testing.assert_allclose(x, y, atol=1e-4)
   # Moments exist for the trainable leaves only. (That frozen weights stay the base's, bit for
   # bit, is checked end to end through the loop in the LoRA run test below.)
   adam = opt_state[0]
