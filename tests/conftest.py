@@ -7,6 +7,10 @@ import os
 _flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
+# XLA:CPU's older loop emitters compile the suite's programs in about 60 % of the time the
+# fusion emitters take (a tiny BERT train step on 8 devices: 4.4 s against 7.1 s).
+if "xla_cpu_use_fusion_emitters" not in _flags:
+  _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # AOT tests load libtpu; another process holding its lockfile must not fail them.
