@@ -8,6 +8,7 @@ import pytest
 
 from model.config import BertConfig
 from train import optim
+from train.run import schedule_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [
@@ -22,6 +23,8 @@ CASES = [
   ("bert_large_lamb", "phase2"),
   ("chinese_mini", None),
   ("continued", None),
+  ("scratch", None),
+  ("scratch", "base,2.5G"),
 ]
 
 
@@ -38,7 +41,23 @@ def test_pretraining_config_builds(name, arg):
   model = BertConfig.from_dict(config.model)
   assert config.data.max_seq_length <= model.max_position_embeddings
   assert config.batch_size % config.optimizer.grad_accum_steps == 0
-  optim.make_schedule(config.optimizer)  # raises on a bad schedule
+  total, warmup = schedule_steps(config, None)  # a token budget becomes steps
+  optimizer = config.optimizer.copy_and_resolve_references()
+  optimizer.update(total_steps=total, warmup_steps=warmup)
+  optim.make_schedule(optimizer)  # raises on a bad schedule
+
+
+def test_the_scratch_recipe_sets_its_length_by_a_token_budget():
+  from configs.pretrain import scratch
+
+  config = scratch.get_config("tiny,10M")
+  assert config.model.num_hidden_layers == 2 and config.optimizer.total_tokens == 10_000_000
+  # 64 rows of 128 tokens a step: ceil(10M / 8192) steps, 6 % of them warmup.
+  assert schedule_steps(config, None) == (1221, 73)
+  config.batch_size = 1024  # a slice: the same budget in fewer, larger steps
+  assert schedule_steps(config, None) == (77, 5)
+  with pytest.raises(ValueError, match="scratch.py: token budget '10X'"):
+    scratch.get_config("tiny,10X")
 
 
 def test_paper_numbers_are_the_papers():

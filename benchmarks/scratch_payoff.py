@@ -1,0 +1,182 @@
+"""Does pretraining from scratch on your own text pay off? Fine-tune from it, from random init
+and from all-MiniLM-L6-v2.
+
+The text is what this machine has in English: SQuAD v1.1's Wikipedia paragraphs
+(train subset and dev) plus the unlabelled training sentences of SST-2 and
+CoNLL-2003, written to ROOT/corpus.txt (one article, or 200 task sentences, a
+document). configs/pretrain/scratch.py pretrains on it within a token budget;
+SST-2 and CoNLL-2003 are then fine-tuned from that checkpoint, from random
+values of the same shape and vocab, and from MiniLM (a real pretrained model,
+the ceiling), with the same steps, batch, learning rate and seeds. Every row is
+`python -m train.main` as a subprocess (the commands follow the table).
+
+  python -m benchmarks.scratch_payoff --data_dir=../shared/data --root=/tmp/payoff \\
+      --recipe=tiny,10M --steps=300 --seeds=0,1,2
+
+A run whose workdir holds final_metrics.json is read, not rerun, so an
+interrupted table resumes where it stopped. ROOT/mlm_accuracy.png is the
+pretraining run's held-out MLM accuracy against step.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+
+from absl import app, flags
+
+from benchmarks.shared import DATA_FILES, finetune_flags, minilm_dir, run_job, sst2_sentences
+from benchmarks.wiki_text import squad_documents
+from train.writers import plot_loss_curves, read_metrics
+
+flags.DEFINE_string("data_dir", "../shared/data", "SST-2, CoNLL-2003 and SQuAD v1.1 files.")
+flags.DEFINE_string("root", "/tmp/payoff", "The corpus and every workdir go here.")
+flags.DEFINE_string("recipe", "tiny,10M", "configs/pretrain/scratch.py's argument: SIZE,TOKENS.")
+flags.DEFINE_integer("steps", 300, "Fine-tuning steps, every row.")
+flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row.")
+flags.DEFINE_integer("seq_len", 128, "Fine-tuning max_seq_length, every row.")
+flags.DEFINE_float("lr", 1e-4, "Fine-tuning peak learning rate, every row.")
+flags.DEFINE_string("seeds", "0,1,2", "Fine-tuning seeds, comma-separated.")
+flags.DEFINE_string("minilm_dir", "", "all-MiniLM-L6-v2's directory; '': the installed package.")
+flags.DEFINE_string("out", "", "Markdown table path; empty: ROOT/table.md.")
+FLAGS = flags.FLAGS
+
+TASKS = {  # task -> (fine-tuning config, dev metric)
+  "sst2": ("configs/finetune/classification.py", "accuracy"),
+  "conll2003": ("configs/finetune/token_classification.py", "f1"),
+}
+TASK_SENTENCES_PER_DOCUMENT = 200
+
+
+def conll_sentences(path: str) -> list[str]:
+  """The words of each sentence of a CoNLL file (`word ... TAG` lines), joined by spaces."""
+  sentences, words = [], []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      fields = line.split()
+      if fields and not fields[0].startswith("-DOCSTART-"):
+        words.append(fields[0])
+      elif words:
+        sentences.append(" ".join(words))
+        words = []
+  return sentences + ([" ".join(words)] if words else [])
+
+
+def write_corpus(data_dir: str, out: str) -> dict:
+  """ROOT/corpus.txt in the BERT text format (a sentence a line, a blank line between
+  documents) from the SQuAD paragraphs and the tasks' training sentences; returns counts."""
+  documents = []
+  for name in ("train-subset-v1.1.json", "dev-v1.1.json"):
+    documents += squad_documents(os.path.join(data_dir, "squad_v1", name))
+  articles = len(documents)
+  sst2 = sst2_sentences(os.path.join(data_dir, DATA_FILES["sst2"][0]))
+  conll = conll_sentences(os.path.join(data_dir, DATA_FILES["conll2003"][0]))
+  for sentences in (sst2, conll):
+    step = TASK_SENTENCES_PER_DOCUMENT
+    documents += [sentences[i : i + step] for i in range(0, len(sentences), step)]
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    f.write("\n\n".join("\n".join(document) for document in documents) + "\n")
+  words = sum(len(s.split()) for d in documents for s in d)
+  return {"articles": articles, "sst2": len(sst2), "conll2003": len(conll), "words": words}
+
+
+def pretrain_args(workdir: str, corpus: str) -> list[str]:
+  return [
+    "-m",
+    "train.main",
+    f"--config=configs/pretrain/scratch.py:{FLAGS.recipe}",
+    f"--workdir={workdir}",
+    f"--config.data.paths={corpus}",
+  ]
+
+
+def finetune_args(task: str, workdir: str, init: str, pretrained: str, seed: int) -> list[str]:
+  """init: 'minilm', 'random' or 'scratch' (the pretrained workdir; random gets its shape)."""
+  config, _ = TASKS[task]
+  size = FLAGS.recipe.partition(",")[0] or "mini"
+  common = (FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, FLAGS.lr, seed)
+  if init == "minilm":
+    hf_dir = FLAGS.minilm_dir or minilm_dir()
+    own = [f"--config={config}:minilm", *finetune_flags(task, FLAGS.data_dir, hf_dir, *common)]
+  else:
+    own = [
+      f"--config={config}:{size}",
+      *finetune_flags(task, FLAGS.data_dir, "", *common),
+      f"--config.init.checkpoint={pretrained if init == 'scratch' else ''}",
+      f"--config.data.vocab={os.path.join(pretrained, 'vocab')}",
+      "--config.model.vocab_size=8192",
+      "--config.model.max_position_embeddings=128",
+    ]
+  return ["-m", "train.main", own[0], f"--workdir={workdir}", *own[1:]]
+
+
+def mean_std(values: list[float]) -> str:
+  """Percent, with the spread over seeds when there are several."""
+  mean = f"{100 * statistics.fmean(values):.2f}"
+  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
+
+
+def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
+  """The budget (steps, tokens, wall time) and the held-out MLM accuracy curve, in lines."""
+  records = read_metrics(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval" and "mlm_accuracy" in r]
+  steps = train[-1]["step"] if train else 0
+  seconds = sum(
+    (r["step"] - p) * r["step_time"] for r, p in zip(train, [0] + [t["step"] for t in train])
+  )
+  curve = ", ".join(f"{r['step']}: {r['mlm_accuracy']:.3f}" for r in evals)
+  png = plot_loss_curves(workdir, os.path.join(FLAGS.root, "mlm_accuracy.png"), ("mlm_accuracy",))
+  return [
+    f"Pretraining (configs/pretrain/scratch.py:{FLAGS.recipe}): {steps} steps, "
+    f"{steps * 64 * 128 / 1e6:.1f} M batch tokens, {seconds / 60:.0f} min of train steps"
+    + (f" ({wall / 60:.0f} min for the whole job)" if wall else "")
+    + f". Held-out MLM accuracy by step: {curve} ({png}).",
+  ]
+
+
+def main(argv):
+  del argv
+  seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
+  os.makedirs(FLAGS.root, exist_ok=True)
+  corpus = os.path.join(FLAGS.root, "corpus.txt")
+  counts = write_corpus(FLAGS.data_dir, corpus)
+  pretrained = os.path.join(FLAGS.root, "pretrain")
+  commands = [pretrain_args(pretrained, corpus)]
+  wall = run_job(commands[0], pretrained)[1]
+  lines = [
+    f"Corpus: {counts['articles']} SQuAD articles, {counts['sst2']:,} SST-2 and "
+    f"{counts['conll2003']:,} CoNLL-2003 training sentences, {counts['words']:,} words.",
+    *pretraining_summary(pretrained, wall),
+    "",
+    f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, lr {FLAGS.lr:g}, seeds {seeds} "
+    "(dev set; mean ± std over seeds).",
+    "",
+    "| task | dev metric | random init | from scratch (ours) | gain | all-MiniLM-L6-v2 |",
+    "|---|---|---|---|---|---|",
+  ]
+  for task, (_, metric) in TASKS.items():
+    scores = {}
+    for init in ("random", "scratch", "minilm"):
+      scores[init] = []
+      for seed in seeds:
+        workdir = os.path.join(FLAGS.root, f"{task}_{init}_s{seed}")
+        args = finetune_args(task, workdir, init, pretrained, seed)
+        commands.append(args)
+        scores[init].append(run_job(args, workdir)[0]["best"]["value"])
+    gain = statistics.fmean(scores["scratch"]) - statistics.fmean(scores["random"])
+    lines.append(
+      f"| {task} | {metric} | {mean_std(scores['random'])} | {mean_std(scores['scratch'])} "
+      f"| {100 * gain:+.2f} | {mean_std(scores['minilm'])} |"
+    )
+  lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
+  text = "\n".join(lines) + "\n"
+  with open(FLAGS.out or os.path.join(FLAGS.root, "table.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
