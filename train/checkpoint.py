@@ -19,6 +19,7 @@ Rules that keep good checkpoints safe:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,12 +48,14 @@ def check_options(max_to_keep) -> None:
     raise UserError(f"checkpoint.max_to_keep={max_to_keep} must be >= 1 (or None for all)")
 
 
+@functools.cache
 def _whole_shards_on_cpu() -> None:
-  """On the CPU backend every device lives in this one process, so Orbax's replica-parallel
-  save (each replica of a replicated array writes a slice of it, so that hosts share the
-  writing) only adds work: an eager slice, and a compile per shape, for every array and
-  replica at every save (a third of a short run's time on 8 CPU devices). Each array is
-  written from one replica there; other backends keep Orbax's default."""
+  """On the CPU backend (a laptop, or the tests' fake devices) the replicas of an array
+  share one host's memory and disk, so Orbax's replica-parallel save (each replica writes
+  a slice, so that TPU hosts share the writing) only adds work there: an eager slice, and a
+  compile per shape, for every array and replica at every save (about a quarter of a short
+  run's time on 8 CPU devices). There each array is written from one replica; other
+  backends keep Orbax's default. Once per process: the registry is Orbax's global one."""
   if jax.default_backend() == "cpu":
     handler = ocp.type_handlers.ArrayHandler(
       use_replica_parallel=False, array_metadata_store=array_metadata_store_lib.Store()
