@@ -38,6 +38,8 @@ flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row
 flags.DEFINE_integer("seq_len", 128, "Fine-tuning max_seq_length, every row.")
 flags.DEFINE_float("lr", 1e-4, "Fine-tuning peak learning rate, every row.")
 flags.DEFINE_string("seeds", "0,1,2", "Fine-tuning seeds, comma-separated.")
+flags.DEFINE_string("tasks", "sst2,conll2003", "Tasks to fine-tune, comma-separated.")
+flags.DEFINE_string("inits", "random,scratch,minilm", "Rows: random, scratch and / or minilm.")
 flags.DEFINE_string("minilm_dir", "", "all-MiniLM-L6-v2's directory; '': the installed package.")
 flags.DEFINE_string("out", "", "Markdown table path; empty: ROOT/table.md.")
 FLAGS = flags.FLAGS
@@ -46,6 +48,7 @@ TASKS = {  # task -> (fine-tuning config, dev metric)
   "sst2": ("configs/finetune/classification.py", "accuracy"),
   "conll2003": ("configs/finetune/token_classification.py", "f1"),
 }
+INITS = ("random", "scratch", "minilm")
 TASK_SENTENCES_PER_DOCUMENT = 200
 
 
@@ -157,19 +160,25 @@ def main(argv):
     "| task | dev metric | random init | from scratch (ours) | gain | all-MiniLM-L6-v2 |",
     "|---|---|---|---|---|---|",
   ]
-  for task, (_, metric) in TASKS.items():
-    scores = {}
-    for init in ("random", "scratch", "minilm"):
-      scores[init] = []
+  tasks = [t for t in FLAGS.tasks.split(",") if t]
+  inits = [i for i in FLAGS.inits.split(",") if i]
+  scores = {(task, init): [] for task in tasks for init in inits}
+  for init in inits:  # every row without MiniLM first: the comparison the table is for
+    for task in tasks:
       for seed in seeds:
         workdir = os.path.join(FLAGS.root, f"{task}_{init}_s{seed}")
         args = finetune_args(task, workdir, init, pretrained, seed)
         commands.append(args)
-        scores[init].append(run_job(args, workdir)[0]["best"]["value"])
-    gain = statistics.fmean(scores["scratch"]) - statistics.fmean(scores["random"])
+        scores[task, init].append(run_job(args, workdir)[0]["best"]["value"])
+  for task in tasks:
+    row = {init: mean_std(scores[task, init]) if (task, init) in scores else "-" for init in INITS}
+    gain = ""
+    if {"random", "scratch"} <= set(inits):
+      gain = statistics.fmean(scores[task, "scratch"]) - statistics.fmean(scores[task, "random"])
+      gain = f"{100 * gain:+.2f}"
     lines.append(
-      f"| {task} | {metric} | {mean_std(scores['random'])} | {mean_std(scores['scratch'])} "
-      f"| {100 * gain:+.2f} | {mean_std(scores['minilm'])} |"
+      f"| {task} | {TASKS[task][1]} | {row['random']} | {row['scratch']} | {gain} "
+      f"| {row['minilm']} |"
     )
   lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
   text = "\n".join(lines) + "\n"
