@@ -20,6 +20,7 @@ pretraining run's held-out MLM accuracy against step.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import statistics
@@ -127,6 +128,9 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   train = [r for r in records if r["split"] == "train"]
   evals = [r for r in records if r["split"] == "eval" and "mlm_accuracy" in r]
   steps = train[-1]["step"] if train else 0
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  tokens_per_step = config["batch_size"] * config["data"]["max_seq_length"]
   seconds = sum(
     (r["step"] - p) * r["step_time"] for r, p in zip(train, [0] + [t["step"] for t in train])
   )
@@ -134,7 +138,7 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   png = plot_loss_curves(workdir, os.path.join(FLAGS.root, "mlm_accuracy.png"), ("mlm_accuracy",))
   return [
     f"Pretraining (configs/pretrain/scratch.py:{FLAGS.recipe}): {steps} steps, "
-    f"{steps * 64 * 128 / 1e6:.1f} M batch tokens, {seconds / 60:.0f} min of train steps"
+    f"{steps * tokens_per_step / 1e6:.1f} M batch tokens, {seconds / 60:.0f} min of train steps"
     + (f" ({wall / 60:.0f} min for the whole job)" if wall else "")
     + f". Held-out MLM accuracy by step: {curve} ({png}).",
   ]
