@@ -18,12 +18,11 @@ an interrupted table resumes where it stopped.
 from __future__ import annotations
 
 import os
-import shlex
 import statistics
 
 from absl import app, flags
 
-from benchmarks.shared import run_job
+from benchmarks.shared import mean_std, run_job, write_table
 
 flags.DEFINE_string(
   "data", "/tmp/zh", "What data.prepare_chinese wrote (corpus.txt, sentiment/, ner/)."
@@ -91,12 +90,6 @@ def finetune_args(
   ]
 
 
-def mean_std(values: list[float]) -> str:
-  """Percent, with the spread over seeds when there are several."""
-  mean = f"{100 * statistics.fmean(values):.2f}"
-  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
-
-
 def main(argv):
   del argv
   if not os.path.exists(os.path.join(FLAGS.data, "corpus.txt")):
@@ -131,11 +124,7 @@ def main(argv):
       f"| {task} | {metric} | {mean_std(scores['random'])} | {mean_std(scores['pretrained'])} "
       f"| {100 * gain:+.2f} |"
     )
-  lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
-  text = "\n".join(lines) + "\n"
-  with open(FLAGS.out or os.path.join(FLAGS.root, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
+  write_table(lines, commands, FLAGS.out or os.path.join(FLAGS.root, "table.md"))
 
 
 if __name__ == "__main__":

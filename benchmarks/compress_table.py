@@ -27,12 +27,18 @@ A workdir that already holds final_metrics.json is read, not retrained.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES, finetune_flags, minilm_dir, run_job, sst2_sentences
+from benchmarks.shared import (
+  DATA_FILES,
+  finetune_flags,
+  minilm_dir,
+  run_job,
+  sst2_sentences,
+  write_table,
+)
 
 TASKS = {  # task: (teacher config, dev metric)
   "sst2": ("configs/finetune/sst2.py:minilm", "accuracy"),
@@ -204,13 +210,7 @@ def main(argv):
         f"{100 * score / teacher_score:.1f} % |"
       )
     lines.append("")
-  lines += ["Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
-  text = "\n".join(lines) + "\n"
-  out = FLAGS.out or os.path.join(FLAGS.root, "table.md")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    f.write(text)
-  print(text)
+  write_table(lines, commands, FLAGS.out or os.path.join(FLAGS.root, "table.md"))
 
 
 if __name__ == "__main__":

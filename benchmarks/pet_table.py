@@ -20,12 +20,10 @@ A run whose workdir already holds final_metrics.json is read, not rerun.
 from __future__ import annotations
 
 import os
-import shlex
-import statistics
 
 from absl import app, flags
 
-from benchmarks.shared import minilm_dir, run_job
+from benchmarks.shared import mean_std, minilm_dir, run_job, write_table
 
 flags.DEFINE_string("data_dir", "../shared/data", "Holds sst2/train.tsv and sst2/dev.tsv.")
 flags.DEFINE_string("root", "/tmp/pet", "Workdirs go here.")
@@ -84,11 +82,6 @@ def row_args(kind: str, shots: int, seed: int, init: list[str], workdir: str) ->
   return args
 
 
-def cell(values: list[float]) -> str:
-  mean = f"{100 * statistics.fmean(values):.2f}"
-  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
-
-
 def main(argv):
   del argv
   train = os.path.join(FLAGS.data_dir, "sst2", "train.tsv")
@@ -131,13 +124,9 @@ def main(argv):
         workdir = os.path.join(FLAGS.root, f"{tag}_{kind}{k}_s{seed}")
         commands.append(row_args(kind, k, seed, init, workdir))
         scores.append(run_job(commands[-1], workdir)[0]["accuracy"])
-      cells.append(cell(scores))
+      cells.append(mean_std(scores))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
-  text = "\n".join(lines) + "\n"
-  with open(FLAGS.out or os.path.join(FLAGS.root, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
+  write_table(lines, commands, FLAGS.out or os.path.join(FLAGS.root, "table.md"))
 
 
 if __name__ == "__main__":

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import statistics
 
 from absl import app, flags
 
-from benchmarks.shared import DATA_FILES, finetune_flags, minilm_dir, run_job, sst2_sentences
+from benchmarks.shared import (
+  DATA_FILES,
+  finetune_flags,
+  mean_std,
+  mean_step_time,
+  minilm_dir,
+  run_job,
+  sst2_sentences,
+  write_table,
+)
 from benchmarks.wiki_text import squad_documents
+from data.ner import read_conll
 from train.writers import plot_loss_curves, read_metrics
 
 flags.DEFINE_string("data_dir", "../shared/data", "SST-2, CoNLL-2003 and SQuAD v1.1 files.")
@@ -53,20 +62,6 @@ INITS = ("random", "scratch", "minilm")
 TASK_SENTENCES_PER_DOCUMENT = 200
 
 
-def conll_sentences(path: str) -> list[str]:
-  """The words of each sentence of a CoNLL file (`word ... TAG` lines), joined by spaces."""
-  sentences, words = [], []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      fields = line.split()
-      if fields and not fields[0].startswith("-DOCSTART-"):
-        words.append(fields[0])
-      elif words:
-        sentences.append(" ".join(words))
-        words = []
-  return sentences + ([" ".join(words)] if words else [])
-
-
 def write_corpus(data_dir: str, out: str) -> dict:
   """ROOT/corpus.txt in the BERT text format (a sentence a line, a blank line between
   documents) from the SQuAD paragraphs and the tasks' training sentences; returns counts."""
@@ -75,7 +70,8 @@ def write_corpus(data_dir: str, out: str) -> dict:
     documents += squad_documents(os.path.join(data_dir, "squad_v1", name))
   articles = len(documents)
   sst2 = sst2_sentences(os.path.join(data_dir, DATA_FILES["sst2"][0]))
-  conll = conll_sentences(os.path.join(data_dir, DATA_FILES["conll2003"][0]))
+  conll_file = os.path.join(data_dir, DATA_FILES["conll2003"][0])
+  conll = [" ".join(sentence.words) for sentence in read_conll(conll_file)]
   for sentences in (sst2, conll):
     step = TASK_SENTENCES_PER_DOCUMENT
     documents += [sentences[i : i + step] for i in range(0, len(sentences), step)]
@@ -116,12 +112,6 @@ def finetune_args(task: str, workdir: str, init: str, pretrained: str, seed: int
   return ["-m", "train.main", own[0], f"--workdir={workdir}", *own[1:]]
 
 
-def mean_std(values: list[float]) -> str:
-  """Percent, with the spread over seeds when there are several."""
-  mean = f"{100 * statistics.fmean(values):.2f}"
-  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
-
-
 def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   """The budget (steps, tokens, wall time) and the held-out MLM accuracy curve, in lines."""
   records = read_metrics(workdir)
@@ -131,14 +121,13 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
   tokens_per_step = config["batch_size"] * config["data"]["max_seq_length"]
-  seconds = sum(
-    (r["step"] - p) * r["step_time"] for r, p in zip(train, [0] + [t["step"] for t in train])
-  )
+  seconds = steps * mean_step_time(workdir)  # the first interval's compile left out
   curve = ", ".join(f"{r['step']}: {r['mlm_accuracy']:.3f}" for r in evals)
   png = plot_loss_curves(workdir, os.path.join(FLAGS.root, "mlm_accuracy.png"), ("mlm_accuracy",))
   return [
     f"Pretraining (configs/pretrain/scratch.py:{FLAGS.recipe}): {steps} steps, "
-    f"{steps * tokens_per_step / 1e6:.1f} M batch tokens, {seconds / 60:.0f} min of train steps"
+    f"{steps * tokens_per_step / 1e6:.1f} M batch tokens, "
+    f"{seconds / 60:.0f} min of train steps at their mean time"
     + (f" ({wall / 60:.0f} min for the whole job)" if wall else "")
     + f". Held-out MLM accuracy by step: {curve} ({png}).",
   ]
@@ -184,11 +173,7 @@ def main(argv):
       f"| {task} | {TASKS[task][1]} | {row['random']} | {row['scratch']} | {gain} "
       f"| {row['minilm']} |"
     )
-  lines += ["", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
-  text = "\n".join(lines) + "\n"
-  with open(FLAGS.out or os.path.join(FLAGS.root, "table.md"), "w") as f:
-    f.write(text)
-  print(text)
+  write_table(lines, commands, FLAGS.out or os.path.join(FLAGS.root, "table.md"))
 
 
 if __name__ == "__main__":

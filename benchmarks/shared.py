@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -81,6 +82,25 @@ def run_job(args: list[str], workdir: str) -> tuple[dict, float | None]:
     wall = time.time() - start
   with open(final) as f:
     return json.load(f), wall
+
+
+def mean_std(values: list[float]) -> str:
+  """Percent, with the spread over seeds when there are several."""
+  mean = f"{100 * statistics.fmean(values):.2f}"
+  return f"{mean} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else mean
+
+
+def write_table(lines: list[str], commands: list[list[str]], out: str) -> str:
+  """The table's lines, then every command that made a row, to `out` and stdout."""
+  while lines and not lines[-1]:
+    lines = lines[:-1]
+  lines = [*lines, "", "Commands:"] + [f"- `python {shlex.join(args)}`" for args in commands]
+  text = "\n".join(lines) + "\n"
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    f.write(text)
+  print(text)
+  return text
 
 
 def mean_step_time(workdir: str) -> float:
