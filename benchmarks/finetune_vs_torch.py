@@ -54,6 +54,7 @@ from flax import nnx
 
 from benchmarks import torch_dropout
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
+from data import finetune, packing
 from data.finetune import gather_outputs
 from train import loop, warm_start
 from train import mesh as mesh_lib
@@ -74,14 +75,14 @@ flags.DEFINE_string("seeds", "0", "Comma-separated seeds; each runs both framewo
 flags.DEFINE_integer("steps", 300, "Train steps, both rows.")
 flags.DEFINE_integer("batch_size", 32, "Examples (QA: windows) per step, both rows.")
 flags.DEFINE_integer("seq_len", 128, "Tokens per example (the longest), both rows.")
-flags.DEFINE_enum(
+flags.DEFINE_list(
   "padding",
-  "dynamic",
-  ["dynamic", "packed", "fixed"],
-  "dynamic: as users run each side: ours in length buckets (data.bucket_lengths=auto), "
-  "PyTorch padded to each batch's longest row (what DataCollatorWithPadding does); "
-  "packed: ours packs each step's examples into rows (data.packing=True), PyTorch as "
-  "dynamic; fixed: both at --seq_len.",
+  ["dynamic"],
+  "Our rows, one per value: dynamic (as users run it: length buckets, "
+  "data.bucket_lengths=auto), packed (each step's examples packed into rows, "
+  "data.packing=True), fixed (every batch at --seq_len). One PyTorch row: padded to "
+  "each batch's longest row, as DataCollatorWithPadding does; at --seq_len when the "
+  "list is fixed alone.",
 )
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
@@ -135,6 +136,12 @@ TASKS = {
     ("f1", "precision", "recall"),
   ),
 }
+# --padding value -> our row's name in the table.
+PADDINGS = {
+  "fixed": "ours, max_seq_length",
+  "dynamic": "ours, length buckets",
+  "packed": "ours, packed",
+}
 # Fields a task's data needs beyond the paths (the column names of prepare_chinese's TSVs).
 TASK_ITEMS = {"zh_sentiment": [("data.text_columns", "sentence"), ("data.label_column", "label")]}
 
@@ -178,8 +185,10 @@ def squad_dev_subset(path: str, questions: int, out_dir: str) -> str:
   return out
 
 
-def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple[str, object]]:
-  """The command-line overrides of our job, in `--config.<key>=<value>` order."""
+def overrides(
+  seed: int, hf_dir: str, paths: tuple[str, str, str], padding: str
+) -> list[tuple[str, object]]:
+  """The command-line overrides of our job with `padding`, in `--config.<key>=<value>` order."""
   train, dev, test = paths
   items = [("init.hf_dir", hf_dir), ("data.train_path", train), ("data.eval_path", dev)]
   items += TASK_ITEMS.get(FLAGS.task, [])
@@ -187,8 +196,8 @@ def overrides(seed: int, hf_dir: str, paths: tuple[str, str, str]) -> list[tuple
     items.append(("data.test_path", test))
   items += [
     ("data.max_seq_length", FLAGS.seq_len),
-    ("data.bucket_lengths", "none" if FLAGS.padding == "fixed" else "auto"),
-    ("data.packing", FLAGS.padding == "packed"),
+    ("data.bucket_lengths", "none" if padding == "fixed" else "auto"),
+    ("data.packing", padding == "packed"),
     ("batch_size", FLAGS.batch_size),
     ("optimizer.lr", FLAGS.lr),
     ("optimizer.total_steps", FLAGS.steps),
@@ -292,10 +301,14 @@ def torch_model(hf_dir: str, task, head: dict):
   return model
 
 
+def torch_pads_to_longest() -> bool:
+  return FLAGS.padding != ["fixed"]
+
+
 def hf_padding(batch: dict) -> dict:
-  """--padding=dynamic / packed: the batch cut to its longest row, as DataCollatorWithPadding
-  pads."""
-  if FLAGS.padding == "fixed":
+  """The batch cut to its longest row, as DataCollatorWithPadding pads (at --seq_len when
+  --padding=fixed alone)."""
+  if not torch_pads_to_longest():
     return batch
   longest = int(batch["attention_mask"].sum(-1).max())
   return {k: v[:, :longest] if np.ndim(v) == 2 else v for k, v in batch.items()}
@@ -341,6 +354,28 @@ def torch_evaluate(model, task, split: str) -> dict:
   return pick(task.score(split, outputs))
 
 
+def real_token_shares(train_data, steps: int, seq_len: int) -> dict[str, float]:
+  """Real tokens over the positions of the first `steps` training batches, for each of our
+  paddings and PyTorch's (`torch`): the same examples, laid out each way."""
+  lengths = train_data.arrays["attention_mask"].sum(-1)
+  buckets = finetune.bucket_lengths("auto", seq_len)
+  real = fixed = bucketed = longest = 0
+  for step in range(steps):
+    batch = lengths[train_data.sampler.indices(step)]
+    real += int(batch.sum())
+    fixed += len(batch) * seq_len
+    bucketed += len(batch) * next(n for n in buckets if n >= batch.max())
+    longest += len(batch) * int(batch.max())
+  _, packed = packing.plan_shape(lengths, train_data.sampler, steps, seq_len, jax.device_count())
+  torch_positions = longest if torch_pads_to_longest() else fixed
+  return {
+    "fixed": real / fixed,
+    "dynamic": real / bucketed,
+    "packed": packed,
+    "torch": real / torch_positions,
+  }
+
+
 def run_torch(config, hf_dir: str, workdir: str) -> dict:
   """transformers' model on our job's batches; fp32, default threads.
 
@@ -353,6 +388,7 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   torch.manual_seed(config.seed)
   start = time.perf_counter()
   task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
+  shares = real_token_shares(task.train_data, FLAGS.steps, config.data.max_seq_length)
   head, ours_step0 = initial_outputs(task, graphdef, state, frozen, mesh, rules)
   setup = time.perf_counter() - start  # ours pays this inside its own job; not counted twice
   start = time.perf_counter()
@@ -420,6 +456,7 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
     "step0_max_diff": step0_diff,
     "train_losses": train_losses,
     "eval_rows": len(task.eval_batches) * config.batch_size,
+    "real_tokens": shares,
   }
 
 
@@ -435,15 +472,53 @@ def _values(row: dict) -> list[float]:
   return values
 
 
+def _rows(run: dict) -> list[tuple[str, str, dict]]:
+  """(key, name, row) for each of the run's rows: ours per padding, then PyTorch; a row carries
+  its real-token share, from the PyTorch side's count over the same batches."""
+  shares = run["torch"]["real_tokens"]
+  rows = [(p, PADDINGS[p], {**run["ours"][p], "share": shares[p]}) for p in run["ours"]]
+  torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
+  torch_name += ", DataCollatorWithPadding" if torch_pads_to_longest() else ", max_seq_length"
+  return rows + [("torch", torch_name, {**run["torch"], "share": shares["torch"]})]
+
+
+def _cells(row: dict, torch_wall: float) -> list[str]:
+  """The columns after the scores, for one row or (averaged) several."""
+  return [
+    f"{last_loss(row):.3f}",
+    f"{100 * row['share']:.1f}",
+    f"{row['train_wall']:.0f}",
+    f"{1 / row['step_time']:.2f}",
+    f"{row['eval_wall']:.0f}",
+    f"{torch_wall / row['train_wall']:.2f}x",
+  ]
+
+
+def _mean_row(rows: list[dict]) -> dict:
+  """The seeds' rows averaged, for _cells (steps/s is the mean of each row's)."""
+  return {
+    "train_losses": [(0, mean_of([r["train_losses"][-1][1] for r in rows]))],
+    "step_time": 1 / mean_of([1 / r["step_time"] for r in rows]),
+    **{k: mean_of([r[k] for r in rows]) for k in ("share", "train_wall", "eval_wall")},
+  }
+
+
+def mean_of(values: list[float]) -> float:
+  return float(np.mean(values))
+
+
+def last_loss(row: dict) -> float:
+  return row["train_losses"][-1][1]
+
+
 def table(runs: list[dict], hf_dir: str) -> str:
-  """One row per seed and framework, then mean ± std; `runs` are the .json records."""
+  """One row per seed, padding and framework, then mean ± std and the paired differences;
+  `runs` are the .json records."""
   names = [f"dev {k}" for k in TASKS[FLAGS.task][2]] + (
     ["test f1"] if FLAGS.task == "conll2003" else []
   )
-  header = (
-    ["seed", "framework"] + names + ["last train loss", "train wall s", "s/step", "eval wall s"]
-  )
-  torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
+  header = ["seed", "run", *names, "last train loss", "real tokens %", "train wall s"]
+  header += ["steps/s", "eval wall s", "train speed vs PyTorch"]
   lines = [
     f"{FLAGS.task}, {FLAGS.hf_dir or 'all-MiniLM-L6-v2'}, {FLAGS.steps} steps x batch "
     f"{FLAGS.batch_size} x seq {FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)",
@@ -452,61 +527,50 @@ def table(runs: list[dict], hf_dir: str) -> str:
     "|" + "---|" * len(header),
   ]
   for run in runs:
-    for name, row in (("ours (JAX/Flax)", run["ours"]), (torch_name, run["torch"])):
-      lines.append(
-        "| "
-        + " | ".join(
-          [str(run["seed"]), name]
-          + [f"{v:.2f}" for v in _values(row)]
-          + [f"{row['train_losses'][-1][1]:.3f}"]
-          + [f"{row['train_wall']:.0f}", f"{row['step_time']:.3f}", f"{row['eval_wall']:.0f}"]
-        )
-        + " |"
-      )
+    torch_wall = run["torch"]["train_wall"]
+    for _, name, row in _rows(run):
+      cells = [str(run["seed"]), name, *[f"{v:.2f}" for v in _values(row)]]
+      lines.append("| " + " | ".join(cells + _cells(row, torch_wall)) + " |")
   if len(runs) > 1:
-    for name, key in (("ours (JAX/Flax)", "ours"), (torch_name, "torch")):
-      rows = [run[key] for run in runs]
+    torch_wall = mean_of([run["torch"]["train_wall"] for run in runs])
+    for index, (_, name, _) in enumerate(_rows(runs[0])):
+      rows = [_rows(run)[index][2] for run in runs]
       scores = np.array([_values(r) for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
       lines.append(
-        "| "
-        + " | ".join(
-          ["mean ± std", name]
-          + cells
-          + [f"{np.mean([r['train_losses'][-1][1] for r in rows]):.3f}"]
-          + [
-            f"{np.mean([r['train_wall'] for r in rows]):.0f}",
-            f"{np.mean([r['step_time'] for r in rows]):.3f}",
-            f"{np.mean([r['eval_wall'] for r in rows]):.0f}",
-          ]
-        )
-        + " |"
+        "| " + " | ".join(["mean ± std", name, *cells, *_cells(_mean_row(rows), torch_wall)]) + " |"
       )
     # Seeds pair the rows (same init, head and batches): the per-seed difference
     # is the quantity to read, with its standard error over seeds.
-    diffs = np.array([np.subtract(_values(run["ours"]), _values(run["torch"])) for run in runs])
-    errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
-    loss_diff = np.mean(
-      [run["ours"]["train_losses"][-1][1] - run["torch"]["train_losses"][-1][1] for run in runs]
-    )
-    lines.append(
-      "| "
-      + " | ".join(
-        ["paired", "ours − PyTorch, mean ± s.e."]
-        + [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)]
-        + [f"{loss_diff:+.3f}", "", "", ""]
+    for key, name, _ in _rows(runs[0])[:-1]:
+      pairs = [(run["ours"][key], run["torch"]) for run in runs]
+      diffs = np.array([np.subtract(_values(ours), _values(torch)) for ours, torch in pairs])
+      errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
+      loss_diff = mean_of([last_loss(ours) - last_loss(torch) for ours, torch in pairs])
+      lines.append(
+        "| "
+        + " | ".join(
+          ["paired", f"{name} − PyTorch, mean ± s.e."]
+          + [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)]
+          + [f"{loss_diff:+.3f}", "", "", "", "", ""]
+        )
+        + " |"
       )
-      + " |"
-    )
   diffs = ", ".join(f"{run['torch']['step0_max_diff']:.1e}" for run in runs)
   benchmarks = list(dict.fromkeys(run["benchmark"] for run in runs))
+  commands = [
+    f"- {PADDINGS[key]}, seed {run['seed']}: `{command}`"
+    for run in runs
+    for key, command in run["commands"].items()
+  ]
   lines += (
     [
       "",
       "Notes:",
       f"- Same start ({hf_dir}; the PyTorch head is our job's initial head for the seed; "
       f"step-0 outputs on the first dev batch differ by at most {diffs}), the same training "
-      "batches in the same order, the same dev/test batches and metric code.",
+      "examples in the same order (each row lays them out its own way), the same dev/test "
+      "batches and metric code.",
       f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
       "dropout 0.1 ("
       + (
@@ -515,16 +579,21 @@ def table(runs: list[dict], hf_dir: str) -> str:
         else "each framework its own masks"
       )
       + "), fp32.",
+      "- Real tokens: the share of the training batches' positions that hold a token, over "
+      "the run's steps (max_seq_length: every row at --seq_len; length buckets: each batch "
+      "at the next of data.bucket_lengths=auto; packed: the run's one packed shape; "
+      "DataCollatorWithPadding: each batch at its longest row).",
       f"- Last train loss: the mean training loss over the last {LOG_EVERY} steps (dropout on); "
-      "both frameworks' curves are in the .json.",
+      "every curve is in the .json.",
       "- Paired: each seed's ours minus PyTorch, then their mean and its standard error "
       "(sample std / sqrt(seeds)); mean ± std rows use the population std.",
       "- Train wall includes tokenising and loading the weights; ours also XLA compilation and "
-      f"its end-of-run checkpoint. s/step leaves out the first {LOG_EVERY} steps on both sides. "
-      "Eval wall: dev (+ test) forward passes and scoring; ours includes its compile.",
-      "- Each seed runs ours, then PyTorch, in one process on a shared machine.",
+      f"its end-of-run checkpoint. steps/s leaves out the first {LOG_EVERY} steps on both "
+      "sides. Eval wall: dev (+ test) forward passes and scoring; ours includes its compiles. "
+      "Train speed vs PyTorch: PyTorch's train wall over the row's.",
+      "- Each seed runs ours (each padding), then PyTorch, in one process on a shared machine.",
     ]
-    + [f"- Ours, seed {run['seed']}: `{run['command']}`" for run in runs]
+    + commands
     + [f"- Command: `{command}`" for command in benchmarks]
   )
   return "\n".join(lines) + "\n"
@@ -543,6 +612,7 @@ def setup() -> dict:
       "doc_stride",
       "eval_questions",
       "torch_dropout",
+      "padding",
     )
   }
 
@@ -552,7 +622,8 @@ def merged_runs() -> list[dict]:
   for path in filter(None, FLAGS.merge.split(",")):
     with open(path) as f:
       for run in json.load(f):
-        run["setup"] = {"torch_dropout": "own", **run["setup"]}  # records from before the flag
+        if "commands" not in run:
+          raise app.UsageError(f"{path}: recorded before --padding took a list; run it again")
         if run["setup"] != setup():
           raise app.UsageError(
             f"{path}, seed {run['seed']}: ran with {run['setup']}, not this command's {setup()}"
@@ -569,6 +640,10 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
   if not runs and not seeds:
     raise app.UsageError("nothing to report: --seeds is empty and --merge names no runs")
+  unknown = sorted(set(FLAGS.padding) - set(PADDINGS))
+  if unknown or not FLAGS.padding:
+    listed = ",".join(FLAGS.padding)
+    raise app.UsageError(f"--padding={listed}: each must be one of {list(PADDINGS)}")
   for seed in seeds:
     if any(run["seed"] == seed for run in runs):
       raise app.UsageError(f"seed {seed} is already in --merge={FLAGS.merge}")
@@ -585,20 +660,22 @@ def main(argv):
     paths = (paths[0], squad_dev_subset(paths[1], FLAGS.eval_questions, root), paths[2])
   benchmark = f"python {' '.join(shlex.quote(a) for a in sys.argv)}"
   for seed in seeds:
-    items = overrides(seed, hf_dir, paths)
-    workdir = os.path.join(root, f"seed{seed}")
-    command = job_command(items, workdir)
-    logging.info("seed %d, ours: %s", seed, command)
-    ours = run_ours(job_config(items), workdir)
-    logging.info("seed %d, ours: %s", seed, ours)
-    unpacked = [(k, False if k == "data.packing" else v) for k, v in items]  # torch's batches
-    torch_row = run_torch(job_config(unpacked), hf_dir, os.path.join(root, f"torch_seed{seed}"))
+    ours, commands = {}, {}
+    for padding in FLAGS.padding:
+      items = overrides(seed, hf_dir, paths, padding)
+      workdir = os.path.join(root, f"seed{seed}" + ("" if padding == "dynamic" else f"_{padding}"))
+      commands[padding] = job_command(items, workdir)
+      logging.info("seed %d, %s: %s", seed, PADDINGS[padding], commands[padding])
+      ours[padding] = run_ours(job_config(items), workdir)
+      logging.info("seed %d, %s: %s", seed, PADDINGS[padding], ours[padding])
+    items = overrides(seed, hf_dir, paths, "dynamic" if torch_pads_to_longest() else "fixed")
+    torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
     logging.info("seed %d, torch: %s", seed, torch_row)
     runs.append(
       {
         "seed": seed,
         "setup": setup(),
-        "command": command,
+        "commands": commands,
         "benchmark": benchmark,
         "ours": ours,
         "torch": torch_row,

@@ -43,6 +43,12 @@ from train.writers import plot_loss_curves, read_metrics
 flags.DEFINE_string("data_dir", "../shared/data", "SST-2, CoNLL-2003 and SQuAD v1.1 files.")
 flags.DEFINE_string("root", "/tmp/payoff", "The corpus and every workdir go here.")
 flags.DEFINE_string("recipe", "tiny,10M", "configs/pretrain/scratch.py's argument: SIZE,TOKENS.")
+flags.DEFINE_list(
+  "pretrain_flags",
+  [],
+  "More --config.KEY=VALUE flags for the pretraining run, comma-separated "
+  "(e.g. --config.batch_size=32,--config.optimizer.lr=2e-3).",
+)
 flags.DEFINE_integer("steps", 300, "Fine-tuning steps, every row.")
 flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row.")
 flags.DEFINE_integer("seq_len", 128, "Fine-tuning max_seq_length, every row.")
@@ -89,6 +95,7 @@ def pretrain_args(workdir: str, corpus: str) -> list[str]:
     f"--config=configs/pretrain/scratch.py:{FLAGS.recipe}",
     f"--workdir={workdir}",
     f"--config.data.paths={corpus}",
+    *FLAGS.pretrain_flags,
   ]
 
 
