@@ -56,6 +56,7 @@ class Options:
   whole_word: bool
   segmenter: str
   next_sentence: bool
+  packing: bool
   heldout_documents: float
   num_shards: int
   seed: int
@@ -72,6 +73,7 @@ class Options:
       whole_word=data.whole_word,
       segmenter=data.get("segmenter", ""),
       next_sentence=data.get("next_sentence", True),
+      packing=data.get("packing", False),
       heldout_documents=data.heldout_documents,
       num_shards=data.num_shards,
       seed=config.seed,
@@ -287,6 +289,7 @@ class _MakeShard(beam.DoFn):
       whole_word=o.whole_word,
       segment=self.segment,
       next_sentence=o.next_sentence,
+      packing=o.packing,
     )
     name = shards.shard_name(split, shard, o.num_shards)
     count = shards.write_shard(os.fspath(epath.Path(self.out) / name), arrays)
@@ -347,7 +350,8 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
   out_path = epath.Path(out)
   if (out_path / shards.MANIFEST).exists():
     manifest = shards.read_manifest(out)
-    if manifest["options"] != dataclasses.asdict(options) or manifest["files"] != files:
+    recorded = {**shards.FIELD_DEFAULTS, **manifest["options"]}  # fields added since
+    if recorded != dataclasses.asdict(options) or manifest["files"] != files:
       raise ValueError(
         f"{out_path / shards.MANIFEST}: prepared from other files or options; "
         "use another --out (nothing there was changed)"
@@ -383,6 +387,10 @@ def prepare(config, out: str, workers: int = 2, beam_args: Sequence[str] = ()) -
     }
     for split, made_shards in splits.items()
   }
+  for split, made_shards in splits.items():  # the shards' shares, weighted by their rows
+    rows = max(stats[split]["num_instances"], 1)
+    share = sum(s["real_token_share"] * s["num_instances"] for s in made_shards) / rows
+    stats[split]["real_token_share"] = share
   seconds = time.perf_counter() - started
   megabytes = source.megabytes
   tokens = sum(s["num_tokens"] for s in stats.values())

@@ -24,6 +24,7 @@ from data.sentence_pairs import (
   Instance,
   make_full_sentence_rows,
   make_nsp_pairs,
+  make_packed_rows,
   pack_instance,
   truncate_seq_pair,
 )
@@ -55,6 +56,7 @@ class PretrainingStats:
   num_tokens: int
   num_instances: int
   random_next_fraction: float
+  real_token_share: float = 0.0  # of the rows' positions: how full rows are (data.packing)
 
 
 def build_pretraining_data(
@@ -67,9 +69,12 @@ def build_pretraining_data(
   whole_word: bool = False,
   segment=None,
   next_sentence: bool = True,
+  packing: bool = False,
 ) -> tuple[dict[str, np.ndarray], PretrainingStats]:
   """Tokenize documents and pack them into NSP pairs, unmasked; without `next_sentence`,
-  into single-segment rows of whole sentences (make_full_sentence_rows) for MLM alone.
+  into single-segment rows of whole sentences (make_full_sentence_rows) for MLM alone, or
+  with `packing` into rows of several examples, each from one document (make_packed_rows;
+  PretrainingData(packed=True) gives them segment and position ids).
 
   Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
   next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`:
@@ -109,12 +114,19 @@ def build_pretraining_data(
       "from the same document, so the NSP task is weak"
     )
 
-  make_rows = make_nsp_pairs if next_sentence else make_full_sentence_rows
+  if packing and next_sentence:
+    raise ValueError("packed rows are for MLM alone: set next_sentence=False")
+  make_rows = (
+    make_nsp_pairs if next_sentence else make_packed_rows if packing else make_full_sentence_rows
+  )
   instances = make_rows(
     numbered, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
   )
-  # DOCUMENT_BREAK (-1) looks up the entry appended here: [SEP], a word start.
-  flat_ids = np.append(flat_ids, np.int32(tokenizer.sep_token_id))
+  # EXAMPLE_START (-2) and DOCUMENT_BREAK (-1) look up the entries appended here: [CLS] and
+  # [SEP], each a word start.
+  flat_ids = np.append(
+    flat_ids, np.array([tokenizer.cls_token_id, tokenizer.sep_token_id], np.int32)
+  )
   arrays = _stack(
     [
       pack_instance(
@@ -138,9 +150,9 @@ def build_pretraining_data(
           for flag in chinese.word_starts(text, offsets, segment)
         ),
         bool,
-        count=len(flat_ids) - 1,
+        count=len(flat_ids) - 2,
       )
-    starts = np.append(starts, True)
+    starts = np.append(starts, [True, True])
     arrays["word_start"] = np.stack(
       [_word_start_row(instance, starts, max_seq_length) for instance in instances]
     )
@@ -150,6 +162,7 @@ def build_pretraining_data(
     num_tokens=sum(len(ids) for ids in token_ids),
     num_instances=len(instances),
     random_next_fraction=float(arrays["next_sentence_label"].mean()),
+    real_token_share=float(arrays["attention_mask"].mean()),
   )
   return arrays, stats
 
@@ -261,9 +274,12 @@ class PretrainingData:
     batch_size: int,
     seed: int,
     masking: MaskingConfig,
+    example_start_id: int | None = None,
   ):
     """`arrays`: build_pretraining_data's dict, or rows read by index from disk (anything
-    with len() and rows(indices) -> that dict's rows, such as data/shards.PreparedRows)."""
+    with len() and rows(indices) -> that dict's rows, such as data/shards.PreparedRows).
+    `example_start_id` ([CLS]): the rows are packed (make_packed_rows); batches then carry
+    segment_ids and position_ids, found from where each example's [CLS] is."""
     if isinstance(arrays, dict):
       missing = [key for key in PACKED_KEYS if key not in arrays]
       if masking.whole_word and "word_start" not in arrays:
@@ -285,6 +301,7 @@ class PretrainingData:
     self.batch_size = batch_size
     self.seed = seed
     self.masking = masking
+    self.example_start_id = example_start_id
 
   def example_indices(self, step: int) -> np.ndarray:
     """Rows of the packed arrays that make up global batch `step`."""
@@ -321,4 +338,19 @@ class PretrainingData:
       "masked_weights": masked["masked_weights"],
       "next_sentence_label": arrays["next_sentence_label"].astype(np.int32),
     }
+    if self.example_start_id is not None:  # from the ids before masking
+      batch.update(example_segments(arrays, self.example_start_id))
     return batch
+
+
+def example_segments(arrays: dict[str, np.ndarray], start_id: int) -> dict[str, np.ndarray]:
+  """segment_ids (1, 2, ... for the examples of a packed row, 0 on padding) and position_ids
+  (restarting at 0 at each example's first token, `start_id`) of unmasked rows."""
+  ids, real = arrays["input_ids"], arrays["attention_mask"] > 0
+  starts = (ids == start_id) & real
+  positions = np.arange(ids.shape[-1])
+  first = np.maximum.accumulate(np.where(starts, positions, 0), axis=-1)
+  return {
+    "segment_ids": (np.cumsum(starts, axis=-1) * real).astype(np.int32),
+    "position_ids": np.where(real, positions - first, 0).astype(np.int32),
+  }

@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from data.packing import first_fit
+
 
 @dataclasses.dataclass(frozen=True)
 class Instance:
@@ -215,5 +217,79 @@ def make_full_sentence_rows(
         row = row + piece
     if row:
       instances.append(Instance(row, [], False, row_document))
+  order = rng.permutation(len(instances))
+  return [instances[i] for i in order]
+
+
+EXAMPLE_START = -2  # a token number that stands for the [CLS] opening a packed row's next example
+PACK_WINDOW = 1024  # chunks packed together at a time: rows mix documents, memory stays flat
+
+
+def document_chunks(document: list[list[int]], max_num_tokens: int, draw_target) -> list[list[int]]:
+  """A document's sentences, in order, in chunks of whole sentences of up to `draw_target()`
+  tokens (<= max_num_tokens); a sentence longer than its chunk is cut into chunk-sized pieces.
+  A chunk never takes text from another document."""
+  chunks, chunk, target = [], [], draw_target()
+  for sentence in document:
+    if chunk and len(chunk) + len(sentence) > target:
+      chunks.append(chunk)
+      chunk, target = [], draw_target()
+    piece = sentence
+    while len(chunk) + len(piece) > target:  # a sentence longer than the chunk
+      cut = target - len(chunk)
+      chunks.append(chunk + piece[:cut])
+      chunk, piece, target = [], piece[cut:], draw_target()
+    chunk = chunk + piece
+  if chunk:
+    chunks.append(chunk)
+  return chunks
+
+
+def make_packed_rows(
+  documents: list[list[list[int]]],
+  max_seq_length: int,
+  short_seq_prob: float,
+  rng: np.random.Generator,
+  dupe_factor: int = 1,
+) -> list[Instance]:
+  """MLM rows (data.packing=True) holding several examples, each `[CLS] chunk [SEP]` of one
+  document's whole sentences (document_chunks): the model attends within an example only
+  (segment ids, from each example's [CLS]) and positions restart at each, so short
+  documents fill rows without seeing each other, unlike make_full_sentence_rows.
+
+  Each of `dupe_factor` passes shuffles all chunks, then packs each window of PACK_WINDOW
+  of them first-fit decreasing (data/packing.first_fit) into rows of max_seq_length. A
+  row's tokens_a is `c1 DOCUMENT_BREAK EXAMPLE_START c2 ...` (looked up as [SEP] and
+  [CLS]), which pack_instance closes with the first [CLS] and the last [SEP]; its
+  document_index is its first chunk's. Output is shuffled.
+  """
+  if max_seq_length < 3:
+    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text")
+  documents = [[sentence for sentence in document if sentence] for document in documents]
+  documents = [document for document in documents if document]
+  if not documents:
+    raise ValueError("no documents with tokens to make rows from")
+  max_num_tokens = max_seq_length - 2  # [CLS] chunk [SEP]
+
+  def draw_target() -> int:
+    if rng.random() < short_seq_prob:
+      return int(rng.integers(2, max_num_tokens + 1))
+    return max_num_tokens
+
+  instances: list[Instance] = []
+  for _ in range(dupe_factor):
+    chunks = [
+      (chunk, index)
+      for index, document in enumerate(documents)
+      for chunk in document_chunks(document, max_num_tokens, draw_target)
+    ]
+    chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+    for start in range(0, len(chunks), PACK_WINDOW):
+      window = chunks[start : start + PACK_WINDOW]
+      for row in first_fit([len(chunk) + 2 for chunk, _ in window], max_seq_length):
+        tokens = list(window[row[0]][0])
+        for i in row[1:]:
+          tokens += [DOCUMENT_BREAK, EXAMPLE_START, *window[i][0]]
+        instances.append(Instance(tokens, [], False, window[row[0]][1]))
   order = rng.permutation(len(instances))
   return [instances[i] for i in order]

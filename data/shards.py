@@ -34,8 +34,16 @@ VOCAB = os.path.join("vocab", "vocab.txt")
 LAYOUT = "nsp-pairs-v1"  # bump when the record format changes
 SPLITS = ("train", "heldout")
 # Options a run must share with the preparation, named by their config key.
-CHECKED_FIELDS = ("max_seq_length", "whole_word", "segmenter", "lowercase", "next_sentence")
-FIELD_DEFAULTS = {"next_sentence": True}  # for manifests written before the field existed
+CHECKED_FIELDS = (
+  "max_seq_length",
+  "whole_word",
+  "segmenter",
+  "lowercase",
+  "next_sentence",
+  "packing",
+)
+# For manifests written before a field existed.
+FIELD_DEFAULTS = {"next_sentence": True, "packing": False}
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -68,15 +68,26 @@ class BertForPreTraining(nnx.Module):
     attention_mask=None,
     *,
     masked_positions=None,
+    segment_ids=None,
+    position_ids=None,
     dropout_rng=None,
   ):
     """Returns a dict with sequence/pooled outputs, MLM logits and NSP logits.
 
     With `masked_positions` [batch, predictions] the MLM logits are computed at
     those positions only, shape [batch, predictions, vocab]; without, at every
-    position, [batch, length, vocab].
+    position, [batch, length, vocab]. Packed rows (data.packing) give segment_ids and
+    position_ids: each example attends to itself only (the pooled output is then the
+    first example's, unused: packing is for MLM alone).
     """
-    sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask, dropout_rng=dropout_rng)
+    sequence, pooled = self.bert(
+      input_ids,
+      token_type_ids,
+      attention_mask,
+      position_ids=position_ids,
+      segment_ids=segment_ids,
+      dropout_rng=dropout_rng,
+    )
     hidden = sequence
     if masked_positions is not None:
       hidden = jnp.take_along_axis(sequence, masked_positions[..., None], axis=1)

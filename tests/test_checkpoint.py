@@ -166,3 +166,23 @@ def test_check_compatible_names_each_differing_key_with_both_values():
 def test_check_compatible_reports_a_missing_key():
   with pytest.raises(ValueError, match="model.vocab_size: checkpoint '<missing>', config 30522"):
     check_compatible({"model": {}}, {"model": {"vocab_size": 30522}}, ["model.vocab_size"])
+
+
+def test_checkpoints_from_before_a_field_or_saved_at_its_legacy_value_still_resume(tmp_path):
+  """data.packing joined pretraining configs after runs saved without it, while fine-tuning
+  runs saved it as False: both resume under today's config; True is another config."""
+  from configs.pretrain import common
+  from train.checkpoint import check_newest_step, fingerprint
+
+  config = common.get_config("tiny")
+  today = {"config": fingerprint(config), "total_steps": 8}
+  before = {**today, "config": dict(today["config"])}
+  before["config"]["data"] = dict(before["config"]["data"], packing=False)  # a saved False
+  for saved, name in ((today, "today"), (before, "before")):
+    with Checkpointer(tmp_path / name, max_to_keep=1) as ckpt:
+      ckpt.save(1, train_state(0), saved)
+      check_newest_step(ckpt, today, str(tmp_path / name))
+      config.data.packing = True
+      with pytest.raises(ValueError, match="packing"):
+        check_newest_step(ckpt, {**today, "config": fingerprint(config)}, name)
+      config.data.packing = False

@@ -9,6 +9,7 @@ from data.pretraining import (
   MaskingConfig,
   PretrainingData,
   build_pretraining_data,
+  example_segments,
   split_heldout,
   word_start_mask,
 )
@@ -226,3 +227,41 @@ def test_build_without_next_sentence_gives_filled_single_segment_rows(tiny_token
   assert len(real) == stats.num_tokens
   assert arrays["word_start"][ids == sep].all()
   assert stats.num_instances == len(ids) < 20  # 12 documents of 3..6 sentences
+
+
+def test_example_segments_number_each_cls_and_restart_positions():
+  ids = np.array([[2, 7, 8, 3, 2, 9, 3, 0], [2, 7, 3, 0, 0, 0, 0, 0]])
+  mask = (ids > 0).astype(np.int32)
+  segments = example_segments({"input_ids": ids, "attention_mask": mask}, start_id=2)
+  np.testing.assert_array_equal(
+    segments["segment_ids"], [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]]
+  )
+  np.testing.assert_array_equal(
+    segments["position_ids"], [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 0, 0, 0, 0]]
+  )
+
+
+def test_packed_rows_give_batches_with_segments_of_whole_documents(tiny_tokenizer):
+  cls, sep = tiny_tokenizer.cls_token_id, tiny_tokenizer.sep_token_id
+  documents = tiny_documents(40)
+  arrays, stats = build_pretraining_data(
+    documents, tiny_tokenizer, 48, next_sentence=False, packing=True, whole_word=True
+  )
+  # every corpus token once, and each example [CLS] ... [SEP] is one document's text
+  ids, real = arrays["input_ids"], arrays["attention_mask"] == 1
+  assert ((ids != cls) & (ids != sep) & real).sum() == stats.num_tokens
+  assert (ids[:, 0] == cls).all() and ((ids == cls).sum(1) > 1).any()
+  assert arrays["word_start"][(ids == cls) | (ids == sep)].all()
+  data = PretrainingData(arrays, 8, 0, MASKING, example_start_id=cls)
+  batch = data.batch(0)
+  rows = arrays["input_ids"][data.example_indices(0)]
+  for row, segments, positions in zip(rows, batch["segment_ids"], batch["position_ids"]):
+    for segment in range(1, segments.max() + 1):
+      example = row[segments == segment]
+      assert example[0] == cls and example[-1] == sep and (example[1:-1] != sep).all()
+      np.testing.assert_array_equal(positions[segments == segment], np.arange(len(example)))
+  # masking never picks an example's [CLS] or [SEP]
+  picked = np.take_along_axis(rows, batch["masked_positions"], 1)[batch["masked_weights"] > 0]
+  assert not np.isin(picked, [cls, sep]).any()
+  with pytest.raises(ValueError, match="next_sentence=False"):
+    build_pretraining_data(documents, tiny_tokenizer, 48, packing=True)

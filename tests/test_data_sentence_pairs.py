@@ -5,9 +5,12 @@ import pytest
 
 from data.sentence_pairs import (
   DOCUMENT_BREAK,
+  EXAMPLE_START,
   Instance,
+  document_chunks,
   make_full_sentence_rows,
   make_nsp_pairs,
+  make_packed_rows,
   pack_instance,
   truncate_seq_pair,
 )
@@ -154,3 +157,49 @@ def test_pack_instance_without_b_is_one_segment():
   np.testing.assert_array_equal(packed["input_ids"], [CLS, 7, 8, 9, SEP, PAD, PAD, PAD])
   np.testing.assert_array_equal(packed["token_type_ids"], np.zeros(8))
   np.testing.assert_array_equal(packed["attention_mask"], [1, 1, 1, 1, 1, 0, 0, 0])
+
+
+def examples_of(row: Instance) -> list[list[int]]:
+  """A packed row's examples: its tokens split at DOCUMENT_BREAK, EXAMPLE_START."""
+  examples, tokens = [[]], row.tokens_a
+  for i, t in enumerate(tokens):
+    if t == DOCUMENT_BREAK:
+      assert tokens[i + 1] == EXAMPLE_START
+      examples.append([])
+    elif t != EXAMPLE_START:
+      examples[-1].append(t)
+  return examples
+
+
+def test_document_chunks_keep_sentences_whole_and_cut_only_a_long_one():
+  document = [[1, 2, 3], [4, 5], [6, 7, 8, 9], list(range(10, 22)), [22]]
+  chunks = document_chunks(document, 5, lambda: 5)
+  assert chunks == [[1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13, 14],
+                    [15, 16, 17, 18, 19], [20, 21, 22]]  # fmt: skip
+
+
+def test_packed_rows_hold_whole_examples_of_one_document_each():
+  documents = synthetic_documents(60)
+  rows = make_packed_rows(documents, 64, 0.0, np.random.default_rng(0))
+  assert all(not row.tokens_b and not row.is_random_next for row in rows)
+  examples = [example for row in rows for example in examples_of(row)]
+  # every token once (one pass); each example is one document's consecutive tokens
+  assert sorted(t for e in examples for t in e) == sorted(
+    t for d in documents for s in d for t in s
+  )
+  for example in examples:
+    assert len({t // 1000 for t in example}) == 1 and np.all(np.diff(example) == 1)
+    assert len(example) <= 62
+  # each row fits [CLS] e1 [SEP] [CLS] e2 [SEP] ... in 64 positions
+  assert all(sum(len(e) + 2 for e in examples_of(row)) <= 64 for row in rows)
+  assert max(len(examples_of(row)) for row in rows) > 1  # the documents' last chunks share rows
+  assert rows[0].document_index == examples_of(rows[0])[0][0] // 1000
+  positions = sum(64 for _ in rows)
+  assert sum(len(e) + 2 for e in examples) / positions > 0.9  # first-fit fills rows
+
+
+def test_packed_rows_are_a_function_of_the_seed():
+  documents = synthetic_documents(30)
+  first = make_packed_rows(documents, 64, 0.1, np.random.default_rng(3), dupe_factor=2)
+  again = make_packed_rows(documents, 64, 0.1, np.random.default_rng(3), dupe_factor=2)
+  assert [r.tokens_a for r in first] == [r.tokens_a for r in again]

@@ -221,3 +221,47 @@ def test_packing_refuses_what_it_cannot_pack_by_name(tmp_path):
   config = ff.tiny_config("multiple_choice", tmp_path, **{"data.packing": True})
   with pytest.raises(ValueError, match="task='multiple_choice' cannot pack yet"):
     packed_shape_of(tasks.get("multiple_choice"), config, {}, None)
+
+
+def mlm_rows():
+  """Three examples [CLS] ... [SEP] (5, 7 and 4 tokens): unpacked, one a row of 16, and packed
+  into one row of 16; two masked positions each."""
+  rng = np.random.default_rng(0)
+  examples = [[2, *rng.integers(5, 60, n - 2), 3] for n in (5, 7, 4)]
+  unpacked = np.zeros((3, 16), np.int32)
+  for i, example in enumerate(examples):
+    unpacked[i, : len(example)] = example
+  packed = np.concatenate(examples)[None].astype(np.int32)
+  positions = np.array([[1, 3], [2, 5], [1, 2]], np.int32)
+  starts = np.array([0, 5, 12])
+  return unpacked, packed, positions, (positions + starts[:, None]).reshape(1, 6)
+
+
+def mlm_logits(m, ids, positions, packed):
+  from data.pretraining import example_segments
+
+  mask = (ids > 0).astype(np.int32)
+  extra = example_segments({"input_ids": ids, "attention_mask": mask}, 2) if packed else {}
+  out = m(ids, np.zeros_like(ids), mask, masked_positions=positions, **extra)
+  return np.asarray(out["mlm_logits"]).reshape(-1, out["mlm_logits"].shape[-1])
+
+
+@pytest.mark.parametrize("attention_impl", ["einsum", "xla"])
+def test_packed_pretraining_rows_give_each_examples_mlm_logits(attention_impl):
+  """data.packing for pretraining: an example's MLM logits in a packed row equal its own
+  row's (fp32, 2e-5), and changing one example leaves the others' bitwise unchanged."""
+  from model.heads import BertForPreTraining
+
+  config = BertConfig.from_dict(
+    dict(ff.TINY, hidden_dropout_prob=0.0, attention_impl=attention_impl, dtype="float32")
+  )
+  m = BertForPreTraining(config, nnx.Rngs(0))
+  unpacked, packed, positions, packed_positions = mlm_rows()
+  alone = mlm_logits(m, unpacked, positions, packed=False)
+  together = mlm_logits(m, packed, packed_positions, packed=True)
+  np.testing.assert_allclose(together, alone, atol=2e-5)
+  changed = packed.copy()
+  changed[0, 6:9] = [7, 8, 9]  # inside the second example
+  after = mlm_logits(m, changed, packed_positions, packed=True)
+  np.testing.assert_array_equal(after[[0, 1, 4, 5]], together[[0, 1, 4, 5]])
+  assert np.any(after[2:4] != together[2:4])

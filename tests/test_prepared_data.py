@@ -231,6 +231,26 @@ def test_mlm_alone_prepares_single_segment_rows(tmp_path):
   assert batch["attention_mask"].mean() > 0.8  # rows are filled across documents
 
 
+def test_packed_mlm_rows_prepare_and_a_run_unpacked_is_refused(tmp_path):
+  packed = {"data.next_sentence": False, "data.packing": True}
+  config = corpus_config(tmp_path, **packed)
+  directory = str(tmp_path / "packed")
+  prepare.prepare(config, directory, workers=1)
+  manifest = shards.read_manifest(directory)
+  assert manifest["options"]["packing"] is True
+  tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
+  rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
+  ids = rows.rows(np.arange(len(rows)))["input_ids"]
+  assert (ids[:, 0] == tokenizer.cls_token_id).all()
+  assert ((ids == tokenizer.cls_token_id).sum(1) > 1).any()  # several examples a row
+  stats = json.loads((tmp_path / "packed" / shards.STATS).read_text())
+  real = rows.rows(np.arange(len(rows)))["attention_mask"].mean()
+  assert stats["train"]["real_token_share"] == pytest.approx(real)
+  run = prepared_config(config, directory, **{"data.packing": False})
+  with pytest.raises(ValueError, match="prepared with data.packing=True"):
+    loop.train_and_evaluate(run, str(tmp_path / "run"))
+
+
 def test_another_vocab_is_refused(prepared, tmp_path):
   config, directory = prepared
   other = tmp_path / "vocab.txt"

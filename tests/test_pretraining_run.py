@@ -80,6 +80,27 @@ def test_mlm_alone_learns_and_leaves_the_nsp_head_untouched(tmp_path):
   assert not np.array_equal(start["mlm"]["bias"], end["mlm"]["bias"])
 
 
+@pytest.mark.slow
+def test_packed_mlm_rows_learn_compile_once_and_resume_bitwise(tmp_path, caplog):
+  """data.packing=True: several documents' examples a row, each in its own segment."""
+  packed = {"data.next_sentence": False, "data.packing": True}
+  config = tiny_config(tmp_path, **packed, **{"optimizer.total_steps": 30})
+  with caplog.at_level("INFO"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert caplog.text.count("train step compiles for batch length") == 1
+  train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+  assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.5
+  loop.train_and_evaluate(tiny_config(tmp_path, **packed), str(tmp_path / "straight"))
+  loop.train_and_evaluate(tiny_config(tmp_path, **packed, stop_at_step=3), str(tmp_path / "b"))
+  loop.train_and_evaluate(tiny_config(tmp_path, **packed), str(tmp_path / "b"))
+  step_a, a = saved_state(str(tmp_path / "straight"))
+  step_b, b = saved_state(str(tmp_path / "b"))
+  assert step_a == step_b == 8
+  assert_bitwise_equal(a, b)
+  with pytest.raises(Exception, match="data.next_sentence=False"):
+    loop.train_and_evaluate(tiny_config(tmp_path, **{"data.packing": True}), str(tmp_path / "c"))
+
+
 def config_model(config):
   from model.config import BertConfig
 

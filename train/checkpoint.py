@@ -379,7 +379,10 @@ UNBOUND = {
 # they are left out of the fingerprint, so those runs still resume.
 LEGACY_VALUES = {
   "model": {"attention_head_size": 0, "quantization": "none"},
-  "data": {"prepare_in_workdir": False},  # the corpus read in memory
+  "data": {
+    "prepare_in_workdir": False,  # the corpus read in memory
+    "packing": False,  # pretraining configs: one example a row
+  },
 }
 
 
@@ -390,6 +393,16 @@ def _bound(section: str, fields: dict) -> dict:
     for key, value in fields.items()
     if key not in UNBOUND.get(section, ()) and not (key in legacy and value == legacy[key])
   }
+
+
+def _saved_bound(meta: dict) -> dict:
+  """A saved meta with its fingerprint read through today's tables: a field saved at its
+  legacy value (by a run from before the field was dropped there) counts as absent."""
+  config = meta.get("config")
+  if not isinstance(config, dict):
+    return meta
+  bound = {s: _bound(s, config[s]) for s in ("model", "data") if isinstance(config.get(s), dict)}
+  return {**meta, "config": {**config, **bound}}
 
 
 def fingerprint(config) -> dict:
@@ -454,14 +467,14 @@ def check_newest_step(ckpt: Checkpointer, meta: dict, workdir: str) -> None:
     newest = ckpt.read_meta()
   except Exception:
     return
-  check_compatible(newest, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+  check_compatible(_saved_bound(newest), meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
 
 
 def restore_resumable(ckpt: Checkpointer, state, meta: dict, workdir: str):
   """(state, saved meta) of the newest checkpoint this run may resume: same config, same base."""
 
   def check(saved):
-    check_compatible(saved, meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
+    check_compatible(_saved_bound(saved), meta, [f"config.{k}" for k in RESUME_KEYS], workdir)
     check_same_base(saved, meta, workdir)
 
   state, saved_meta, _ = ckpt.restore_latest(abstract_like(state), check)

@@ -23,6 +23,8 @@ import optax
 
 from data.packing import PACKED_KEYS
 
+PACKED_MLM_KEYS = ("segment_ids", "position_ids")  # packed pretraining rows (data.packing)
+
 Batch = Mapping[str, jax.Array]
 
 
@@ -54,12 +56,14 @@ class PretrainingObjective:
     }
 
   def __call__(self, model, batch: Batch, dropout_rng, norm) -> tuple[jax.Array, dict]:
+    packed = {key: batch[key] for key in PACKED_MLM_KEYS if key in batch}
     out = model(
       batch["input_ids"],
       batch["token_type_ids"],
       batch["attention_mask"],
       masked_positions=batch["masked_positions"],
       dropout_rng=dropout_rng,
+      **packed,
     )
     weights = batch["masked_weights"].astype(jnp.float32)
     mlm_sum = _token_xent_sum(out["mlm_logits"], batch["masked_ids"], weights)

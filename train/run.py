@@ -147,7 +147,7 @@ def build_run(
         f"task={config.task!r} builds its objective from its data; it needs with_data=True"
       )
     task = None
-    if config.get("data", {}).get("packing"):
+    if config.get("data", {}).get("packing") and spec.packs:
       # Packed rows number at most batch_size (one example a row), so the unpacked batch
       # bounds their memory; their exact shape comes from the data.
       logging.info("data.packing: compiling the unpacked batch, an upper bound on packed rows")

@@ -50,6 +50,10 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       # documents (RoBERTa's FULL-SENTENCES); short texts (reviews, task sentences) then
       # fill rows instead of padding them, and the NSP head is not trained.
       next_sentence=True,
+      # With next_sentence=False: rows of several examples, each one document's whole
+      # sentences in its own segment (attention stays inside it, positions restart), packed
+      # first-fit; short texts fill rows without seeing each other (data/sentence_pairs.py).
+      packing=False,
       # Words for whole_word masking of Chinese text (data/chinese.py): 'jieba', or '' for
       # WordPiece's "##" pieces (which never join Chinese characters).
       segmenter="",

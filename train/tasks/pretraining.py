@@ -115,6 +115,11 @@ def build(config, workdir: str) -> Task:
       f"data.max_seq_length={data.max_seq_length} exceeds "
       f"model.max_position_embeddings={model_config.max_position_embeddings}"
     )
+  if data.get("packing", False) and data.get("next_sentence", True):
+    raise UserError(
+      "data.packing=True packs examples for MLM alone: set data.next_sentence=False "
+      "(NSP pairs already fill their rows; see README, Packing)"
+    )
   if data.source == "prepared":
     return _build_prepared(config, model_config, data.paths, workdir)
   if data.source in ("text", "tfds") and data.get("prepare_in_workdir") and workdir:
@@ -147,6 +152,7 @@ def build(config, workdir: str) -> Task:
       data.whole_word,
       segment,
       next_sentence=data.get("next_sentence", True),
+      packing=data.get("packing", False),
     )
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
@@ -237,8 +243,10 @@ def _task(config, model_config, tokenizer, train_rows, heldout_rows, summary) ->
     max_predictions=data.max_predictions,
     whole_word=data.whole_word,
   )
-  train_data = PretrainingData(train_rows, config.batch_size, config.seed, masking)
-  heldout = PretrainingData(heldout_rows, config.batch_size, config.seed + 1, masking)
+  # Packed rows (data.packing): each example's [CLS] starts its segment.
+  start = tokenizer.cls_token_id if data.get("packing", False) else None
+  train_data = PretrainingData(train_rows, config.batch_size, config.seed, masking, start)
+  heldout = PretrainingData(heldout_rows, config.batch_size, config.seed + 1, masking, start)
   eval_batches = [
     heldout.batch(i) for i in range(min(config.eval_batches, heldout.steps_per_epoch))
   ]
@@ -267,6 +275,8 @@ def example_shapes(config):
     masked_weights=((p,), np.float32),
     next_sentence_label=((), np.int32),
   )
+  if config.data.get("packing", False):
+    shapes.update(segment_ids=((t,), np.int32), position_ids=((t,), np.int32))
   return None, shapes
 
 
