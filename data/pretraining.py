@@ -74,7 +74,7 @@ def build_pretraining_data(
   """Tokenize documents and pack them into NSP pairs, unmasked; without `next_sentence`,
   into single-segment rows of whole sentences (make_full_sentence_rows) for MLM alone, or
   with `packing` into rows of several examples, each from one document (make_packed_rows;
-  PretrainingData(packed=True) gives them segment and position ids).
+  PretrainingData(example_start_id=[CLS]) gives them segment and position ids).
 
   Returns int32 arrays input_ids, token_type_ids, attention_mask [N, T] and
   next_sentence_label [N], plus word_start [N, T] (bool) when `whole_word`:
@@ -116,6 +116,8 @@ def build_pretraining_data(
 
   if packing and next_sentence:
     raise ValueError("packed rows are for MLM alone: set next_sentence=False")
+  if packing:  # a literal "[CLS]" in the text would start a segment: read it as [UNK]
+    flat_ids[flat_ids == tokenizer.cls_token_id] = tokenizer.unk_token_id
   make_rows = (
     make_nsp_pairs if next_sentence else make_packed_rows if packing else make_full_sentence_rows
   )

@@ -265,3 +265,13 @@ def test_packed_rows_give_batches_with_segments_of_whole_documents(tiny_tokenize
   assert not np.isin(picked, [cls, sep]).any()
   with pytest.raises(ValueError, match="next_sentence=False"):
     build_pretraining_data(documents, tiny_tokenizer, 48, packing=True)
+
+
+def test_a_literal_cls_in_packed_text_does_not_start_a_segment(tiny_tokenizer):
+  documents = [["The cat sat [CLS] on a mat.", "It was warm."], ["The dog ran far away."]]
+  arrays, _ = build_pretraining_data(
+    documents, tiny_tokenizer, 32, short_seq_prob=0.0, next_sentence=False, packing=True
+  )
+  cls = tiny_tokenizer.cls_token_id
+  assert ((arrays["input_ids"] == cls).sum(1) == 2).all()  # two documents, two examples
+  assert (arrays["input_ids"] == tiny_tokenizer.unk_token_id).sum() == 1

@@ -118,7 +118,7 @@ def build(config, workdir: str) -> Task:
   if data.get("packing", False) and data.get("next_sentence", True):
     raise UserError(
       "data.packing=True packs examples for MLM alone: set data.next_sentence=False "
-      "(NSP pairs already fill their rows; see README, Packing)"
+      "(NSP pairs are not packed yet; see README, Packing)"
     )
   if data.source == "prepared":
     return _build_prepared(config, model_config, data.paths, workdir)
