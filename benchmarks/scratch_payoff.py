@@ -128,7 +128,9 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
   tokens_per_step = config["batch_size"] * config["data"]["max_seq_length"]
-  seconds = steps * mean_step_time(workdir)  # the first interval's compile left out
+  step_time = mean_step_time(workdir)  # the first interval's compile left out
+  seconds = steps * step_time
+  real = statistics.fmean(r["real_token_fraction"] for r in train) if train else float("nan")
   curve = ", ".join(f"{r['step']}: {r['mlm_accuracy']:.3f}" for r in evals)
   png = plot_loss_curves(workdir, os.path.join(FLAGS.root, "mlm_accuracy.png"), ("mlm_accuracy",))
   return [
@@ -136,6 +138,7 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
     f"{steps * tokens_per_step / 1e6:.1f} M batch tokens, "
     f"{seconds / 60:.0f} min of train steps at their mean time"
     + (f" ({wall / 60:.0f} min for the whole job)" if wall else "")
+    + f"; {tokens_per_step / step_time:,.0f} batch tokens/s, {100 * real:.1f} % of them real"
     + f". Held-out MLM accuracy by step: {curve} ({png}).",
   ]
 
