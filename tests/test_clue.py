@@ -180,3 +180,36 @@ def test_a_clue_classification_config_trains_on_its_json_and_writes_a_submission
     {"id": 0, "label": "100"},
     {"id": 1, "label": "102"},
   ]
+
+
+def test_ocnli_reads_as_distributed_and_leaves_out_rows_without_a_majority(tmp_path, caplog):
+  """OCNLI / CMNLI lines (sentence1, sentence2, label; '-' where annotators had no majority,
+  as in OCNLI's dev set): '-' rows are left out of every split, as CLUE's processor does."""
+  from configs.finetune import clue as clue_configs
+  from data import classification
+  from train.tasks.classification import read_text_examples
+
+  config = clue_configs.get_config("ocnli")
+  assert (config.batch_size, config.optimizer.lr, config.epochs) == (32, 2e-5, 3)  # OCNLI's
+  pairs = [
+    ("他在看书。", "他在读东西。"),
+    ("天很冷。", "天很热。"),
+    ("她去了北京。", "她喜欢旅行。"),
+  ]
+  labels = ["entailment", "contradiction", "neutral"]
+  train = [
+    {"sentence1": a, "sentence2": b, "label": label, "genre": "news", "id": i}
+    for i, ((a, b), label) in enumerate(zip(pairs, labels))
+  ]
+  dev = [dict(train[0], label0="entailment"), dict(train[1], label="-", label0="neutral")]
+  config.data.update(
+    train_path=write_jsonl(tmp_path / "train.50k.json", train),
+    eval_path=write_jsonl(tmp_path / "dev.json", dev),
+  )
+  with caplog.at_level("INFO"):
+    examples, _ = read_text_examples(config.data)
+  assert [e.label for e in examples["eval"]] == ["entailment"]
+  assert (examples["eval"][0].text_a, examples["eval"][0].text_b) == pairs[0]
+  assert "1 of 2 eval rows left out" in caplog.text
+  resolved = classification.resolve_labels(config.data.labels, examples["train"])
+  assert list(resolved) == sorted(labels)

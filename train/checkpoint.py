@@ -382,6 +382,7 @@ LEGACY_VALUES = {
   "data": {
     "prepare_in_workdir": False,  # the corpus read in memory
     "packing": False,  # pretraining configs: one example a row
+    "skip_labels": (),  # classification: every row kept
   },
 }
 

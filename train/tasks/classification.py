@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from data import classification
 from model.heads import BertForSequenceClassification
@@ -32,6 +33,9 @@ DATA_DEFAULTS = dict(
   # predictions, labels.json, the confusion plots and the HF export's id2label show.
   label_names=(),
   train_examples_per_class=0,  # k-shot: k per class, picked by seed; 0 = all
+  # Rows with these labels are left out of every split, counted in the log: CLUE's NLI
+  # files mark examples without an annotator majority '-' (CMNLI, OCNLI).
+  skip_labels=(),
 )
 
 
@@ -64,8 +68,25 @@ def read_text_examples(data) -> tuple[dict, list[str] | None]:
       )
     if data.get("entity_markers"):
       examples[split] = classification.mark_relation_examples(examples[split], data.entity_markers)
+    if data.get("skip_labels"):
+      examples[split] = skip_labelled(examples[split], data.skip_labels, split)
   examples = common.first_train_rows(data, examples)
   return examples, tfds_labels
+
+
+def skip_labelled(examples: list, skip, split: str) -> list:
+  """The examples whose label is not one of `skip` (data.skip_labels); the count is logged."""
+  skip = {str(label) for label in skip}
+  kept = [example for example in examples if example.label is None or example.label not in skip]
+  if len(kept) < len(examples):
+    logging.info(
+      "data.skip_labels=%s: %d of %d %s rows left out",
+      sorted(skip),
+      len(examples) - len(kept),
+      len(examples),
+      split,
+    )
+  return kept
 
 
 def num_outputs(config, labels) -> int:
