@@ -11,7 +11,7 @@ the ceiling), with the same steps, batch, learning rate and seeds. Every row is
 `python -m train.main` as a subprocess (the commands follow the table).
 
   python -m benchmarks.scratch_payoff --data_dir=../shared/data --root=/tmp/payoff \\
-      --recipe=tiny,10M --steps=300 --seeds=0,1,2
+      --recipe=tiny,10M --steps=300 --lr=2e-4,1e-3 --seeds=0,1,2
 
 A run whose workdir holds final_metrics.json is read, not rerun, so an
 interrupted table resumes where it stopped. ROOT/mlm_accuracy.png is the
@@ -52,7 +52,12 @@ flags.DEFINE_list(
 flags.DEFINE_integer("steps", 300, "Fine-tuning steps, every row.")
 flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row.")
 flags.DEFINE_integer("seq_len", 128, "Fine-tuning max_seq_length, every row.")
-flags.DEFINE_float("lr", 1e-4, "Fine-tuning peak learning rate, every row.")
+flags.DEFINE_list(
+  "lr",
+  ["1e-4"],
+  "Fine-tuning peak learning rates, comma-separated: each task and init runs at each, a row "
+  "of the table per task and rate.",
+)
 flags.DEFINE_string("seeds", "0,1,2", "Fine-tuning seeds, comma-separated.")
 flags.DEFINE_string("tasks", "sst2,conll2003", "Tasks to fine-tune, comma-separated.")
 flags.DEFINE_string("inits", "random,scratch,minilm", "Rows: random, scratch and / or minilm.")
@@ -99,11 +104,13 @@ def pretrain_args(workdir: str, corpus: str) -> list[str]:
   ]
 
 
-def finetune_args(task: str, workdir: str, init: str, pretrained: str, seed: int) -> list[str]:
+def finetune_args(
+  task: str, workdir: str, init: str, pretrained: str, seed: int, lr: float
+) -> list[str]:
   """init: 'minilm', 'random' or 'scratch' (the pretrained workdir; random gets its shape)."""
   config, _ = TASKS[task]
   size = FLAGS.recipe.partition(",")[0] or "mini"
-  common = (FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, FLAGS.lr, seed)
+  common = (FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, lr, seed)
   if init == "minilm":
     hf_dir = FLAGS.minilm_dir or minilm_dir()
     own = [f"--config={config}:minilm", *finetune_flags(task, FLAGS.data_dir, hf_dir, *common)]
@@ -157,32 +164,36 @@ def main(argv):
     f"{counts['conll2003']:,} CoNLL-2003 training sentences, {counts['words']:,} words.",
     *pretraining_summary(pretrained, wall),
     "",
-    f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, lr {FLAGS.lr:g}, seeds {seeds} "
+    f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, seeds {seeds} "
     "(dev set; mean ± std over seeds).",
     "",
-    "| task | dev metric | random init | from scratch (ours) | gain | all-MiniLM-L6-v2 |",
-    "|---|---|---|---|---|---|",
+    "| task | dev metric | lr | random init | from scratch (ours) | gain | all-MiniLM-L6-v2 |",
+    "|---|---|---|---|---|---|---|",
   ]
   tasks = [t for t in FLAGS.tasks.split(",") if t]
   inits = [i for i in FLAGS.inits.split(",") if i]
-  scores = {(task, init): [] for task in tasks for init in inits}
-  for init in inits:  # every row without MiniLM first: the comparison the table is for
-    for task in tasks:
-      for seed in seeds:
-        workdir = os.path.join(FLAGS.root, f"{task}_{init}_s{seed}")
-        args = finetune_args(task, workdir, init, pretrained, seed)
-        commands.append(args)
-        scores[task, init].append(run_job(args, workdir)[0]["best"]["value"])
+  lrs = [float(lr) for lr in FLAGS.lr]
+  scores = {(task, init, lr): [] for task in tasks for init in inits for lr in lrs}
+  for lr in lrs:
+    for init in inits:  # every row without MiniLM first: the comparison the table is for
+      for task in tasks:
+        for seed in seeds:
+          name = f"{task}_{init}_s{seed}" + (f"_lr{lr:g}" if len(lrs) > 1 else "")
+          workdir = os.path.join(FLAGS.root, name)
+          args = finetune_args(task, workdir, init, pretrained, seed, lr)
+          commands.append(args)
+          scores[task, init, lr].append(run_job(args, workdir)[0]["best"]["value"])
   for task in tasks:
-    row = {init: mean_std(scores[task, init]) if (task, init) in scores else "-" for init in INITS}
-    gain = ""
-    if {"random", "scratch"} <= set(inits):
-      gain = statistics.fmean(scores[task, "scratch"]) - statistics.fmean(scores[task, "random"])
-      gain = f"{100 * gain:+.2f}"
-    lines.append(
-      f"| {task} | {TASKS[task][1]} | {row['random']} | {row['scratch']} | {gain} "
-      f"| {row['minilm']} |"
-    )
+    for lr in lrs:
+      row = {i: mean_std(scores[task, i, lr]) if i in inits else "-" for i in INITS}
+      gain = ""
+      if {"random", "scratch"} <= set(inits):
+        random, scratch = (statistics.fmean(scores[task, i, lr]) for i in ("random", "scratch"))
+        gain = f"{100 * (scratch - random):+.2f}"
+      lines.append(
+        f"| {task} | {TASKS[task][1]} | {lr:g} | {row['random']} | {row['scratch']} | {gain} "
+        f"| {row['minilm']} |"
+      )
   write_table(lines, commands, FLAGS.out or os.path.join(FLAGS.root, "table.md"))
 
 
