@@ -48,19 +48,9 @@ def torch_curve(config, workdir: str, steps: int, eval_steps: list[int]) -> dict
 
   config.data.vocab = os.path.join(workdir, "vocab")  # the job's own vocab and data
   run = build_run(config, tempfile.mkdtemp(prefix="mlm_vs_torch_data_"))
-  task, m, opt = run.task, config.model, config.optimizer
-  model = transformers.BertForMaskedLM(
-    transformers.BertConfig(
-      vocab_size=m.vocab_size,
-      hidden_size=m.hidden_size,
-      num_hidden_layers=m.num_hidden_layers,
-      num_attention_heads=m.num_attention_heads,
-      intermediate_size=m.intermediate_size,
-      max_position_embeddings=m.max_position_embeddings,
-      hidden_dropout_prob=0.0,
-      attention_probs_dropout_prob=0.0,
-    )
-  )
+  task, opt = run.task, config.optimizer
+  # The job's own architecture, initializer range and dropout (the recipe has none).
+  model = transformers.BertForMaskedLM(transformers.BertConfig(**run.model_config.to_hf_dict()))
   no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name
   params = list(model.named_parameters())
   groups = [

@@ -168,6 +168,28 @@ def pack_instance(
 DOCUMENT_BREAK = -1  # a token number that stands for the [SEP] between two documents
 
 
+def _single_segment_setup(documents, max_seq_length: int) -> tuple[list, int]:
+  """The documents with tokens, and the tokens a `[CLS] text [SEP]` example holds."""
+  if max_seq_length < 3:
+    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text")
+  documents = [[sentence for sentence in document if sentence] for document in documents]
+  documents = [document for document in documents if document]
+  if not documents:
+    raise ValueError("no documents with tokens to make rows from")
+  return documents, max_seq_length - 2
+
+
+def _target_drawer(rng: np.random.Generator, short_seq_prob: float, max_num_tokens: int):
+  """() -> the next row's target length: max_num_tokens, or with short_seq_prob a shorter one."""
+
+  def draw_target() -> int:
+    if rng.random() < short_seq_prob:
+      return int(rng.integers(2, max_num_tokens + 1))
+    return max_num_tokens
+
+  return draw_target
+
+
 def make_full_sentence_rows(
   documents: list[list[list[int]]],
   max_seq_length: int,
@@ -185,20 +207,9 @@ def make_full_sentence_rows(
   between passes; `short_seq_prob` draws a shorter target as make_nsp_pairs
   does. tokens_b stays empty and is_random_next False. Output is shuffled.
   """
-  if max_seq_length < 3:
-    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text")
-  documents = [[sentence for sentence in document if sentence] for document in documents]
-  documents = [document for document in documents if document]
-  if not documents:
-    raise ValueError("no documents with tokens to make rows from")
-  max_num_tokens = max_seq_length - 2  # [CLS] text [SEP]
+  documents, max_num_tokens = _single_segment_setup(documents, max_seq_length)
+  draw_target = _target_drawer(rng, short_seq_prob, max_num_tokens)
   instances: list[Instance] = []
-
-  def draw_target() -> int:
-    if rng.random() < short_seq_prob:
-      return int(rng.integers(2, max_num_tokens + 1))
-    return max_num_tokens
-
   for _ in range(dupe_factor):
     row: list[int] = []
     row_document = 0
@@ -263,19 +274,8 @@ def make_packed_rows(
   [CLS]), which pack_instance closes with the first [CLS] and the last [SEP]; its
   document_index is its first chunk's. Output is shuffled.
   """
-  if max_seq_length < 3:
-    raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text")
-  documents = [[sentence for sentence in document if sentence] for document in documents]
-  documents = [document for document in documents if document]
-  if not documents:
-    raise ValueError("no documents with tokens to make rows from")
-  max_num_tokens = max_seq_length - 2  # [CLS] chunk [SEP]
-
-  def draw_target() -> int:
-    if rng.random() < short_seq_prob:
-      return int(rng.integers(2, max_num_tokens + 1))
-    return max_num_tokens
-
+  documents, max_num_tokens = _single_segment_setup(documents, max_seq_length)
+  draw_target = _target_drawer(rng, short_seq_prob, max_num_tokens)
   instances: list[Instance] = []
   for _ in range(dupe_factor):
     chunks = [

@@ -218,34 +218,34 @@ def test_a_manifest_from_before_next_sentence_reads_as_nsp_pairs(prepared, tmp_p
     shards.check_manifest(manifest, off.data, manifest["vocab_sha256"], old)
 
 
-def test_mlm_alone_prepares_single_segment_rows(tmp_path):
-  config = corpus_config(tmp_path, **{"data.next_sentence": False})
-  directory = str(tmp_path / "mlm")
+def prepare_train_rows(tmp_path, name: str, **overrides):
+  """(config, directory, manifest, tokenizer, every train row) of a corpus prepared with
+  `overrides`."""
+  config = corpus_config(tmp_path, **overrides)
+  directory = str(tmp_path / name)
   prepare.prepare(config, directory, workers=1)
   manifest = shards.read_manifest(directory)
-  assert manifest["options"]["next_sentence"] is False
   tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
   rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
-  batch = rows.rows(np.arange(len(rows)))
+  return config, directory, manifest, tokenizer, rows.rows(np.arange(len(rows)))
+
+
+def test_mlm_alone_prepares_single_segment_rows(tmp_path):
+  _, _, manifest, _, batch = prepare_train_rows(tmp_path, "mlm", **{"data.next_sentence": False})
+  assert manifest["options"]["next_sentence"] is False
   assert not batch["token_type_ids"].any() and not batch["next_sentence_label"].any()
   assert batch["attention_mask"].mean() > 0.8  # rows are filled across documents
 
 
 def test_packed_mlm_rows_prepare_and_a_run_unpacked_is_refused(tmp_path):
   packed = {"data.next_sentence": False, "data.packing": True}
-  config = corpus_config(tmp_path, **packed)
-  directory = str(tmp_path / "packed")
-  prepare.prepare(config, directory, workers=1)
-  manifest = shards.read_manifest(directory)
+  config, directory, manifest, tokenizer, batch = prepare_train_rows(tmp_path, "packed", **packed)
   assert manifest["options"]["packing"] is True
-  tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
-  rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
-  ids = rows.rows(np.arange(len(rows)))["input_ids"]
+  ids = batch["input_ids"]
   assert (ids[:, 0] == tokenizer.cls_token_id).all()
   assert ((ids == tokenizer.cls_token_id).sum(1) > 1).any()  # several examples a row
   stats = json.loads((tmp_path / "packed" / shards.STATS).read_text())
-  real = rows.rows(np.arange(len(rows)))["attention_mask"].mean()
-  assert stats["train"]["real_token_share"] == pytest.approx(real)
+  assert stats["train"]["real_token_share"] == pytest.approx(batch["attention_mask"].mean())
   run = prepared_config(config, directory, **{"data.packing": False})
   with pytest.raises(ValueError, match="prepared with data.packing=True"):
     loop.train_and_evaluate(run, str(tmp_path / "run"))

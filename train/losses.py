@@ -23,8 +23,6 @@ import optax
 
 from data.packing import PACKED_KEYS
 
-PACKED_MLM_KEYS = ("segment_ids", "position_ids")  # packed pretraining rows (data.packing)
-
 Batch = Mapping[str, jax.Array]
 
 
@@ -56,7 +54,8 @@ class PretrainingObjective:
     }
 
   def __call__(self, model, batch: Batch, dropout_rng, norm) -> tuple[jax.Array, dict]:
-    packed = {key: batch[key] for key in PACKED_MLM_KEYS if key in batch}
+    # Packed rows (data.packing) add segment and position ids.
+    packed = {key: batch[key] for key in PACKED_KEYS if key in batch}
     out = model(
       batch["input_ids"],
       batch["token_type_ids"],
