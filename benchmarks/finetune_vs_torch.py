@@ -43,6 +43,7 @@ import functools
 import importlib
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -497,14 +498,10 @@ def _cells(row: dict, torch_wall: float) -> list[str]:
 def _mean_row(rows: list[dict]) -> dict:
   """The seeds' rows averaged, for _cells (steps/s is the mean of each row's)."""
   return {
-    "train_losses": [(0, mean_of([r["train_losses"][-1][1] for r in rows]))],
-    "step_time": 1 / mean_of([1 / r["step_time"] for r in rows]),
-    **{k: mean_of([r[k] for r in rows]) for k in ("share", "train_wall", "eval_wall")},
+    "train_losses": [(0, statistics.fmean(last_loss(r) for r in rows))],
+    "step_time": 1 / statistics.fmean([1 / r["step_time"] for r in rows]),
+    **{k: statistics.fmean([r[k] for r in rows]) for k in ("share", "train_wall", "eval_wall")},
   }
-
-
-def mean_of(values: list[float]) -> float:
-  return float(np.mean(values))
 
 
 def last_loss(row: dict) -> float:
@@ -532,7 +529,7 @@ def table(runs: list[dict], hf_dir: str) -> str:
       cells = [str(run["seed"]), name, *[f"{v:.2f}" for v in _values(row)]]
       lines.append("| " + " | ".join(cells + _cells(row, torch_wall)) + " |")
   if len(runs) > 1:
-    torch_wall = mean_of([run["torch"]["train_wall"] for run in runs])
+    torch_wall = statistics.fmean([run["torch"]["train_wall"] for run in runs])
     for index, (_, name, _) in enumerate(_rows(runs[0])):
       rows = [_rows(run)[index][2] for run in runs]
       scores = np.array([_values(r) for r in rows])
@@ -546,7 +543,7 @@ def table(runs: list[dict], hf_dir: str) -> str:
       pairs = [(run["ours"][key], run["torch"]) for run in runs]
       diffs = np.array([np.subtract(_values(ours), _values(torch)) for ours, torch in pairs])
       errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
-      loss_diff = mean_of([last_loss(ours) - last_loss(torch) for ours, torch in pairs])
+      loss_diff = statistics.fmean([last_loss(ours) - last_loss(torch) for ours, torch in pairs])
       lines.append(
         "| "
         + " | ".join(
