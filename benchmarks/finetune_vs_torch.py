@@ -57,6 +57,7 @@ from benchmarks import torch_dropout
 from benchmarks.shared import DATA_FILES, mean_step_time, minilm_dir
 from data import finetune, packing
 from data.finetune import gather_outputs
+from data.sampling import LengthBalancedSampler
 from train import loop, warm_start
 from train import mesh as mesh_lib
 from train import step as step_lib
@@ -357,7 +358,8 @@ def torch_evaluate(model, task, split: str) -> dict:
 
 def real_token_shares(train_data, steps: int, seq_len: int) -> dict[str, float]:
   """Real tokens over the positions of the first `steps` training batches, for each of our
-  paddings and PyTorch's (`torch`): the same examples, laid out each way."""
+  paddings and PyTorch's (`torch`): the same examples, laid out each way (packed, regrouped
+  within each window of 16 steps, as a packed run does)."""
   lengths = train_data.arrays["attention_mask"].sum(-1)
   buckets = finetune.bucket_lengths("auto", seq_len)
   real = fixed = bucketed = longest = 0
@@ -367,7 +369,9 @@ def real_token_shares(train_data, steps: int, seq_len: int) -> dict[str, float]:
     fixed += len(batch) * seq_len
     bucketed += len(batch) * next(n for n in buckets if n >= batch.max())
     longest += len(batch) * int(batch.max())
-  _, packed = packing.plan_shape(lengths, train_data.sampler, steps, seq_len, jax.device_count())
+  # A packed run groups the same examples by length (data.finetune.FinetuneData, packed).
+  balanced = LengthBalancedSampler(lengths, train_data.sampler.batch_size, train_data.sampler.seed)
+  _, packed = packing.plan_shape(lengths, balanced, steps, seq_len, jax.device_count())
   torch_positions = longest if torch_pads_to_longest() else fixed
   return {
     "fixed": real / fixed,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data import packing
-from data.sampling import EpochSampler, host_share
+from data.sampling import EpochSampler, LengthBalancedSampler, host_share
 
 
 def read_lines(path: str) -> list[tuple[int, str]]:
@@ -161,8 +161,10 @@ class FinetuneData:
   Epoch e visits the rows in permutation(default_rng((seed, e))) order and
   drops the last N % batch_size of them (different ones each epoch). Resuming
   needs only the step number. With `buckets`, each global batch is padded to
-  its bucket length before this host takes its share; with `packed_shape`, its
-  examples are packed into rows of that shape instead (data/packing.py).
+  its bucket length before this host takes its share. `packed`: the steps of
+  each window of an epoch share out its examples by length
+  (LengthBalancedSampler), and once `packed_shape` is set (planned from that
+  sampler), each batch is packed into rows of that shape (data/packing.py).
   """
 
   def __init__(
@@ -171,12 +173,16 @@ class FinetuneData:
     batch_size: int,
     seed: int,
     buckets: Buckets | None = None,
-    packed_shape=None,
+    packed: bool = False,
   ):
-    self.sampler = EpochSampler(_num_rows(arrays), batch_size, seed, "training examples")
+    if packed:  # each step near the mean tokens, so the run's one packed shape wastes little
+      lengths = arrays["attention_mask"].sum(-1)
+      self.sampler = LengthBalancedSampler(lengths, batch_size, seed, "training examples")
+    else:
+      self.sampler = EpochSampler(_num_rows(arrays), batch_size, seed, "training examples")
     self.arrays = arrays
     self.buckets = buckets
-    self.packed_shape = packed_shape  # data/packing.PackedShape: packed rows instead of buckets
+    self.packed_shape = None  # data/packing.PackedShape: packed rows instead of buckets
     self.num_examples = self.sampler.num_examples
     self.steps_per_epoch = self.sampler.steps_per_epoch
 

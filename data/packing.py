@@ -1,9 +1,11 @@
 """Packed rows: a step's fine-tuning examples share rows of max_seq_length, one static shape.
 
-A step trains on the same `batch_size` examples as without packing (the same
-sampler, the same loss weighting per example), laid out differently: longest
-first, each into the first row with room (first-fit decreasing, ties by
-position, so a batch is still a pure function of (seed, step)). Each row says
+A step trains on `batch_size` examples as without packing, with the same loss
+weighting per example, laid out differently: longest first, each into the
+first row with room (first-fit decreasing, ties by position, so a batch is
+still a pure function of (seed, step)). Which examples share a step is
+balanced by length within windows of an epoch (data/sampling.LengthBalancedSampler),
+so that one shape fits every step with little padding. Each row says
 which example a token belongs to (`segment_ids` 1, 2, ...; 0 is padding), where
 each example's positions restart (`position_ids`) and where each example's
 [CLS] is (`cls_positions`, one slot per example); per-example arrays (label,

@@ -11,7 +11,7 @@ from helpers import assert_bitwise_equal, saved_state
 from helpers import finetune as ff
 
 from data import packing
-from data.sampling import EpochSampler
+from data.sampling import EpochSampler, LengthBalancedSampler
 from model.config import BertConfig
 from model.heads import BertForQuestionAnswering, BertForSequenceClassification
 from train import loop
@@ -34,6 +34,32 @@ def test_first_fit_decreasing_and_the_efficiency_of_known_lengths():
   assert shape.rows == 4 and efficiency == 24 / 40
   with pytest.raises(ValueError, match="an example of 11 tokens is longer than a row"):
     packing.first_fit([11], 10)
+
+
+def test_length_balanced_steps_keep_each_windows_examples_and_need_fewer_rows():
+  # Sentence lengths like SST-2's (mostly short, a few long): 40 steps of 32 an epoch.
+  rng = np.random.default_rng(0)
+  lengths = np.minimum(4 + rng.geometric(0.1, 40 * 32 + 5), 66)
+  plain = EpochSampler(len(lengths), 32, seed=3)
+  balanced = LengthBalancedSampler(lengths, 32, seed=3, window_steps=16)
+  assert balanced.steps_per_epoch == plain.steps_per_epoch == 40
+  for first, last in ((0, 16), (16, 32), (32, 40), (40, 56)):  # windows; 32-40 ends the epoch
+    same = [
+      np.sort(np.concatenate([s.indices(i) for i in range(first, last)])) for s in (plain, balanced)
+    ]
+    np.testing.assert_array_equal(*same)
+    assert all(len(balanced.indices(i)) == 32 for i in range(first, last))
+  # A pure function of (seed, step): a fresh sampler asked out of order agrees.
+  again = LengthBalancedSampler(lengths, 32, seed=3, window_steps=16)
+  for step in (45, 3, 17, 3):
+    np.testing.assert_array_equal(again.indices(step), balanced.indices(step))
+  # Dealt longest first to the lightest step: totals within one long sentence of each other,
+  # so the run's one shape needs fewer rows of 128 than random grouping does.
+  totals = [lengths[balanced.indices(i)].sum() for i in range(16)]
+  assert max(totals) - min(totals) <= lengths.max()
+  plain_shape, plain_share = packing.plan_shape(lengths, plain, 40, 128)
+  shape, share = packing.plan_shape(lengths, balanced, 40, 128)
+  assert shape.rows < plain_shape.rows and share > plain_share
 
 
 def examples(seed=0, n=6, length=16):
@@ -163,6 +189,8 @@ def test_a_packed_train_step_matches_the_unpacked_one(tmp_path, make_config):
     config = packed_config(tmp_path / str(packed), make_config, **{"data.packing": packed})
     config.model.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     runs.append(build_run(config, str(tmp_path / str(packed) / "run")))
+  # A packed run groups examples into steps by length: give the unpacked run the same step.
+  runs[1].task.train_data.sampler = runs[0].task.train_data.sampler
   steps = []
   for run in runs:
     batch = mesh_lib.shard_batch(run.task.train_data.batch(0), run.mesh, run.rules)
@@ -216,11 +244,11 @@ def test_packed_qa_windows_score_their_own_tokens():
 
 def test_packing_refuses_what_it_cannot_pack_by_name(tmp_path):
   from train import tasks
-  from train.tasks.common import packed_shape_of
+  from train.tasks.common import check_packable
 
   config = ff.tiny_config("multiple_choice", tmp_path, **{"data.packing": True})
   with pytest.raises(ValueError, match="task='multiple_choice' cannot pack yet"):
-    packed_shape_of(tasks.get("multiple_choice"), config, {}, None)
+    check_packable(tasks.get("multiple_choice"), config)
 
 
 def mlm_rows():

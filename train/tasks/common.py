@@ -82,9 +82,14 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
       raise ValueError(f"no {split} data: set data.{split}_path (or the TFDS split)")
   peft = peft_config(config)
   buckets = buckets_of(spec, config)
-  train_data = finetune.FinetuneData(arrays["train"], config.batch_size, config.seed, buckets)
-  if config.data.get("packing"):
-    train_data.packed_shape = packed_shape_of(spec, config, arrays["train"], train_data)
+  packed = bool(config.data.get("packing"))
+  if packed:
+    check_packable(spec, config)
+  train_data = finetune.FinetuneData(
+    arrays["train"], config.batch_size, config.seed, buckets, packed
+  )
+  if packed:
+    train_data.packed_shape = packed_shape_of(config, arrays["train"], train_data)
   logging.info("fine-tuning data: %s", summary)
   return Task(
     model_config=model_config,
@@ -105,8 +110,8 @@ def finetune_task(spec, config, model_config, arrays: dict, score, tokenizer, la
   )
 
 
-def packed_shape_of(spec, config, train: dict, train_data) -> packing.PackedShape:
-  """The one shape of the run's packed training batches: every step of the schedule fits."""
+def check_packable(spec, config) -> None:
+  """Refuses data.packing, by name, for what cannot pack; before any data is read."""
   if not spec.packs:
     from train import tasks
 
@@ -117,6 +122,10 @@ def packed_shape_of(spec, config, train: dict, train_data) -> packing.PackedShap
     )
   if config.peft.method in ("prompt", "prefix"):
     raise UserError(f"data.packing=True does not combine with peft.method={config.peft.method!r}")
+
+
+def packed_shape_of(config, train: dict, train_data) -> packing.PackedShape:
+  """The one shape of the run's packed training batches: every step of the schedule fits."""
   steps = config.optimizer.total_steps or config.epochs * train_data.steps_per_epoch
   multiple = jax.device_count() * config.optimizer.get("grad_accum_steps", 1)
   lengths = train["attention_mask"].sum(-1)
