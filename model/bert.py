@@ -49,11 +49,24 @@ def constrain(x: Array, names) -> Array:
   return nn.with_logical_constraint(x, tuple(names))
 
 
+def keep_mask(rng: Array, rate: float, shape) -> Array:
+  """True where dropout at `rate` keeps an element: 16 random bits an element.
+
+  One 32-bit random word decides two elements (its low and high halves, along the
+  last axis, so the leading axes shard as the activation does): half the hashing
+  of `jax.random.bernoulli`, which spends a word on each. An element is dropped
+  with probability round(rate * 65536) / 65536 (0.1: 0.09999, 6e-6 from 0.1).
+  """
+  *lead, last = shape
+  words = jax.random.bits(rng, (*lead, -(-last // 2)), jnp.uint32)
+  halves = jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)[..., :last]
+  return halves >= jnp.uint32(round(rate * 65536))
+
+
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+  return jnp.where(keep_mask(rng, rate, x.shape), x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def activation(name: str):

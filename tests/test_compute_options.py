@@ -76,6 +76,27 @@ def test_scan_and_loop_draw_the_same_dropout_masks():
   assert _max_diff(loop_out, no_dropout) > 1e-2  # dropout really was on
 
 
+def test_dropout_masks_drop_at_the_rate_independently_and_scale_the_kept():
+  from model.bert import dropout, keep_mask
+
+  # 4 x 1001 x 257 elements (an odd last axis: its final word gives one half).
+  keep = np.asarray(keep_mask(jax.random.key(3), 0.1, (4, 1001, 257)))
+  assert keep.shape == (4, 1001, 257)
+  dropped = 1 - keep.mean()
+  assert abs(dropped - 0.1) < 0.002  # 1 M draws: the standard error is 0.0003
+  # The low and high halves of a word decide different elements: no correlation between
+  # element j and element j + 129 (the same word's other half), nor along the rows.
+  lo, hi = keep[..., :128].astype(float).ravel(), keep[..., 129:257].astype(float).ravel()
+  assert abs(np.corrcoef(lo, hi)[0, 1]) < 0.01
+  assert abs(np.corrcoef(keep[:, :-1].ravel(), keep[:, 1:].ravel())[0, 1]) < 0.01
+  # Another key, another mask; the same key, the same mask.
+  assert (np.asarray(keep_mask(jax.random.key(4), 0.1, (4, 1001, 257))) != keep).mean() > 0.1
+  np.testing.assert_array_equal(np.asarray(keep_mask(jax.random.key(3), 0.1, (4, 1001, 257))), keep)
+  x = jnp.full((4, 1001, 257), 2.0, jnp.float32)
+  out = np.asarray(dropout(x, 0.1, jax.random.key(3)))
+  np.testing.assert_array_equal(out, np.where(keep, np.float32(2.0 / 0.9), 0))
+
+
 # bf16 compute keeps ~3 significant digits per op; through 3 layers the hidden
 # states (LayerNorm-scaled, |h| ~ 1) stay within 0.1 and the logits' relative
 # error under 5 %. Parameters stay float32.
