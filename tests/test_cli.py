@@ -57,6 +57,7 @@ def test_a_bad_value_is_one_line_and_verbose_keeps_the_traceback(tmp_path):
   assert "Traceback" in verbose.stderr and "checkpoint.py" in verbose.stderr
 
 
+@pytest.mark.slow
 def test_predict_on_a_missing_workdir_is_one_line(tmp_path):
   result = run("train.predict", f"--workdir={tmp_path / 'nothing'}", "--text=hello")
   assert result.returncode == 1
@@ -64,6 +65,7 @@ def test_predict_on_a_missing_workdir_is_one_line(tmp_path):
   assert f"error: {tmp_path / 'nothing' / 'config.json'} does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_show_config_prints_every_field_with_its_value_and_comment():
   result = run(
     "train.main",

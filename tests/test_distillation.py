@@ -75,7 +75,7 @@ def _kl_sum_by_hand(student, teacher, weights, t):
 @pytest.mark.parametrize(
   "task",
   [
-    "classification",
+    pytest.param("classification", marks=pytest.mark.slow),
     pytest.param("question_answering", marks=pytest.mark.slow),
     pytest.param("token_classification", marks=pytest.mark.slow),
   ],

@@ -174,6 +174,7 @@ def test_a_fresh_lease_from_another_host_blocks(tmp_path):
     loop.train_and_evaluate(tiny_config(tmp_path), workdir)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_each_step_once(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(tmp_path, **{"checkpoint.max_to_keep": 4})
