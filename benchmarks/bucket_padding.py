@@ -3,7 +3,11 @@
 The rows of each batch are the ones our fine-tuning draws (FinetuneData's
 sampler, seed 0); the table gives the mean padded length per batch against the
 batch's longest row (what `DataCollatorWithPadding` pads to), and how many
-distinct lengths (compiles) the batches needed. No model runs: seconds.
+distinct lengths (compiles) the batches needed. A second table gives packed
+rows (`data.packing=True`): the rows of max_seq_length each step needs, when
+steps are the random batches above and when they are length-balanced as a
+packed run draws them (data/sampling.LengthBalancedSampler), and the real-token
+share at the run's one shape. No model runs: seconds.
 
   python -m benchmarks.bucket_padding --train_tsv=../shared/data/sst2/train.tsv
 """
@@ -14,9 +18,9 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.shared import minilm_dir
-from data import classification
+from data import classification, packing
 from data.finetune import bucket_lengths
-from data.sampling import EpochSampler
+from data.sampling import EpochSampler, LengthBalancedSampler
 from data.tokenizer import load_tokenizer
 
 FLAGS = flags.FLAGS
@@ -48,6 +52,23 @@ def main(argv):
     print(
       f"| {setting} | {shown} | {padded.mean():.1f} | {padded.mean() / longest.mean():.2f} "
       f"| {len(set(padded))} |"
+    )
+  print(
+    f"\n| packed steps ({FLAGS.steps}) "
+    f"| rows of {FLAGS.max_seq_length} a step: fewest / mean / most "
+    "| the run's shape | real tokens |"
+  )
+  print("|---|---:|---:|---:|")
+  balanced = LengthBalancedSampler(lengths, FLAGS.batch_size, 0, "rows")
+  for name, steps in (("random (unpacked batches)", sampler), ("length-balanced", balanced)):
+    rows = [
+      len(packing.first_fit(lengths[steps.indices(s)], FLAGS.max_seq_length))
+      for s in range(FLAGS.steps)
+    ]
+    shape, share = packing.plan_shape(lengths, steps, FLAGS.steps, FLAGS.max_seq_length)
+    print(
+      f"| {name} | {min(rows)} / {np.mean(rows):.2f} / {max(rows)} | {shape.rows} rows "
+      f"| {100 * share:.1f} % |"
     )
 
 
