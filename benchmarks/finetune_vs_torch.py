@@ -570,8 +570,9 @@ def table(runs: list[dict], hf_dir: str) -> str:
       "Notes:",
       f"- Same start ({hf_dir}; the PyTorch head is our job's initial head for the seed; "
       f"step-0 outputs on the first dev batch differ by at most {diffs}), the same training "
-      "examples in the same order (each row lays them out its own way), the same dev/test "
-      "batches and metric code.",
+      "examples in the same order (each row lays them out its own way; packed, each window "
+      "of 16 steps regroups its examples by length), the same dev/test batches and metric "
+      "code.",
       f"- Recipe: AdamW, {int(0.1 * FLAGS.steps)} warmup steps then linear to 0, clip 1.0, "
       "dropout 0.1 ("
       + (
