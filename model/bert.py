@@ -55,7 +55,7 @@ def keep_mask(rng: Array, rate: float, shape) -> Array:
   One 32-bit random word decides two elements (its low and high halves, along the
   last axis, so the leading axes shard as the activation does): half the hashing
   of `jax.random.bernoulli`, which spends a word on each. An element is dropped
-  with probability round(rate * 65536) / 65536 (0.1: 0.09999, 6e-6 from 0.1).
+  with probability round(rate * 65536) / 65536 (0.1: 0.100006).
   """
   *lead, last = shape
   words = jax.random.bits(rng, (*lead, -(-last // 2)), jnp.uint32)
