@@ -54,7 +54,7 @@ def read_bert_text_files(paths: Sequence[str]) -> list[list[str]]:
   if isinstance(paths, str):
     paths = [paths]
   documents: list[list[str]] = []
-  for path in _expand_patterns(paths):
+  for path in expand_patterns(paths):
     documents.extend(_read_one_file(path))
   if not documents:
     raise ValueError(f"no documents (no non-blank lines) in {list(paths)}")
@@ -73,18 +73,25 @@ def read_table_documents(paths: Sequence[str], text_columns) -> list[list[str]]:
   if isinstance(paths, str):
     paths = [paths]
   documents = []
-  for path in _expand_patterns(paths):
+  for path in expand_patterns(paths):
     for example in classification.read_examples(path, text_columns, None, has_header=True):
       texts = [example.text_a] + ([example.text_b] if example.text_b else [])
       documents.append([s for text in texts for s in split_sentences(text)])
   return [document for document in documents if document]
 
 
-def _expand_patterns(patterns: Sequence[str]) -> list[str]:
+def expand_patterns(patterns: Sequence[str]) -> list[str]:
+  """Files matching comma-free glob patterns, local or gs:// (magic in the last part only)."""
   files = []
   for pattern in patterns:
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    matches = [m for m in matches if os.path.isfile(m)]
+    if "://" in pattern:
+      from etils import epath
+
+      parent, name = pattern.rsplit("/", 1)
+      matches = sorted(os.fspath(p) for p in epath.Path(parent).glob(name))
+    else:
+      matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+      matches = [m for m in matches if os.path.isfile(m)]
     if not matches:
       raise FileNotFoundError(f"no file matches {pattern}")
     files.extend(matches)

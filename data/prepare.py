@@ -27,7 +27,6 @@ a shard holds a few thousand documents or more, a random B is a fair sample of t
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from absl import logging
 from etils import epath
 
 from data import shards
+from data.corpus import expand_patterns
 
 SPLIT_IDS = {"train": 0, "heldout": 1}
 TFDS_CHUNK = 10_000  # TFDS examples one Beam work item reads
@@ -78,22 +78,6 @@ class Options:
       num_shards=data.num_shards,
       seed=config.seed,
     )
-
-
-def expand_patterns(patterns: Sequence[str]) -> list[str]:
-  """Files matching comma-free glob patterns, local or gs:// (magic in the last part only)."""
-  files = []
-  for pattern in patterns:
-    if "://" in pattern:
-      parent, name = pattern.rsplit("/", 1)
-      matches = sorted(os.fspath(p) for p in epath.Path(parent).glob(name))
-    else:
-      matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-      matches = [m for m in matches if os.path.isfile(m)]
-    if not matches:
-      raise FileNotFoundError(f"no file matches {pattern}")
-    files.extend(matches)
-  return files
 
 
 def read_documents(path: str) -> Iterator[list[str]]:
