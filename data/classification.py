@@ -34,6 +34,7 @@ from data.finetune import (
   read_json_lines,
   read_lines,
   tfds_source,
+  token_ids,
 )
 
 
@@ -349,18 +350,16 @@ def encode_examples(
   """
   if not examples:
     return {}, {"examples": 0, "truncated": 0}
-  token_ids = _token_ids(tokenizer, [e.text_a for e in examples])
+  ids_a = token_ids(tokenizer, [e.text_a for e in examples])
   pairs = examples[0].text_b is not None
-  token_ids_b = _token_ids(tokenizer, [e.text_b or "" for e in examples]) if pairs else None
+  ids_b = token_ids(tokenizer, [e.text_b or "" for e in examples]) if pairs else None
   rows, truncated = [], 0
   for i, example in enumerate(examples):
-    if not token_ids[i] or (pairs and not token_ids_b[i]):
+    if not ids_a[i] or (pairs and not ids_b[i]):
       raise ValueError(
         f"{example.origin}: the text has no tokens (only spaces or control characters)"
       )
-    packed, cut = pack_segments(
-      token_ids[i], token_ids_b[i] if pairs else None, max_seq_length, tokenizer
-    )
+    packed, cut = pack_segments(ids_a[i], ids_b[i] if pairs else None, max_seq_length, tokenizer)
     rows.append(packed)
     truncated += cut
   arrays = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
@@ -381,16 +380,6 @@ def encode_examples(
       max_seq_length,
     )
   return arrays, {"examples": len(examples), "truncated": truncated}
-
-
-def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-  return tokenizer(
-    texts,
-    add_special_tokens=False,
-    return_attention_mask=False,
-    return_token_type_ids=False,
-    verbose=False,
-  )["input_ids"]
 
 
 def _float_labels(examples: list[TextExample]) -> np.ndarray:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from data.finetune import label_ids
+from data.finetune import label_ids, token_ids
 
 logger = logging.getLogger(__name__)
 MASK = "[MASK]"
@@ -128,7 +128,7 @@ def encode_cloze(
   """
   pieces = parse_template(template, columns)
   column_of = {str(name): field for name, field in zip(columns, ("text_a", "text_b"))}
-  literal_ids = [_token_ids(tokenizer, [p.value])[0] if p.kind == "literal" else [] for p in pieces]
+  literal_ids = [token_ids(tokenizer, [p.value])[0] if p.kind == "literal" else [] for p in pieces]
   fixed = 2 + 1 + sum(len(ids) for ids in literal_ids)  # [CLS], [SEP], [MASK], literals
   uses = [p.value for p in pieces if p.kind == "text"]
   if max_seq_length - fixed < len(uses):
@@ -139,7 +139,7 @@ def encode_cloze(
   if not examples:
     return {}, {"examples": 0, "truncated": 0}
   text_ids = {
-    name: _token_ids(tokenizer, [getattr(e, column_of[name]) or "" for e in examples])
+    name: token_ids(tokenizer, [getattr(e, column_of[name]) or "" for e in examples])
     for name in dict.fromkeys(uses)
   }
   rows, truncated = [], 0
@@ -198,13 +198,3 @@ def _truncate(texts: dict[str, list[int]], uses: dict[str, int], room: int) -> b
   while length() > room:
     max(texts.values(), key=len).pop()
   return cut
-
-
-def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-  return tokenizer(
-    texts,
-    add_special_tokens=False,
-    return_attention_mask=False,
-    return_token_type_ids=False,
-    verbose=False,
-  )["input_ids"]

@@ -46,6 +46,17 @@ def read_lines(path: str) -> list[tuple[int, str]]:
   return lines
 
 
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+  """Each text's WordPiece ids, without [CLS] / [SEP]: the pieces a reader lays out itself."""
+  return tokenizer(
+    texts,
+    add_special_tokens=False,
+    return_attention_mask=False,
+    return_token_type_ids=False,
+    verbose=False,
+  )["input_ids"]
+
+
 def label_ids(labels: Sequence[str], names: Sequence[str], origins: Sequence[str]) -> np.ndarray:
   """Class ids of `labels` in the label list `names`; `origins` say where each was read."""
   index = {name: i for i, name in enumerate(names)}
