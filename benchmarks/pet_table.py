@@ -2,6 +2,8 @@
 
 For each checkpoint, SST-2 dev accuracy of
   zero-shot cloze   '<sentence> It was [MASK].', 'terrible' / 'great', no training;
+  calibrated        the same, each sentence's label-word probabilities divided by those
+                    of the content-free texts 'N/A' and '[MASK]' (Zhao et al. 2021);
   k-shot cloze      the same prompt, the MLM head trained on k sentences per class;
   k-shot head       a new classification head on [CLS], trained on the same k per class,
 with the same batch, epochs and learning rate in every trained row (PET's comparison).
@@ -51,10 +53,14 @@ def tapt_args(workdir: str, minilm: str, train: str) -> list[str]:
   ]
 
 
+CALIBRATION = "--config.data.calibration_texts=('N/A','[MASK]')"
+
+
 def row_args(kind: str, shots: int, seed: int, init: list[str], workdir: str) -> list[str]:
-  """train.main flags of one table cell: kind 'cloze' or 'head'; shots 0 is zero-shot."""
+  """train.main flags of one table cell: kind 'cloze', 'calibrated' (zero-shot) or 'head';
+  shots 0 is zero-shot."""
   data = FLAGS.data_dir
-  if kind == "cloze":
+  if kind in ("cloze", "calibrated"):
     config = "configs/finetune/sst2_prompt.py:" + ("zero" if shots == 0 else "16shot") + ",minilm"
   else:
     config = "configs/finetune/sst2.py:minilm"
@@ -68,6 +74,8 @@ def row_args(kind: str, shots: int, seed: int, init: list[str], workdir: str) ->
     f"--config.seed={seed}",
     "--config.early_stopping.metric=",
   ]
+  if kind == "calibrated":
+    args.append(CALIBRATION)
   if shots:
     args += [
       f"--config.data.train_path={data}/sst2/train.tsv",
@@ -102,8 +110,9 @@ def main(argv):
       f"and it after {FLAGS.tapt_steps} steps x 32 x 128 tokens of MLM on SST-2's training "
       f"sentences (held-out MLM accuracy {heldout['mlm_accuracy']:.3f})"
     )
-  columns = [("cloze", 0)] + [(kind, k) for k in shots for kind in ("cloze", "head")]
-  names = {("cloze", 0): "zero-shot cloze"}
+  columns = [("cloze", 0), ("calibrated", 0)]
+  columns += [(kind, k) for k in shots for kind in ("cloze", "head")]
+  names = {("cloze", 0): "zero-shot cloze", ("calibrated", 0): "zero-shot, calibrated"}
   names.update({(kind, k): f"{k}-shot {kind}" for kind, k in columns if k})
   lines = [
     " ".join(header) + ".",

@@ -313,3 +313,43 @@ def test_sst2_prompt_configs():
   assert (shot.data.train_examples_per_class, shot.optimizer.lr) == (16, 1e-5)
   with pytest.raises(ValueError, match="unknown mode 'few'"):
     sst2_prompt.get_config("few,base")
+
+
+def test_calibration_divides_by_the_content_free_label_probabilities():
+  """Hand case: softmax([0, 1]) = (.269, .731) over p_cf = softmax([0, 2]) = (.119, .881)
+  gives (2.26, 0.83): label 0, where the raw argmax says 1; softmax([0, 3]) = (.047, .953)
+  gives (0.40, 1.08) and stays 1. Two content-free rows average in probability space."""
+  logits = np.array([[0.0, 1.0], [0.0, 3.0]])
+  assert cloze_task.calibrated_predictions(logits, np.zeros((0, 2))).tolist() == [1, 1]
+  assert cloze_task.calibrated_predictions(logits, np.array([[0.0, 2.0]])).tolist() == [0, 1]
+  balanced = np.array([[0.0, 2.0], [0.0, -2.0]])  # p_cf (.5, .5): the raw argmax
+  assert cloze_task.calibrated_predictions(logits, balanced).tolist() == [1, 1]
+
+
+def test_content_free_rows_ride_at_weight_zero_and_calibrate_the_score(tmp_path):
+  config = cloze_config(tmp_path, **{"data.calibration_texts": ("N/A", "[MASK]")})
+  task = tasks.build_task(config, str(tmp_path))
+  rows = {}
+  for batch in task.eval_batches:
+    for i, row in enumerate(batch["row"]):
+      rows[int(row)] = {key: value[i] for key, value in batch.items()}
+  assert [rows[r]["weight"] for r in (19, 20, 21)] == [1.0, 0.0, 0.0]
+  tokenizer = task.tokenizer
+  ids = rows[21]["input_ids"][rows[21]["attention_mask"] == 1].tolist()
+  assert tokenizer.convert_ids_to_tokens(ids) == [
+    "[CLS]", "[MASK]", "then", "saw", "[MASK]", ".", "[SEP]"
+  ]  # fmt: skip
+  assert rows[21]["mask_position"] == 4  # the template's [MASK], not the text's
+  gold = np.array([rows[r]["label"] for r in range(20)])
+  biased = np.tile([0.0, 1.0], (22, 1))  # every text says label 1 ...
+  biased[20:] = [0.0, 2.0]  # ... and content-free text says it more
+  assert task.score("eval", {"logits": biased})["accuracy"] == pytest.approx((gold == 0).mean())
+  raw = tasks.build_task(cloze_config(tmp_path), str(tmp_path))
+  assert raw.score("eval", {"logits": biased[:20]})["accuracy"] == pytest.approx(gold.mean())
+  assert 0 < gold.mean() < 1
+
+
+def test_a_calibration_text_without_tokens_is_named(tmp_path):
+  config = cloze_config(tmp_path, **{"data.calibration_texts": ("N/A", " ")})
+  with pytest.raises(ValueError, match=r"data.calibration_texts\[1\]=' ' has no tokens"):
+    tasks.build_task(config, str(tmp_path))

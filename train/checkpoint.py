@@ -370,10 +370,14 @@ def read_on_host(
 RESUME_KEYS = ("task", "model", "data", "batch_size", "seed", "peft", "ewc", "distill", "compress")
 
 
-# Config fields a checkpoint is not bound to: how the step computes, not what it computes.
+# Config fields a checkpoint is not bound to: how the step computes, not what it computes,
+# or how its outputs are scored.
 UNBOUND = {
   "model": ("dtype", "scan_layers", "remat_policy", "attention_impl"),
-  "data": ("prepare_workers",),  # the prepared shards are the same with any count
+  "data": (
+    "prepare_workers",  # the prepared shards are the same with any count
+    "calibration_texts",  # cloze: moves evaluated predictions, never a trained weight
+  ),
 }
 # Fields newer than some checkpoints: at the value that means what runs before them did,
 # they are left out of the fingerprint, so those runs still resume.

@@ -15,6 +15,11 @@ at the [MASK]; no parameter starts fresh.
       --workdir=/tmp/sst2_16shot --config.data.train_path=glue_data/SST-2/train.tsv \\
       --config.data.eval_path=glue_data/SST-2/dev.tsv
 
+Contextual calibration (Zhao et al. 2021) divides each sentence's label-word
+probabilities by those of content-free text in the same template, for a head that
+prefers one word whatever it reads:
+  --config.data.calibration_texts="('N/A','[MASK]')"
+
 The weights need an MLM head: bert-base-uncased and the Turc et al. sizes have
 one; sentence-transformers/all-MiniLM-L6-v2 (size minilm) does not, so its MLM
 transform starts random and zero-shot is about chance.

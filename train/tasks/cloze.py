@@ -2,6 +2,13 @@
 
 No parameter starts fresh, so the model scores classes before any training
 (zero-shot, epochs=0); k-shot training keeps the first k examples of each class.
+
+A weak MLM head tends to prefer one label word whatever the text. Contextual
+calibration (Zhao et al. 2021, "Calibrate Before Use") divides each example's
+label-word probabilities by those the model gives content-free inputs ("N/A")
+in the same template: `data.calibration_texts`. Those rows ride at the end of
+each evaluated split at weight 0, so the loss is unchanged and only the
+predictions move.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from data import classification, cloze, finetune
+from data.classification import TextExample
 from model.heads import BertForPreTraining
 from train import metrics
 from train.losses import ClozeObjective
@@ -24,7 +32,40 @@ DATA_DEFAULTS = dict(
   CLASSIFICATION_DEFAULTS,
   template="",  # e.g. '{sentence} It was [MASK].': text columns, one [MASK]
   verbalizer=None,  # a word per label, label order; or a dict label -> word
+  # content-free texts, e.g. ('N/A', '[MASK]'): predictions are calibrated by the label-word
+  # probabilities the model gives them (Zhao et al. 2021); () scores the raw logits
+  calibration_texts=(),
 )
+
+
+def calibrated_predictions(logits: np.ndarray, content_free_logits: np.ndarray) -> np.ndarray:
+  """argmax of p(label | text) / mean p(label | content-free text): Zhao et al.'s W = diag(p_cf)^-1.
+
+  `logits` [examples, labels]; `content_free_logits` [texts, labels], the same
+  template filled with each content-free text. Without content-free rows the
+  raw argmax.
+  """
+  logits = np.asarray(logits, np.float64)
+  if len(content_free_logits) == 0:
+    return logits.argmax(-1)
+  log_p = logits - _logsumexp(logits)
+  content_free = np.asarray(content_free_logits, np.float64)
+  p_cf = np.exp(content_free - _logsumexp(content_free)).mean(0)
+  return (log_p - np.log(p_cf)).argmax(-1)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+  top = x.max(-1, keepdims=True)
+  return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
+
+
+def with_content_free_rows(arrays: dict, content_free: dict) -> dict:
+  """`arrays` followed by the content-free rows at weight 0 (label 0: never scored)."""
+  if not content_free:
+    return arrays
+  extra = dict(content_free, weight=np.zeros_like(content_free["weight"]))
+  extra["label"] = np.zeros_like(content_free["label"])
+  return {key: np.concatenate([arrays[key], extra[key]]) for key in arrays}
 
 
 def mlm_head_missing(init) -> bool:
@@ -81,6 +122,10 @@ def build(config, workdir: str) -> Task:
       split_examples, columns, data.template, tokenizer, data.max_seq_length, labels
     )
     gold[split] = arrays[split]["label"]
+  content_free = content_free_arrays(data, columns, tokenizer, labels)
+  for split in ("eval", "test"):
+    if split in arrays:
+      arrays[split] = with_content_free_rows(arrays[split], content_free)
   if "eval" not in arrays:
     raise ValueError("no eval data: set data.eval_path (or the TFDS split)")
   trains = config.optimizer.total_steps or config.epochs
@@ -96,8 +141,12 @@ def build(config, workdir: str) -> Task:
       config.init.hf_dir,
     )
 
+  num_content_free = len(content_free.get("label", ()))
+
   def score(split: str, outputs: dict) -> dict:
-    predictions = outputs["logits"][: len(gold[split])].argmax(-1)
+    n = len(gold[split])
+    logits = np.asarray(outputs["logits"])
+    predictions = calibrated_predictions(logits[:n], logits[n : n + num_content_free])
     return metrics.classification_scores(list(data.metrics), predictions, gold[split])
 
   buckets = common.buckets_of(SPEC, config)
@@ -115,6 +164,7 @@ def build(config, workdir: str) -> Task:
     "labels": labels,
     "verbalizer": dict(zip(labels, words)),
     "template": data.template,
+    "calibration_texts": list(data.calibration_texts),
   }
   logging.info("cloze data: %s", summary)
   return Task(
@@ -132,6 +182,24 @@ def build(config, workdir: str) -> Task:
     steps_per_epoch=train_data.steps_per_epoch if train_data else None,
     mlm_predictions=1,
   )
+
+
+def content_free_arrays(data, columns, tokenizer, labels) -> dict:
+  """data.calibration_texts in the template, every text column filled with the same text."""
+  texts = [str(t) for t in data.get("calibration_texts", ())]
+  for i, text in enumerate(texts):
+    if not tokenizer.tokenize(text):
+      raise ValueError(
+        f"data.calibration_texts[{i}]={text!r} has no tokens; use a content-free word "
+        "such as 'N/A' or '[MASK]'"
+      )
+  examples = [
+    TextExample(text, text if len(columns) > 1 else None, None, f"data.calibration_texts[{i}]")
+    for i, text in enumerate(texts)
+  ]
+  return cloze.encode_cloze(
+    examples, columns, data.template, tokenizer, data.max_seq_length, labels
+  )[0]
 
 
 def example_shapes(config):
