@@ -164,7 +164,7 @@ def build(config, workdir: str) -> Task:
     "labels": labels,
     "verbalizer": dict(zip(labels, words)),
     "template": data.template,
-    "calibration_texts": list(data.calibration_texts),
+    "calibration_texts": list(data.get("calibration_texts", ())),
   }
   logging.info("cloze data: %s", summary)
   return Task(
