@@ -24,6 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 from absl import app, flags
+from sklearn.metrics import roc_auc_score  # scikit-learn comes with seqeval
 
 from data import classification, cloze
 from train import api
@@ -69,19 +70,6 @@ def encode(rows: list, template: str, tokenizer) -> dict:
   return cloze.encode_cloze(rows, ["sentence"], template, tokenizer, 128, ["0", "1"])[0]
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-  """ROC AUC as the Mann-Whitney statistic (ties count half)."""
-  order = np.argsort(scores, kind="stable")
-  ranks = np.empty(len(scores))
-  ranks[order] = np.arange(1, len(scores) + 1)
-  for value in np.unique(scores):  # average ranks over ties
-    tied = scores == value
-    ranks[tied] = ranks[tied].mean()
-  positives = labels == 1
-  n_pos, n_neg = positives.sum(), (~positives).sum()
-  return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def main(argv):
   del argv
   if not FLAGS.checkpoint:
@@ -108,7 +96,7 @@ def main(argv):
       pair = logits[:, ids]
       raw = (pair.argmax(-1) == labels).mean()
       calibrated = (calibrated_predictions(pair, free[:, ids]) == labels).mean()
-      score = auc(pair[:, 1] - pair[:, 0], labels)
+      score = roc_auc_score(labels, pair[:, 1] - pair[:, 0])
       print(
         f"| `{template}` | {negative} / {positive} | {score:.3f} | {100 * raw:.2f} | "
         f"{100 * calibrated:.2f} |"

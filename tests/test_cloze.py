@@ -351,13 +351,5 @@ def test_content_free_rows_ride_at_weight_zero_and_calibrate_the_score(tmp_path)
 
 def test_a_calibration_text_without_tokens_is_named(tmp_path):
   config = cloze_config(tmp_path, **{"data.calibration_texts": ("N/A", " ")})
-  with pytest.raises(ValueError, match=r"data.calibration_texts\[1\]=' ' has no tokens"):
+  with pytest.raises(ValueError, match=r"data.calibration_texts\[1\]: the text has no tokens"):
     tasks.build_task(config, str(tmp_path))
-
-
-def test_the_signal_benchmarks_auc_on_known_scores():
-  from benchmarks.cloze_signal import auc
-
-  assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
-  assert auc(np.array([0.3, 0.3, 0.3]), np.array([0, 1, 1])) == 0.5  # ties count half
-  assert auc(np.array([2.0, 1.0]), np.array([0, 1])) == 0.0

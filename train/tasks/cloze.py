@@ -26,7 +26,7 @@ from train.losses import ClozeObjective
 from train.tasks import common
 from train.tasks.base import Task, TaskSpec
 from train.tasks.classification import DATA_DEFAULTS as CLASSIFICATION_DEFAULTS
-from train.tasks.classification import read_text_examples
+from train.tasks.classification import read_text_examples, softmax
 
 DATA_DEFAULTS = dict(
   CLASSIFICATION_DEFAULTS,
@@ -48,23 +48,15 @@ def calibrated_predictions(logits: np.ndarray, content_free_logits: np.ndarray) 
   logits = np.asarray(logits, np.float64)
   if len(content_free_logits) == 0:
     return logits.argmax(-1)
-  log_p = logits - _logsumexp(logits)
-  content_free = np.asarray(content_free_logits, np.float64)
-  p_cf = np.exp(content_free - _logsumexp(content_free)).mean(0)
-  return (log_p - np.log(p_cf)).argmax(-1)
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-  top = x.max(-1, keepdims=True)
-  return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
+  p_cf = softmax(np.asarray(content_free_logits, np.float64)).mean(0)
+  return (softmax(logits) / p_cf).argmax(-1)
 
 
 def with_content_free_rows(arrays: dict, content_free: dict) -> dict:
-  """`arrays` followed by the content-free rows at weight 0 (label 0: never scored)."""
+  """`arrays` followed by the content-free rows at weight 0 (unlabelled: label 0, never scored)."""
   if not content_free:
     return arrays
   extra = dict(content_free, weight=np.zeros_like(content_free["weight"]))
-  extra["label"] = np.zeros_like(content_free["label"])
   return {key: np.concatenate([arrays[key], extra[key]]) for key in arrays}
 
 
@@ -185,14 +177,9 @@ def build(config, workdir: str) -> Task:
 
 
 def content_free_arrays(data, columns, tokenizer, labels) -> dict:
-  """data.calibration_texts in the template, every text column filled with the same text."""
+  """data.calibration_texts in the template, every text column filled with the same text
+  (one without tokens is named by its index, as encode_cloze names any empty text)."""
   texts = [str(t) for t in data.get("calibration_texts", ())]
-  for i, text in enumerate(texts):
-    if not tokenizer.tokenize(text):
-      raise ValueError(
-        f"data.calibration_texts[{i}]={text!r} has no tokens; use a content-free word "
-        "such as 'N/A' or '[MASK]'"
-      )
   examples = [
     TextExample(text, text if len(columns) > 1 else None, None, f"data.calibration_texts[{i}]")
     for i, text in enumerate(texts)
