@@ -5,7 +5,12 @@ The floor is what a model that ignores context scores: always predicting the cor
 common piece (accuracy) and each piece's corpus frequency (loss, the unigram entropy), over
 the run's own vocab. The scale is each weight matrix's standard deviation against the
 config's initializer_range: Adam moves every weight by about the learning rate a step, so
-a start with larger weights changes relatively less at the same fine-tuning rate.
+a start with larger weights changes relatively less at the same fine-tuning rate. The
+geometry is the mean cosine between word embeddings within bands of corpus frequency: a
+tied MLM decoder early in training pushes every piece it should not predict the same way,
+so rare pieces drift into one direction (Gao et al. 2019, "Representation Degeneration"),
+and a fine-tuned head can no longer tell them apart where random vectors (cosine about 0)
+were distinct.
 
   python -m benchmarks.mlm_floor --corpus=/tmp/payoff/corpus.txt --workdir=/tmp/payoff/pretrain
 """
@@ -42,6 +47,41 @@ def matrices(tree: dict, prefix: str = ""):
       yield name, value
 
 
+FREQUENCY_BANDS = ((0, 100), (100, 1000), (1000, 4000), (4000, None))
+
+
+def mean_cosine(vectors: np.ndarray) -> float:
+  """The mean cosine similarity over distinct pairs of rows."""
+  unit = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+  total = unit.sum(0)
+  n = len(unit)
+  return float((total @ total - n) / (n * (n - 1)))
+
+
+def embedding_geometry(embeddings: np.ndarray, counts: np.ndarray) -> list[str]:
+  """Markdown rows: per band of pieces ranked by corpus frequency (unseen pieces last), how
+  many, their mean count and the mean cosine between their embeddings."""
+  counts = np.pad(counts, (0, max(0, len(embeddings) - len(counts))))[: len(embeddings)]
+  order = np.argsort(-counts, kind="stable")
+  seen = int((counts > 0).sum())
+  rows = [
+    "| pieces by corpus frequency | pieces | mean count | mean cosine |",
+    "|---|---:|---:|---:|",
+  ]
+  bands = [(lo, min(hi or seen, seen)) for lo, hi in FREQUENCY_BANDS if lo < seen]
+  bands.append((seen, len(order)))
+  for lo, hi in bands:
+    band = order[lo:hi]
+    if len(band) < 2:
+      continue
+    name = f"ranks {lo + 1}-{hi}" if lo < seen else "never in the corpus"
+    rows.append(
+      f"| {name} | {len(band):,} | {counts[band].mean():,.1f} "
+      f"| {mean_cosine(embeddings[band]):.3f} |"
+    )
+  return rows
+
+
 def main(argv):
   del argv
   tokenizer = load_tokenizer(os.path.join(FLAGS.workdir, "vocab", "vocab.txt"))
@@ -66,6 +106,9 @@ def main(argv):
   print("| matrix | std | std / initializer_range |\n|---|---:|---:|")
   for name, value in matrices(params["bert"]):
     print(f"| {name} | {value.std():.4f} | {value.std() / init:.1f} |")
+  embeddings = np.asarray(params["bert"]["embeddings"]["word"])
+  print(f"\nword embeddings at step {step} (random init: every mean cosine about 0):")
+  print("\n".join(embedding_geometry(embeddings, counts)))
 
 
 if __name__ == "__main__":
