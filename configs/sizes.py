@@ -41,6 +41,9 @@ def bert(size: str, **overrides) -> ml_collections.ConfigDict:
       initializer_range=0.02,
       layer_norm_eps=1e-12,
       pad_token_id=0,
+      # False: the MLM head gets its own decoder matrix (pretraining only; fine-tuning heads
+      # never read it, and an export says so in config.json as transformers does).
+      tie_word_embeddings=True,
       # Not a transformers field: one head's width when fewer heads remain (a pruned model,
       # train/prune.py); 0 = hidden_size / num_attention_heads.
       attention_head_size=0,

@@ -35,6 +35,9 @@ class BertConfig:
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
+  # transformers' PretrainedConfig field: False gives the MLM head its own decoder matrix
+  # instead of reusing the word embeddings (decoupled embeddings, Chung et al. 2021).
+  tie_word_embeddings: bool = True
   # Not a transformers field: the width of one head when it is not hidden_size /
   # num_attention_heads, as in a model whose heads were pruned (train/prune.py). 0: BERT's rule.
   attention_head_size: int = 0

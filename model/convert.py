@@ -85,10 +85,15 @@ def _layer_map(i: int, c: BertConfig) -> list[tuple[str, tuple[str, ...], Any, A
   return rows
 
 
-def _top_map() -> list[tuple[str, tuple[str, ...], Any, Any]]:
+def _top_map(config: BertConfig) -> list[tuple[str, tuple[str, ...], Any, Any]]:
   t, same = (lambda w: w.T), (lambda x: x)
   e = "bert.embeddings."
-  return [
+  decoder = (
+    []
+    if config.tie_word_embeddings  # the word embeddings serve; HF's copy is not read
+    else [("cls.predictions.decoder.weight", ("mlm", "decoder"), same, same)]
+  )
+  return decoder + [
     (e + "word_embeddings.weight", ("bert", "embeddings", "word"), same, same),
     (e + "position_embeddings.weight", ("bert", "embeddings", "position"), same, same),
     (e + "token_type_embeddings.weight", ("bert", "embeddings", "token_type"), same, same),
@@ -166,7 +171,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
   heads = head_names(hf)
   tree: Tree = {}
   missing = []
-  for name, path, to_ours, _ in _top_map():
+  for name, path, to_ours, _ in _top_map(config):
     if name in hf:
       set_path(tree, path, to_ours(hf[name]).astype(np.float32))
     else:
@@ -206,7 +211,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: BertConfig) -> tuple
 
 
 def _all_hf_names(config: BertConfig, heads) -> set[str]:
-  names = {name for name, *_ in _top_map() + _head_map(heads)}
+  names = {name for name, *_ in _top_map(config) + _head_map(heads)}
   for i in range(config.num_hidden_layers):
     names |= {name for name, *_ in _layer_map(i, config)}
   return names
@@ -221,7 +226,7 @@ def params_to_hf(params: Tree, config: BertConfig) -> dict[str, np.ndarray]:
   """
   out, mapped = {}, set()
   heads = sorted(set(params) - set(PRETRAINING_MODULES))
-  for name, path, _, to_hf in _top_map() + _head_map(heads):
+  for name, path, _, to_hf in _top_map(config) + _head_map(heads):
     if path[0] != "bert" and path[0] not in params:
       continue  # a head this model does not have
     out[name] = np.ascontiguousarray(to_hf(np.asarray(get_path(params, path), np.float32)))

@@ -35,17 +35,23 @@ class MaskedLMHead(nnx.Module):
     )
     self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, rngs, axis_name=None)
     self.bias = param(rngs, (c.vocab_size,), ("vocab",), "zeros")
+    if not c.tie_word_embeddings:
+      self.decoder = param(
+        rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), std=c.initializer_range
+      )
 
   def __call__(self, hidden, word_embeddings):
     """Logits over the vocabulary (float32) for each hidden vector given.
 
     Callers pass only the masked positions during pretraining: projecting every
-    token onto a 30k vocabulary would dominate the step.
+    token onto a 30k vocabulary would dominate the step. `word_embeddings` are the
+    decoder unless the config unties it.
     """
     h = activation(self.config.hidden_act)(self.transform(hidden))
     h = self.norm(h)
+    decoder = word_embeddings if self.config.tie_word_embeddings else self.decoder[...]
     logits = jnp.einsum(
-      "...d,vd->...v", h, word_embeddings.astype(h.dtype), preferred_element_type=jnp.float32
+      "...d,vd->...v", h, decoder.astype(h.dtype), preferred_element_type=jnp.float32
     )
     return logits + self.bias[...]
 

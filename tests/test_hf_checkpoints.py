@@ -56,10 +56,11 @@ def test_minilm_real_weights_match_transformers_bert_model():
 
 
 @pytest.mark.slow
-def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "own_decoder"])
+def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path, tied):
   from transformers import BertForPreTraining as TorchBert
 
-  config = BertConfig.from_hf_dict(tiny_hf_config().to_dict())
+  config = BertConfig.from_hf_dict(tiny_hf_config().to_dict()).replace(tie_word_embeddings=tied)
   ours = _ours(config, seed=3)
   params = nnx.to_pure_dict(nnx.state(ours, nnx.Param))
   hf.save_hf_checkpoint(str(tmp_path / "hf"), params, config)
@@ -77,8 +78,13 @@ def test_export_round_trip_loads_in_transformers_with_same_logits(tmp_path):
   nsp = np.abs(np.asarray(out["nsp_logits"]) - ref.seq_relationship_logits.numpy()).max()
   assert mlm < 1e-5 and nsp < 1e-5, (mlm, nsp)
   # And back again: the re-imported tree is the tree we wrote.
-  _, tree, missing = hf.load_hf_checkpoint(str(tmp_path / "hf"), config)
+  loaded_config, tree, missing = hf.load_hf_checkpoint(str(tmp_path / "hf"))
   assert missing == []
+  assert loaded_config.tie_word_embeddings is tied  # read from the exported config.json
+  if not tied:  # its own matrix, not the word embeddings, reached transformers and came back
+    decoder = params["mlm"]["decoder"]
+    assert np.abs(decoder - params["bert"]["embeddings"]["word"]).max() > 1e-3
+    np.testing.assert_array_equal(tree["mlm"]["decoder"], decoder)
   np.testing.assert_array_equal(
     tree["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"],
     params["bert"]["encoder"]["layers"]["attention"]["query"]["kernel"],

@@ -146,10 +146,9 @@ def save_hf_checkpoint(
   """Writes config.json + model.safetensors (+ vocab.txt) for BertForPreTraining."""
   _refuse_overwrite(out_dir, overwrite)
   tensors = convert.params_to_hf(params, config)
-  tensors.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
-  _write_model_dir(
-    out_dir, tensors, _hf_model_config(config, "BertForPreTraining", tie_word_embeddings=True)
-  )
+  if config.tie_word_embeddings:
+    tensors.pop("cls.predictions.decoder.weight", None)  # transformers ties it on load
+  _write_model_dir(out_dir, tensors, _hf_model_config(config, "BertForPreTraining"))
   if vocab_file:
     shutil.copy(vocab_file, os.path.join(out_dir, "vocab.txt"))
   return out_dir
