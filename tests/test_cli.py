@@ -58,6 +58,29 @@ def test_a_bad_value_is_one_line_and_verbose_keeps_the_traceback(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_missing_init_checkpoint_is_one_line(tmp_path):
+  # The init is read once the workdir's checkpoint manager is open (train/loop.py closes it
+  # on the way out; left open, orbax's thread can print a traceback at interpreter exit).
+  data = tmp_path / "train.tsv"
+  data.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(8)))
+  result = run(
+    "train.main",
+    "--config=configs/finetune/classification.py:tiny",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.train_path={data}",
+    f"--config.data.eval_path={data}",
+    f"--config.init.checkpoint={tmp_path / 'pretrained'}",
+    "--config.init.hf_dir=",
+  )
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-2] == (
+    f"error: init.checkpoint={tmp_path / 'pretrained'} does not exist: give the workdir of "
+    "a pretraining run"
+  )
+
+
+@pytest.mark.slow
 def test_predict_on_a_missing_workdir_is_one_line(tmp_path):
   result = run("train.predict", f"--workdir={tmp_path / 'nothing'}", "--text=hello")
   assert result.returncode == 1

@@ -162,6 +162,31 @@ def _stop_if_nonfinite(step: int, scalars: dict, ckpt: Checkpointer) -> None:
   )
 
 
+def resume_or_start(run, ckpt, state, frozen, meta, config, workdir: str):
+  """(state, frozen, resuming, saved early-stopping progress): the workdir's newest
+  checkpoint when it has one (refused if another config wrote it), else the init weights;
+  `meta` gains the frozen base's fingerprint."""
+  saved_progress = None
+  resuming = ckpt.latest_step() is not None
+  if resuming:  # before warm starting, which a foreign config could break
+    check_newest_step(ckpt, meta, workdir)
+  if not resuming or jax.tree.leaves(frozen):
+    # Frozen parameters are not in checkpoints: they come from the base every time.
+    state, frozen = warm_start.initialise(state, frozen, config.init, run.task.model_config, run.tx)
+  for hook in run.hooks:
+    state = hook.on_start(state, resuming)
+  if jax.tree.leaves(frozen):
+    meta["base"] = {
+      "init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
+      "fingerprint": base_fingerprint(frozen),
+    }
+  if resuming:
+    state, saved_meta = restore_resumable(ckpt, state, meta, workdir)
+    saved_progress = saved_meta.get("early_stopping")
+    logging.info("resumed from step %d", int(state.step))
+  return state, frozen, resuming, saved_progress
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the job described by `config` in `workdir`; returns final metrics.
 
@@ -178,7 +203,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   run = build_run(config, workdir)
-  task, mesh, rules, tx = run.task, run.mesh, run.rules, run.tx
+  task, mesh, rules = run.task, run.mesh, run.rules
   state, frozen = run.state, run.frozen
   total_steps, warmup_steps = run.total_steps, run.warmup_steps
   # stop_at_step ends this invocation early (a time-boxed job); the schedule still
@@ -205,24 +230,13 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   ckpt = Checkpointer(
     workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, owner=is_main
   )
-  saved_progress = None
-  resuming = ckpt.latest_step() is not None
-  if resuming:  # before warm starting, which a foreign config could break
-    check_newest_step(ckpt, meta, workdir)
-  if not resuming or jax.tree.leaves(frozen):
-    # Frozen parameters are not in checkpoints: they come from the base every time.
-    state, frozen = warm_start.initialise(state, frozen, config.init, task.model_config, tx)
-  for hook in run.hooks:
-    state = hook.on_start(state, resuming)
-  if jax.tree.leaves(frozen):
-    meta["base"] = {
-      "init": config.init.get("checkpoint") or config.init.get("hf_dir", ""),
-      "fingerprint": base_fingerprint(frozen),
-    }
-  if resuming:
-    state, saved_meta = restore_resumable(ckpt, state, meta, workdir)
-    saved_progress = saved_meta.get("early_stopping")
-    logging.info("resumed from step %d", int(state.step))
+  try:  # a refused checkpoint or a bad init is one line, with no orbax thread left running
+    state, frozen, resuming, saved_progress = resume_or_start(
+      run, ckpt, state, frozen, meta, config, workdir
+    )
+  except BaseException:
+    ckpt.close()
+    raise
   if is_main:
     save_run_files(config, task, workdir)
 
