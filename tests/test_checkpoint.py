@@ -186,3 +186,20 @@ def test_checkpoints_from_before_a_field_or_saved_at_its_legacy_value_still_resu
       with pytest.raises(ValueError, match="packing"):
         check_newest_step(ckpt, {**today, "config": fingerprint(config)}, name)
       config.data.packing = False
+
+
+def test_runs_from_before_tie_word_embeddings_resume_and_an_own_decoder_is_another_config(
+  tmp_path,
+):
+  from configs.pretrain import common
+  from train.checkpoint import check_newest_step, fingerprint
+
+  config = common.get_config("tiny")
+  today = {"config": fingerprint(config), "total_steps": 8}
+  assert "tie_word_embeddings" not in today["config"]["model"]  # tied: what runs before meant
+  with Checkpointer(tmp_path / "run", max_to_keep=1) as ckpt:
+    ckpt.save(1, train_state(0), today)
+    check_newest_step(ckpt, today, str(tmp_path / "run"))
+    config.model.tie_word_embeddings = False
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+      check_newest_step(ckpt, {**today, "config": fingerprint(config)}, "run")

@@ -382,7 +382,7 @@ UNBOUND = {
 # Fields newer than some checkpoints: at the value that means what runs before them did,
 # they are left out of the fingerprint, so those runs still resume.
 LEGACY_VALUES = {
-  "model": {"attention_head_size": 0, "quantization": "none"},
+  "model": {"attention_head_size": 0, "quantization": "none", "tie_word_embeddings": True},
   "data": {
     "prepare_in_workdir": False,  # the corpus read in memory
     "packing": False,  # pretraining configs: one example a row
