@@ -139,6 +139,8 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   seconds = steps * step_time
   real = statistics.fmean(r["real_token_fraction"] for r in train) if train else float("nan")
   curve = ", ".join(f"{r['step']}: {r['mlm_accuracy']:.3f}" for r in evals)
+  probes = [r for r in evals if "probe_accuracy" in r]  # with --config.probe.* flags
+  probe_curve = ", ".join(f"{r['step']}: {r['probe_accuracy']:.3f}" for r in probes)
   png = plot_loss_curves(workdir, os.path.join(FLAGS.root, "mlm_accuracy.png"), ("mlm_accuracy",))
   return [
     f"Pretraining (configs/pretrain/scratch.py:{FLAGS.recipe}): {steps} steps, "
@@ -146,7 +148,8 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
     f"{seconds / 60:.0f} min of train steps at their mean time"
     + (f" ({wall / 60:.0f} min for the whole job)" if wall else "")
     + f"; {tokens_per_step / step_time:,.0f} batch tokens/s, {100 * real:.1f} % of them real"
-    + f". Held-out MLM accuracy by step: {curve} ({png}).",
+    + f". Held-out MLM accuracy by step: {curve} ({png})."
+    + (f" Frozen-feature probe accuracy by step: {probe_curve}." if probes else ""),
   ]
 
 
