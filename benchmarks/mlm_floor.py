@@ -60,8 +60,8 @@ def mean_cosine(vectors: np.ndarray) -> float:
 
 def embedding_geometry(embeddings: np.ndarray, counts: np.ndarray) -> list[str]:
   """Markdown rows: per band of pieces ranked by corpus frequency (unseen pieces last), how
-  many, their mean count and the mean cosine between their embeddings."""
-  counts = np.pad(counts, (0, max(0, len(embeddings) - len(counts))))[: len(embeddings)]
+  many, their mean count and the mean cosine between their embeddings. `counts` has a count
+  for every row of `embeddings`."""
   order = np.argsort(-counts, kind="stable")
   seen = int((counts > 0).sum())
   rows = [
@@ -87,7 +87,8 @@ def main(argv):
   tokenizer = load_tokenizer(os.path.join(FLAGS.workdir, "vocab", "vocab.txt"))
   sentences = [s for d in read_bert_text_files([FLAGS.corpus]) for s in d]
   ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-  counts = np.bincount(np.concatenate([np.asarray(x, np.int64) for x in ids if x]))
+  pieces = np.concatenate([np.asarray(x, np.int64) for x in ids if x])
+  counts = np.bincount(pieces, minlength=len(tokenizer))
   share = counts[counts > 0] / counts.sum()
   evals = [r for r in read_metrics(FLAGS.workdir) if r["split"] == "eval" and "mlm_loss" in r]
   print(f"{FLAGS.corpus}: {counts.sum():,} pieces over {len(tokenizer):,} in the vocab")

@@ -162,11 +162,11 @@ def _stop_if_nonfinite(step: int, scalars: dict, ckpt: Checkpointer) -> None:
   )
 
 
-def resume_or_start(run, ckpt, state, frozen, meta, config, workdir: str):
+def resume_or_start(run, ckpt, meta, workdir: str):
   """(state, frozen, resuming, saved early-stopping progress): the workdir's newest
-  checkpoint when it has one (refused if another config wrote it), else the init weights;
-  `meta` gains the frozen base's fingerprint."""
-  saved_progress = None
+  checkpoint when it has one (refused if another config wrote it), else the run's state with
+  the init weights; `meta` gains the frozen base's fingerprint."""
+  config, state, frozen, saved_progress = run.config, run.state, run.frozen, None
   resuming = ckpt.latest_step() is not None
   if resuming:  # before warm starting, which a foreign config could break
     check_newest_step(ckpt, meta, workdir)
@@ -231,9 +231,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, owner=is_main
   )
   try:  # a refused checkpoint or a bad init is one line, with no orbax thread left running
-    state, frozen, resuming, saved_progress = resume_or_start(
-      run, ckpt, state, frozen, meta, config, workdir
-    )
+    state, frozen, resuming, saved_progress = resume_or_start(run, ckpt, meta, workdir)
   except BaseException:
     ckpt.close()
     raise
