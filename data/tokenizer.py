@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from transformers import BertTokenizerFast
 
+from data import wordpiece
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -105,27 +107,19 @@ def _from_vocab_file(vocab_file: str, lowercase: bool) -> BertTokenizerFast:
 def train_wordpiece(
   texts: Iterable[str], vocab_size: int, out_dir: str, lowercase: bool = True
 ) -> str:
-  """Train a WordPiece vocab on `texts`; return the path of vocab.txt.
+  """Learn a WordPiece vocab from `texts`, write out_dir/vocab.txt, return its path.
 
   For corpora without a published vocab (the embedded stdlib corpus, a new
   domain). Special tokens come first, so [PAD] is id 0 as the model and the
-  batch padding assume.
+  batch padding assume. The same texts give the same file in every process
+  (data/wordpiece.py says why tokenizers' own trainer is not used).
   """
-  from tokenizers import BertWordPieceTokenizer
-
-  trainer = BertWordPieceTokenizer(lowercase=lowercase)  # one token per CJK character
-  trainer.train_from_iterator(
-    iter(texts),
-    vocab_size=vocab_size,
-    min_frequency=2,
-    # tokenizers keeps only the 1,000 most frequent characters by default: Chinese text has
-    # several thousand, and a dropped one is [UNK] wherever it appears.
-    limit_alphabet=vocab_size - len(SPECIAL_TOKENS),
-    special_tokens=list(SPECIAL_TOKENS),
-    show_progress=False,
-  )
+  counts = wordpiece.count_words(texts, lowercase)
+  vocab = wordpiece.learn_vocab(counts, vocab_size, SPECIAL_TOKENS, min_frequency=2)
   os.makedirs(out_dir, exist_ok=True)
-  (path,) = trainer.save_model(out_dir)
+  path = os.path.join(out_dir, "vocab.txt")
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(f"{piece}\n" for piece in vocab)
   return path
 
 

@@ -1,9 +1,14 @@
 """Loading, training and size-checking WordPiece vocabs (data/tokenizer.py)."""
 
 import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from data import wordpiece
 from data.tokenizer import SPECIAL_TOKENS, check_vocab_fits, load_tokenizer, train_wordpiece
 
 WORDS = "the cat dog sat on a mat".split()
@@ -94,3 +99,50 @@ def test_a_name_that_is_not_on_disk_goes_to_the_hub(monkeypatch):
   )
   assert load_tokenizer("google-bert/bert-base-uncased") == "hub tokenizer"
   assert calls == [("google-bert/bert-base-uncased", {"do_lower_case": True})]
+
+
+def test_learned_vocab_follows_hand_computed_merges():
+  """Sennrich et al.'s example with ## continuations: the most frequent pair merges first,
+  and a tie goes to the pair of lower ids (##e ##s before ##s ##t, both 9)."""
+  counts = Counter({"low": 5, "lower": 2, "newest": 6, "widest": 3})
+  vocab = wordpiece.learn_vocab(counts, vocab_size=15, special_tokens=())
+  alphabet = ["##d", "##e", "##i", "##o", "##r", "##s", "##t", "##w", "l", "n", "w"]
+  assert vocab == [*alphabet, "##es", "##est", "##ow", "low"]
+  # min_frequency stops merging: every pair of this text occurs once.
+  single = wordpiece.learn_vocab(Counter({"abc": 1}), 100, ("[PAD]",))
+  assert single == ["[PAD]", "##b", "##c", "a"]
+
+
+def test_characters_beyond_the_vocab_size_keep_the_most_frequent():
+  counts = Counter({"a": 9, "b": 7, "c": 5, "d": 3, "ab": 2})
+  vocab = wordpiece.learn_vocab(counts, vocab_size=5, special_tokens=("[PAD]", "[UNK]"))
+  assert vocab == ["[PAD]", "[UNK]", "a", "b", "c"]  # ##b (2) and d (3) have no room
+
+
+def test_the_same_text_learns_the_same_vocab_in_every_process(tmp_path):
+  """tokenizers' own trainer numbers pieces in hash order and breaks ties by those
+  numbers: three processes gave three vocabs of the embedded corpus."""
+  script = (
+    "import sys, random\n"
+    "from data import wordpiece\n"
+    "rng = random.Random(0)\n"
+    "words = [''.join(rng.choice('abcdefghij') for _ in range(rng.randint(2, 7)))"
+    " for _ in range(400)]\n"
+    "texts = [' '.join(rng.choice(words) for _ in range(12)) for _ in range(300)]\n"
+    "counts = wordpiece.count_words(texts)\n"
+    "print('\\n'.join(wordpiece.learn_vocab(counts, 300, ('[PAD]', '[UNK]'))))\n"
+  )
+  outputs = []
+  for hash_seed in ("1", "2"):
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run(
+      [sys.executable, "-c", script],
+      env=env,
+      cwd=Path(__file__).parents[1],
+      capture_output=True,
+      text=True,
+      check=True,
+    )
+    outputs.append(done.stdout)
+  assert len(outputs[0].split()) == 300
+  assert outputs[0] == outputs[1]
