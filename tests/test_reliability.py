@@ -5,6 +5,7 @@ checkpoint is set aside and the run resumes, bit for bit, from the one before;
 a second job on a live workdir is refused, a dead job's lock is not.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -278,3 +279,45 @@ def test_a_batch_the_mesh_cannot_split_is_refused_before_the_workdir_exists(tmp_
   ):
     loop.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
+
+
+class _BrokenRows:
+  """The task's training data, with one step that raises as a bad row would."""
+
+  def __init__(self, data, bad_step: int):
+    self._data, self._bad_step = data, bad_step
+
+  def batch(self, step, *args):
+    if step == self._bad_step:
+      raise ValueError(f"row {step} of train.txt is broken")
+    return self._data.batch(step, *args)
+
+  def __getattr__(self, name):
+    return getattr(self._data, name)
+
+
+def test_an_error_inside_the_loop_closes_the_checkpoints_and_keeps_every_save(
+  tmp_path, monkeypatch
+):
+  """Not a NaN, not a refusal: any error between steps still waits for the async saves and
+  closes every checkpoint manager (no orbax thread left to die at interpreter exit)."""
+  closed = []
+  close = loop.Checkpointer.close
+  monkeypatch.setattr(
+    loop.Checkpointer, "close", lambda self: (closed.append(str(self.directory)), close(self))
+  )
+  build_run = loop.build_run
+
+  def build_with_a_broken_row(config, workdir):
+    run = build_run(config, workdir)
+    run.task = dataclasses.replace(run.task, train_data=_BrokenRows(run.task.train_data, 5))
+    return run
+
+  monkeypatch.setattr(loop, "build_run", build_with_a_broken_row)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(tmp_path, **{"checkpoint.async_save": True})
+  with pytest.raises(ValueError, match="row 5 of train.txt is broken"):
+    loop.train_and_evaluate(config, workdir)
+  assert closed and all(path.endswith("checkpoints") for path in closed)
+  assert steps_in(workdir) == [2, 4]
+  assert [row["step"] for row in read_metrics(workdir) if row.get("split") == "eval"] == [4]

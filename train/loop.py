@@ -21,6 +21,7 @@ config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -195,11 +196,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = resolve_workdir(workdir)
   mesh_lib.check_batch_divides(config, jax.device_count())
   check_checkpoint_options(config.checkpoint.max_to_keep)
-  with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
-    return _train_and_evaluate(config, workdir, lock)
+  # Whatever ends the run (a refused checkpoint, a diverged step, a data error, Ctrl-C),
+  # `cleanup` waits for pending saves and closes the checkpoint managers, the metric files
+  # and the W&B run, so no orbax thread outlives the error and nothing saved is lost.
+  with (
+    WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock,
+    contextlib.ExitStack() as cleanup,
+  ):
+    return _train_and_evaluate(config, workdir, lock, cleanup)
 
 
-def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
+def _train_and_evaluate(
+  config, workdir: str, lock: WorkdirLock, cleanup: contextlib.ExitStack
+) -> dict:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   run = build_run(config, workdir)
@@ -230,11 +239,8 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   ckpt = Checkpointer(
     workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, owner=is_main
   )
-  try:  # a refused checkpoint or a bad init is one line, with no orbax thread left running
-    state, frozen, resuming, saved_progress = resume_or_start(run, ckpt, meta, workdir)
-  except BaseException:
-    ckpt.close()
-    raise
+  cleanup.enter_context(ckpt)
+  state, frozen, resuming, saved_progress = resume_or_start(run, ckpt, meta, workdir)
   if is_main:
     save_run_files(config, task, workdir)
 
@@ -243,7 +249,9 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     es = config.early_stopping
     stopping = EarlyStopping(es.metric, es.mode, es.patience, saved_progress)
   best_ckpt = (
-    Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save, is_main)
+    cleanup.enter_context(
+      Checkpointer(os.path.join(workdir, BEST_DIR), 1, config.checkpoint.async_save, is_main)
+    )
     if stopping
     else None
   )
@@ -263,6 +271,7 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
       else None
     ),
   )
+  cleanup.callback(writer.finish)  # a no-op after finish_run's; on an error, ends W&B too
   start = int(state.step)
   if not resuming:
     writer.write(start, {k: float(v) for k, v in counts.items()}, split="model")
@@ -287,6 +296,8 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
   flops_by_shape: dict[tuple, float] = {}  # per batch shape; one train-step compile each
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
+  cleanup.callback(profiler.close)
+  cleanup.callback(bar.close)
 
   probe = task.probe and probe_lib.make_probe(task.probe, run.graphdef, mesh, rules)
 
@@ -306,115 +317,108 @@ def _train_and_evaluate(config, workdir: str, lock: WorkdirLock) -> dict:
     lambda step: task.train_data.batch(step, jax.process_index(), jax.process_count()),
     range(start, end_step),
   )
-  try:
-    with mesh_lib.activate(mesh, rules):
-      if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
-        last_eval = run_eval(state.params, task.eval_batches, 0)
-        if not resuming and tasks.get(config.task).head:
-          # The weights it scored are the run's model (a pruned one, say): checkpoint 0,
-          # so that predict and export read this workdir like any other.
-          ckpt.save(0, state, meta)
-          if best_ckpt is not None:
-            best_ckpt.save(0, {"params": state.params}, meta)
-      elif resuming and start >= end_step and not _has_final_metrics(workdir, start):
-        # Stopped between its last checkpoint and its final metrics (killed while it
-        # evaluated): evaluate now, so the run ends as the uninterrupted one would have.
-        last_eval = run_eval(state.params, task.eval_batches, start)
-      for step in range(start, end_step):
-        profiler.before(step)
-        fetched = time.perf_counter()
-        local = prefetcher.get(step)
-        batch = mesh_lib.shard_batch(local, mesh, rules)
-        data_seconds += time.perf_counter() - fetched
-        ids = local["input_ids"]
-        if ids.shape not in flops_by_shape:
-          flops_by_shape[ids.shape] = profiling.train_flops_per_step(
-            task.model_config, ids.size // ids.shape[-1], ids.shape[-1], run.mlm_predictions
-          )
-          logging.info(
-            "train step compiles for batch length %d (%d so far)",
-            ids.shape[-1],
-            len(flops_by_shape),
-          )
-        interval["tokens"] += ids.size
-        interval["real_tokens"] += int(local["attention_mask"].sum())
-        interval["flops"] += flops_by_shape[ids.shape]
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, metrics = train_step(state, frozen, batch, run.teacher)
-        profiler.after(step, metrics)
-        history.append(metrics)
-        steps_since_log += 1
-        done = step + 1
+  cleanup.callback(prefetcher.close)
+  with mesh_lib.activate(mesh, rules):
+    if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
+      last_eval = run_eval(state.params, task.eval_batches, 0)
+      if not resuming and tasks.get(config.task).head:
+        # The weights it scored are the run's model (a pruned one, say): checkpoint 0,
+        # so that predict and export read this workdir like any other.
+        ckpt.save(0, state, meta)
+        if best_ckpt is not None:
+          best_ckpt.save(0, {"params": state.params}, meta)
+    elif resuming and start >= end_step and not _has_final_metrics(workdir, start):
+      # Stopped between its last checkpoint and its final metrics (killed while it
+      # evaluated): evaluate now, so the run ends as the uninterrupted one would have.
+      last_eval = run_eval(state.params, task.eval_batches, start)
+    for step in range(start, end_step):
+      profiler.before(step)
+      fetched = time.perf_counter()
+      local = prefetcher.get(step)
+      batch = mesh_lib.shard_batch(local, mesh, rules)
+      data_seconds += time.perf_counter() - fetched
+      ids = local["input_ids"]
+      if ids.shape not in flops_by_shape:
+        flops_by_shape[ids.shape] = profiling.train_flops_per_step(
+          task.model_config, ids.size // ids.shape[-1], ids.shape[-1], run.mlm_predictions
+        )
+        logging.info(
+          "train step compiles for batch length %d (%d so far)",
+          ids.shape[-1],
+          len(flops_by_shape),
+        )
+      interval["tokens"] += ids.size
+      interval["real_tokens"] += int(local["attention_mask"].sum())
+      interval["flops"] += flops_by_shape[ids.shape]
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train_step(state, frozen, batch, run.teacher)
+      profiler.after(step, metrics)
+      history.append(metrics)
+      steps_since_log += 1
+      done = step + 1
 
-        if done % config.log_every_steps == 0 or done == end_step:
-          sums = _sum_metrics(history)  # the host waits for the devices here only
-          elapsed = time.perf_counter() - timer
-          scalars = task.objective.finalize(sums)
-          scalars.update(
-            learning_rate=float(mesh_lib.host_value(history[-1]["learning_rate"])),
-            grad_norm=sums["grad_norm"] / len(history),
-            step_time=elapsed / steps_since_log,
-            # waiting for the prefetched host batch and sharding it, part of step_time
-            data_wait_time=data_seconds / steps_since_log,
-            # padded positions computed, all hosts; the share of them that are real tokens
-            tokens_per_second=interval["tokens"] * jax.process_count() / elapsed,
-            real_token_fraction=interval["real_tokens"] / max(interval["tokens"], 1),
-            model_tflops_per_second=interval["flops"] * jax.process_count() / elapsed / 1e12,
-            compiled_lengths=len(flops_by_shape),
-          )
-          if peak:
-            scalars["mfu"] = interval["flops"] * jax.process_count() / elapsed / peak
-          writer.write(done, scalars)
-          _stop_if_nonfinite(done, scalars, ckpt)
-          lock.refresh()
-          postfix = {"loss": f"{scalars['loss']:.3f}"}
-          if accuracy_key:
-            postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
-          # Moved here, after the host waited for the devices: the bar counts finished
-          # steps, not dispatched ones, and needs no sync of its own.
-          bar.update(done - bar.n)
-          bar.set_postfix(**postfix)
-          history, steps_since_log, timer = [], 0, time.perf_counter()
-          data_seconds = 0.0
-          interval = {"tokens": 0, "real_tokens": 0, "flops": 0.0}
+      if done % config.log_every_steps == 0 or done == end_step:
+        sums = _sum_metrics(history)  # the host waits for the devices here only
+        elapsed = time.perf_counter() - timer
+        scalars = task.objective.finalize(sums)
+        scalars.update(
+          learning_rate=float(mesh_lib.host_value(history[-1]["learning_rate"])),
+          grad_norm=sums["grad_norm"] / len(history),
+          step_time=elapsed / steps_since_log,
+          # waiting for the prefetched host batch and sharding it, part of step_time
+          data_wait_time=data_seconds / steps_since_log,
+          # padded positions computed, all hosts; the share of them that are real tokens
+          tokens_per_second=interval["tokens"] * jax.process_count() / elapsed,
+          real_token_fraction=interval["real_tokens"] / max(interval["tokens"], 1),
+          model_tflops_per_second=interval["flops"] * jax.process_count() / elapsed / 1e12,
+          compiled_lengths=len(flops_by_shape),
+        )
+        if peak:
+          scalars["mfu"] = interval["flops"] * jax.process_count() / elapsed / peak
+        writer.write(done, scalars)
+        _stop_if_nonfinite(done, scalars, ckpt)
+        lock.refresh()
+        postfix = {"loss": f"{scalars['loss']:.3f}"}
+        if accuracy_key:
+          postfix[accuracy_key] = f"{scalars[accuracy_key]:.3f}"
+        # Moved here, after the host waited for the devices: the bar counts finished
+        # steps, not dispatched ones, and needs no sync of its own.
+        bar.update(done - bar.n)
+        bar.set_postfix(**postfix)
+        history, steps_since_log, timer = [], 0, time.perf_counter()
+        data_seconds = 0.0
+        interval = {"tokens": 0, "real_tokens": 0, "flops": 0.0}
 
-        # Not at a stop_at_step pause: an extra evaluation there would count
-        # against early-stopping patience and the resumed run would diverge.
-        if done % eval_every == 0 or done == total_steps:
-          last_eval = run_eval(state.params, task.eval_batches, done)
-          if stopping and stopping.update(done, last_eval):
-            best_ckpt.save(done, {"params": state.params}, meta)
-            logging.info("new best %s=%.4f at step %d", stopping.metric, stopping.best_value, done)
-          timer = time.perf_counter()  # eval time is not step time
+      # Not at a stop_at_step pause: an extra evaluation there would count
+      # against early-stopping patience and the resumed run would diverge.
+      if done % eval_every == 0 or done == total_steps:
+        last_eval = run_eval(state.params, task.eval_batches, done)
+        if stopping and stopping.update(done, last_eval):
+          best_ckpt.save(done, {"params": state.params}, meta)
+          logging.info("new best %s=%.4f at step %d", stopping.metric, stopping.best_value, done)
+        timer = time.perf_counter()  # eval time is not step time
 
-        stop_early = stopping is not None and stopping.should_stop
-        if done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early:
-          progress = {"early_stopping": stopping.to_meta()} if stopping else {}
-          if not bool(_all_finite(state)):  # never a NaN checkpoint: rotation would drop good ones
-            _stop_if_nonfinite(done, {"state": math.nan}, ckpt)
-          ckpt.save(done, state, dict(meta, **progress))
-          lock.refresh()
-          writer.flush()  # a bucket workdir gets its logs with each checkpoint
-        if preemption.requested:
-          logging.warning("SIGTERM: saved step %d, stopping", done)
-          break
-        if stop_early:
-          logging.info(
-            "early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
-            done,
-            stopping.metric,
-            stopping.best_value,
-            stopping.best_step,
-            stopping.evals_since_best,
-          )
-          break
-  except NonFiniteError:
-    prefetcher.close()
-    profiler.close()
-    bar.close()
-    writer.finish()  # the NaN row is in metrics.jsonl, TensorBoard and W&B
-    ckpt.close()
-    raise
+      stop_early = stopping is not None and stopping.should_stop
+      if done % checkpoint_every == 0 or done == end_step or preemption.requested or stop_early:
+        progress = {"early_stopping": stopping.to_meta()} if stopping else {}
+        if not bool(_all_finite(state)):  # never a NaN checkpoint: rotation would drop good ones
+          _stop_if_nonfinite(done, {"state": math.nan}, ckpt)
+        ckpt.save(done, state, dict(meta, **progress))
+        lock.refresh()
+        writer.flush()  # a bucket workdir gets its logs with each checkpoint
+      if preemption.requested:
+        logging.warning("SIGTERM: saved step %d, stopping", done)
+        break
+      if stop_early:
+        logging.info(
+          "early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
+          done,
+          stopping.metric,
+          stopping.best_value,
+          stopping.best_step,
+          stopping.evals_since_best,
+        )
+        break
 
   prefetcher.close()
   profiler.close()
