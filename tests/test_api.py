@@ -4,6 +4,7 @@ import logging
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -78,6 +79,8 @@ def test_an_hf_directory_loads_as_its_architecture_and_matches_transformers():
 
   model, tokenizer = api.load(minilm_dir())
   assert model.head == "none"
+  # The weights live on the device, not as numpy arrays copied in at every call.
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model._state))
   batch = tokenizer(TEXTS, padding=True, return_tensors="np")
   ours = model(**batch)
   reference = BertModel.from_pretrained(minilm_dir()).eval()

@@ -81,7 +81,9 @@ class Model:
         return out
       return dict(zip(names, out if isinstance(out, tuple) else (out,), strict=True))
 
-    self._state, self._forward = state, jax.jit(forward)
+    # On the device once: numpy leaves would be copied in at every call (MiniLM, one
+    # sentence on CPU: 45 ms a call instead of 20).
+    self._state, self._forward = jax.device_put(state), jax.jit(forward)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None) -> dict:
     input_ids = np.asarray(input_ids, np.int32)
