@@ -1,5 +1,7 @@
 """Compute options change how XLA runs the maths, not the maths."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from flax import nnx
 from helpers import random_batch
 
+from model.bert import LayerSlices, unstack_layers
 from model.config import BertConfig
 from model.heads import BertForPreTraining
 
@@ -134,3 +137,30 @@ def test_cudnn_attention_matches_einsum_in_bfloat16_on_padded_rows():
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert np.linalg.norm(a - b) <= BF16_TOL_RELATIVE_LOGITS * np.linalg.norm(b) + 1e-6
+
+
+def test_layers_split_for_inference_give_the_same_outputs_without_slicing_weights():
+  model = BertForPreTraining(BASE, nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  ids, types, mask = random_batch(0, 2, 20, BASE.vocab_size)
+  forward = jax.jit(lambda state: nnx.merge(graphdef, state)(ids, types, mask))
+  split = unstack_layers(state)
+  kernels = split["bert"]["encoder"]["layers"]["ffn"]["intermediate"]["kernel"].get_value()
+  assert isinstance(kernels, LayerSlices) and len(kernels) == BASE.num_hidden_layers
+  jax.tree.map(np.testing.assert_array_equal, forward(state), forward(split))
+
+  # The stacked state's forward slices every layer's kernels out of their stack at each
+  # call (a copy in XLA); the split one has no such slice left.
+  def kernel_slices(state):
+    text = forward.lower(state).compile().as_text()
+    return sum(
+      f"[{BASE.hidden_size},{BASE.intermediate_size}]" in line
+      for line in text.split("\n")
+      if "slice" in line
+    )
+
+  assert kernel_slices(state) >= BASE.num_hidden_layers
+  assert kernel_slices(split) == 0
+  scanned = nnx.split(BertForPreTraining(dataclasses.replace(BASE, scan_layers=True), nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="set scan_layers=False"):
+    nnx.merge(scanned[0], split)(ids, types, mask)

@@ -23,6 +23,7 @@ measured.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -37,6 +38,7 @@ from flax import nnx
 
 from data import finetune
 from data.tokenizer import load_tokenizer
+from model.bert import unstack_layers
 from train import finetuned, tasks, writers
 from train.state import abstract_model
 from train.tasks.common import buckets_of
@@ -59,10 +61,13 @@ class Predictor:
       os.path.join(workdir, "tokenizer"), lowercase=self.config.data.lowercase
     )
     self.batch_size = batch_size
-    factory = tasks.model_factory(self.config, run.model_config, self.labels)
+    # Unrolled, no remat: no gradients here, and the layers' weights are split once
+    # (unstack_layers) instead of sliced out of their stack at every call.
+    model_config = dataclasses.replace(run.model_config, scan_layers=False, remat_policy="none")
+    factory = tasks.model_factory(self.config, model_config, self.labels)
     graphdef, abstract = abstract_model(factory)
     nnx.replace_by_pure_dict(abstract, finetuned.full_params(run))
-    self.params = jax.device_put(abstract)
+    self.params = jax.device_put(unstack_layers(abstract))
     objective = self.objective = self.spec.objective(self.config, self.labels)
     self.buckets = buckets_of(self.spec, self.config)
     self._forward = jax.jit(
