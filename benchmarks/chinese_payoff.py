@@ -11,12 +11,18 @@ steps, batch, learning rate and seeds. Every row is the job users run, `python
   python -m benchmarks.chinese_payoff --data=/tmp/zh --root=/tmp/zhb \\
       --pretrain_steps=800 --steps=300 --seeds=0,1
 
+`--recipe=scratch,tiny,24M` pretrains with English's from-scratch recipe instead
+(configs/pretrain/scratch.py: no NSP, no dropout, its own MLM decoder, a token
+budget), with whole-word masking over jieba's words added, and fine-tunes
+bert-tiny rows.
+
 A run whose workdir already holds final_metrics.json is read, not rerun, so
 an interrupted table resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 
@@ -28,7 +34,16 @@ flags.DEFINE_string(
   "data", "/tmp/zh", "What data.prepare_chinese wrote (corpus.txt, sentiment/, ner/)."
 )
 flags.DEFINE_string("root", "/tmp/zhb", "Workdirs go here.")
-flags.DEFINE_integer("pretrain_steps", 800, "Pretraining steps (batch 64 of 128 tokens).")
+flags.DEFINE_string(
+  "recipe",
+  "chinese_mini",
+  "chinese_mini (configs/pretrain/chinese_mini.py:STEPS, bert-mini) or scratch,SIZE,TOKENS "
+  "(configs/pretrain/scratch.py:SIZE,TOKENS with whole-word masking over jieba's words).",
+)
+flags.DEFINE_integer("pretrain_steps", 800, "chinese_mini: pretraining steps (batch 64 x 128).")
+flags.DEFINE_list(
+  "pretrain_flags", [], "More --config.KEY=VALUE flags for the pretraining run, comma-separated."
+)
 flags.DEFINE_integer("steps", 300, "Fine-tuning steps, every row.")
 flags.DEFINE_integer("batch_size", 32, "Fine-tuning examples per step, every row.")
 flags.DEFINE_float(
@@ -42,17 +57,29 @@ FLAGS = flags.FLAGS
 MODEL = ["--config.model.vocab_size=8192", "--config.model.max_position_embeddings=128"]
 
 
-def tasks(data: str) -> dict[str, tuple[list[str], str]]:
+def recipe() -> tuple[str, list[str], str]:
+  """The pretraining config argument, its extra flags, and the fine-tuning rows' size."""
+  name, _, rest = FLAGS.recipe.partition(",")
+  if name == "chinese_mini":
+    return f"configs/pretrain/chinese_mini.py:{FLAGS.pretrain_steps}", [], "mini"
+  if name == "scratch":
+    size = rest.partition(",")[0] or "mini"
+    whole_words = ["--config.data.whole_word=True", "--config.data.segmenter=jieba"]
+    return f"configs/pretrain/scratch.py:{rest}", whole_words, size
+  raise app.UsageError(f"--recipe={FLAGS.recipe}: chinese_mini or scratch,SIZE,TOKENS")
+
+
+def tasks(data: str, size: str) -> dict[str, tuple[list[str], str]]:
   """task -> (train.main flags, dev metric)."""
   sentiment = [
-    "--config=configs/finetune/classification.py:mini",
+    f"--config=configs/finetune/classification.py:{size}",
     "--config.data.text_columns=sentence",
     "--config.data.label_column=label",
     f"--config.data.train_path={data}/sentiment/train.tsv",
     f"--config.data.eval_path={data}/sentiment/dev.tsv",
   ]
   ner = [
-    "--config=configs/finetune/token_classification.py:mini",
+    f"--config=configs/finetune/token_classification.py:{size}",
     f"--config.data.train_path={data}/ner/train.json",
     f"--config.data.eval_path={data}/ner/dev.json",
   ]
@@ -60,12 +87,15 @@ def tasks(data: str) -> dict[str, tuple[list[str], str]]:
 
 
 def pretrain_args(workdir: str) -> list[str]:
+  config, recipe_flags, _ = recipe()
   return [
     "-m",
     "train.main",
-    f"--config=configs/pretrain/chinese_mini.py:{FLAGS.pretrain_steps}",
+    f"--config={config}",
     f"--workdir={workdir}",
     f"--config.data.paths={FLAGS.data}/corpus.txt",
+    *recipe_flags,
+    *FLAGS.pretrain_flags,
   ]
 
 
@@ -99,10 +129,14 @@ def main(argv):
   commands = [pretrain_args(pretrained)]
   heldout = run_job(commands[0], pretrained)[0]
   vocab = os.path.join(pretrained, "vocab")
+  with open(os.path.join(pretrained, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  batch, length = saved["batch_size"], saved["data"]["max_seq_length"]
+  nsp = f", NSP accuracy {heldout['nsp_accuracy']:.3f}" if "nsp_accuracy" in heldout else ""
   lines = [
-    f"Pretraining: {FLAGS.pretrain_steps} steps x 64 x 128 tokens "
-    f"({FLAGS.pretrain_steps * 64 * 128 / 1e6:.1f} M tokens seen); held-out MLM accuracy "
-    f"{heldout['mlm_accuracy']:.3f}, NSP accuracy {heldout['nsp_accuracy']:.3f}.",
+    f"Pretraining ({commands[0][2][len('--config=') :]}): {heldout['step']} steps x {batch} x "
+    f"{length} tokens ({heldout['step'] * batch * length / 1e6:.1f} M tokens seen); held-out "
+    f"MLM accuracy {heldout['mlm_accuracy']:.3f}{nsp}.",
     "",
     f"Fine-tuning: {FLAGS.steps} steps of {FLAGS.batch_size}, lr {FLAGS.lr:g}, seeds {seeds} "
     "(dev set; mean ± std when several seeds).",
@@ -110,7 +144,7 @@ def main(argv):
     "| task | dev metric | random init | pretrained | gain |",
     "|---|---|---|---|---|",
   ]
-  for task, (task_flags, metric) in tasks(FLAGS.data).items():
+  for task, (task_flags, metric) in tasks(FLAGS.data, recipe()[2]).items():
     scores = {}
     for init_name, init in (("random", ""), ("pretrained", pretrained)):
       scores[init_name] = []
