@@ -296,6 +296,7 @@ class _BrokenRows:
     return getattr(self._data, name)
 
 
+@pytest.mark.slow
 def test_an_error_inside_the_loop_closes_the_checkpoints_and_keeps_every_save(
   tmp_path, monkeypatch
 ):
