@@ -86,8 +86,7 @@ def tasks(data: str, size: str) -> dict[str, tuple[list[str], str]]:
   return {"sentiment": (sentiment, "accuracy"), "ner": (ner, "f1")}
 
 
-def pretrain_args(workdir: str) -> list[str]:
-  config, recipe_flags, _ = recipe()
+def pretrain_args(workdir: str, config: str, recipe_flags: list[str]) -> list[str]:
   return [
     "-m",
     "train.main",
@@ -126,7 +125,8 @@ def main(argv):
     raise app.UsageError(f"--data={FLAGS.data}: no corpus.txt; run python -m data.prepare_chinese")
   seeds = [int(s) for s in FLAGS.seeds.split(",") if s]
   pretrained = os.path.join(FLAGS.root, "pretrain")
-  commands = [pretrain_args(pretrained)]
+  config, recipe_flags, size = recipe()
+  commands = [pretrain_args(pretrained, config, recipe_flags)]
   heldout = run_job(commands[0], pretrained)[0]
   vocab = os.path.join(pretrained, "vocab")
   with open(os.path.join(pretrained, "config.json"), encoding="utf-8") as f:
@@ -134,7 +134,7 @@ def main(argv):
   batch, length = saved["batch_size"], saved["data"]["max_seq_length"]
   nsp = f", NSP accuracy {heldout['nsp_accuracy']:.3f}" if "nsp_accuracy" in heldout else ""
   lines = [
-    f"Pretraining ({commands[0][2][len('--config=') :]}): {heldout['step']} steps x {batch} x "
+    f"Pretraining ({config}): {heldout['step']} steps x {batch} x "
     f"{length} tokens ({heldout['step'] * batch * length / 1e6:.1f} M tokens seen); held-out "
     f"MLM accuracy {heldout['mlm_accuracy']:.3f}{nsp}.",
     "",
@@ -144,7 +144,7 @@ def main(argv):
     "| task | dev metric | random init | pretrained | gain |",
     "|---|---|---|---|---|",
   ]
-  for task, (task_flags, metric) in tasks(FLAGS.data, recipe()[2]).items():
+  for task, (task_flags, metric) in tasks(FLAGS.data, size).items():
     scores = {}
     for init_name, init in (("random", ""), ("pretrained", pretrained)):
       scores[init_name] = []

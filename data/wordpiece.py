@@ -17,8 +17,9 @@ the vocab keeps every frequent character.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from tokenizers import normalizers, pre_tokenizers
 
@@ -33,7 +34,8 @@ def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:
   )
   pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   counts: Counter = Counter()
-  for chunk in _chunks(texts, TEXTS_PER_CALL):
+  texts = iter(texts)
+  while chunk := list(itertools.islice(texts, TEXTS_PER_CALL)):
     normalized = normalizer.normalize_str("\n".join(chunk))
     counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalized))
   return counts
@@ -122,14 +124,3 @@ def _merge(symbols: list[int], pair: tuple[int, int], merged_id: int) -> list[in
       out.append(symbols[i])
       i += 1
   return out
-
-
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-  chunk: list[str] = []
-  for text in texts:
-    chunk.append(text)
-    if len(chunk) == size:
-      yield chunk
-      chunk = []
-  if chunk:
-    yield chunk

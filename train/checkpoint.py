@@ -85,7 +85,6 @@ class Checkpointer:
     if owner:
       self._note_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._closed = False
 
   def _note_unfinished_saves(self) -> None:
     if not self.directory.exists():
@@ -245,11 +244,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves, then releases the manager's threads (once; later calls
-    return at once)."""
-    if self._closed:
-      return
-    self._closed = True
+    """Waits for pending saves, then releases the manager's threads."""
     self._manager.wait_until_finished()
     self._manager.close()
 

@@ -236,10 +236,12 @@ def _train_and_evaluate(
   )
 
   meta = {"config": fingerprint(config), "total_steps": total_steps}
-  ckpt = Checkpointer(
-    workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, owner=is_main
+  # What the steps use (the step checkpoints, the prefetcher, profiler and bar) is closed
+  # before the final evaluation, the last save committed; `cleanup` closes it on an error.
+  training = cleanup.enter_context(contextlib.ExitStack())
+  ckpt = training.enter_context(
+    Checkpointer(workdir, config.checkpoint.max_to_keep, config.checkpoint.async_save, is_main)
   )
-  cleanup.enter_context(ckpt)
   state, frozen, resuming, saved_progress = resume_or_start(run, ckpt, meta, workdir)
   if is_main:
     save_run_files(config, task, workdir)
@@ -296,8 +298,8 @@ def _train_and_evaluate(
   flops_by_shape: dict[tuple, float] = {}  # per batch shape; one train-step compile each
   peak = profiling.peak_flops(list(mesh.devices.flat))
   profiler = profiling.StepProfiler(workdir, start, config.get("profile_steps", 0))
-  cleanup.callback(profiler.close)
-  cleanup.callback(bar.close)
+  training.callback(bar.close)
+  training.callback(profiler.close)
 
   probe = task.probe and probe_lib.make_probe(task.probe, run.graphdef, mesh, rules)
 
@@ -317,7 +319,7 @@ def _train_and_evaluate(
     lambda step: task.train_data.batch(step, jax.process_index(), jax.process_count()),
     range(start, end_step),
   )
-  cleanup.callback(prefetcher.close)
+  training.callback(prefetcher.close)
   with mesh_lib.activate(mesh, rules):
     if total_steps == 0:  # zero-shot: no step to run, so score the initial weights once
       last_eval = run_eval(state.params, task.eval_batches, 0)
@@ -420,10 +422,7 @@ def _train_and_evaluate(
         )
         break
 
-  prefetcher.close()
-  profiler.close()
-  bar.close()
-  ckpt.close()
+  training.close()
   return finish_run(
     run,
     state,
@@ -471,8 +470,6 @@ def finish_run(
       with mesh_lib.activate(mesh, rules):
         test = run_eval(best_params["params"], task.test_batches, stopping.best_step, "test")
       final["test"] = {k: v for k, v in test.items() if not k.endswith("_text")}
-  if best_ckpt:
-    best_ckpt.close()
   writer.close()
   images = {}
   if jax.process_index() == 0:
