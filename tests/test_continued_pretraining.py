@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+import scipy.special
+from flax import nnx
 from helpers import finetune as ff
 from helpers import set_keys
 
@@ -61,7 +63,25 @@ def test_the_encoder_comes_from_the_checkpoint_and_the_mlm_head_is_new(tmp_path)
   for path, value in _leaves(expected):
     np.testing.assert_allclose(_at(params["bert"], path), value, atol=1e-9, err_msg=str(path))
   assert np.abs(params["mlm"]["bias"]).max() < 1e-9  # a new decoder bias starts at zero
-  assert np.std(params["mlm"]["transform"]["kernel"]) > 0  # a new, random transform
+  # A new transform starts as the identity: the decoder reads the encoder's output.
+  np.testing.assert_allclose(params["mlm"]["transform"]["kernel"], np.eye(32), atol=1e-9)
+
+
+def test_a_new_mlm_head_scores_the_encoder_output_against_the_word_embeddings(tmp_path):
+  """Loaded from an encoder-only HF directory, the MLM logits are LayerNorm(gelu(h)) . E^T: the
+  identity transform, zero biases, the decoder the word embeddings (tied or not)."""
+  vocab = ff.write_vocab(tmp_path / "vocab.txt")
+  hf_dir, _, _ = ff.write_hf_dir(tmp_path / "hf", vocab)
+  encoder, tokenizer = api.load(hf_dir, head="none")
+  batch = tokenizer(["the cat sat", "a good mat"], padding=True, return_tensors="np")
+  hidden = encoder(**batch)["sequence_output"].astype(np.float64)
+  words = np.asarray(nnx.state(encoder.module)["bert"]["embeddings"]["word"][...], np.float64)
+  gelu = 0.5 * hidden * (1 + scipy.special.erf(hidden / np.sqrt(2)))
+  centred = gelu - gelu.mean(-1, keepdims=True)
+  normed = centred / np.sqrt(centred.var(-1, keepdims=True) + encoder.config.layer_norm_eps)
+  expected = normed @ words.T
+  model, _ = api.load(hf_dir, head="pretraining")
+  np.testing.assert_allclose(model(**batch)["mlm_logits"], expected, atol=2e-4)
 
 
 @pytest.mark.slow

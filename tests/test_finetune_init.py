@@ -93,7 +93,7 @@ def test_pretraining_heads_the_hf_directory_lacks_are_named_in_a_warning(base, t
       warm_start.initialise(*start, init_section(hf_dir=hf_dir), model_config, tx)
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     if heads:
-      assert any(f"no {heads} weights" in w and "heads start random" in w for w in warned)
+      assert any(f"no {heads} weights" in w and "heads start new" in w for w in warned)
     else:
       assert not warned, warned
 

@@ -31,7 +31,7 @@ from data.tokenizer import load_tokenizer
 from model import heads
 from model.bert import BertModel, unstack_layers
 from model.config import BertConfig
-from model.convert import leaf_paths, merge_trees
+from model.convert import leaf_paths, merge_trees, new_mlm_head
 from train import tasks
 
 # Heads that are no fine-tuning task; the task heads come from the registry (train/tasks).
@@ -160,19 +160,19 @@ def _fill(module: nnx.Module, tree: dict, where: str, missing_encoder=()) -> Non
   """Loads `tree` into `module`; what the module has and the tree lacks stays random, loudly."""
   state = nnx.state(module, nnx.Param)
   current = nnx.to_pure_dict(state)
-  nnx.replace_by_pure_dict(
-    state, merge_trees(current, {k: v for k, v in tree.items() if k in current})
-  )
-  nnx.update(module, state)
   absent = sorted(set(leaf_paths(current)) - set(leaf_paths(tree)))
   absent_heads = sorted({path[0] for path in absent if path[0] != "bert"})
   absent_encoder = [".".join(path) for path in absent if path[0] == "bert"]
+  tree = new_mlm_head(current, {k: v for k, v in tree.items() if k in current})
+  nnx.replace_by_pure_dict(state, merge_trees(current, tree))
+  nnx.update(module, state)
   if absent_heads:
     logging.warning(
-      "%s has no %s weights: %s random (train before trusting its outputs)",
+      "%s has no %s weights: %s new%s (train before trusting its outputs)",
       where,
       " / ".join(absent_heads),
       "that head starts" if len(absent_heads) == 1 else "those heads start",
+      ", the MLM transform as the identity" if "mlm" in absent_heads else "",
     )
   if absent_encoder or missing_encoder:
     shown = list(missing_encoder)[:3] or absent_encoder[:3]

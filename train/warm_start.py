@@ -209,11 +209,15 @@ def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
   absent = [m for m in convert.PRETRAINING_MODULES if m in model_keys and m not in tree]
   if absent:
     logging.warning(
-      "%s has no %s weights: the model's %s random",
+      "%s has no %s weights: the model's %s new%s",
       where,
       " / ".join(absent),
       "head starts" if len(absent) == 1 else "heads start",
+      " (the MLM transform as the identity)" if "mlm" in absent else "",
     )
+  tree = convert.new_mlm_head(
+    convert.union_trees(*map(nnx.to_pure_dict, (state.params, frozen))), tree
+  )
   try:
     return load_params(state, frozen, tree, tx)
   except ValueError as e:
