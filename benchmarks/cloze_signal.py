@@ -12,6 +12,9 @@ pretraining workdirs, HF `BertForPreTraining` / `BertForMaskedLM` directories):
   calibrated  the same, divided by the content-free probabilities of 'N/A' and
               '[MASK]' (Zhao et al. 2021; data.calibration_texts)
   top words   the words the head puts at [MASK] most often
+  ensemble    every template and verbalizer pair at once, PET's uniform ensemble:
+              the mean over pairs of the log-probability gap (positive - negative
+              word), raw and calibrated
 
   python -m benchmarks.cloze_signal --checkpoint=/tmp/tapt --data_dir=../shared/data
 """
@@ -66,6 +69,16 @@ def word_logits(model, arrays: dict, batch_size: int) -> np.ndarray:
   return np.concatenate(out)
 
 
+def log_gap(pair: np.ndarray, content_free: np.ndarray | None = None) -> np.ndarray:
+  """log p(positive word) - log p(negative word) over the two words, per row; with
+  content-free rows, each probability divided by their mean first (calibrated)."""
+  logp = pair - np.logaddexp(pair[:, :1], pair[:, 1:])
+  if content_free is not None:
+    free = content_free - np.logaddexp(content_free[:, :1], content_free[:, 1:])
+    logp = logp - np.log(np.exp(free).mean(0))
+  return logp[:, 1] - logp[:, 0]
+
+
 def encode(rows: list, template: str, tokenizer) -> dict:
   return cloze.encode_cloze(rows, ["sentence"], template, tokenizer, 128, ["0", "1"])[0]
 
@@ -83,7 +96,7 @@ def main(argv):
   print(f"{FLAGS.checkpoint}: SST-2 dev ({len(examples)} sentences)\n")
   print("| template | verbalizer | auc | raw | calibrated |")
   print("|---|---|---:|---:|---:|")
-  tops = {}
+  tops, gaps, calibrated_gaps = {}, [], []
   for template in FLAGS.template:
     logits, free = (
       word_logits(model, encode(rows, template, tokenizer), FLAGS.batch_size)
@@ -97,10 +110,18 @@ def main(argv):
       raw = (pair.argmax(-1) == labels).mean()
       calibrated = (calibrated_predictions(pair, free[:, ids]) == labels).mean()
       score = roc_auc_score(labels, pair[:, 1] - pair[:, 0])
+      gaps.append(log_gap(pair))
+      calibrated_gaps.append(log_gap(pair, free[:, ids]))
       print(
         f"| `{template}` | {negative} / {positive} | {score:.3f} | {100 * raw:.2f} | "
         f"{100 * calibrated:.2f} |"
       )
+  raw_gap, calibrated_gap = np.mean(gaps, 0), np.mean(calibrated_gaps, 0)
+  print(
+    f"| all {len(gaps)} pairs, mean gap (PET's uniform ensemble) | | "
+    f"{roc_auc_score(labels, calibrated_gap):.3f} | {100 * ((raw_gap > 0) == labels).mean():.2f} | "
+    f"{100 * ((calibrated_gap > 0) == labels).mean():.2f} |"
+  )
   print("\nMost frequent top word at [MASK]:")
   for template, words in tops.items():
     print(f"- `{template}`: {', '.join(words)}")

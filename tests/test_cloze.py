@@ -353,3 +353,17 @@ def test_a_calibration_text_without_tokens_is_named(tmp_path):
   config = cloze_config(tmp_path, **{"data.calibration_texts": ("N/A", " ")})
   with pytest.raises(ValueError, match=r"data.calibration_texts\[1\]: the text has no tokens"):
     tasks.build_task(config, str(tmp_path))
+
+
+def test_the_signal_benchmarks_calibrated_gap_decides_as_calibrated_predictions():
+  from benchmarks.cloze_signal import log_gap
+
+  rng = np.random.default_rng(0)
+  pair, free = rng.normal(size=(200, 2)) * 3, rng.normal(size=(2, 2)) * 3 + [2.0, 0.0]
+  np.testing.assert_array_equal(log_gap(pair) > 0, pair.argmax(-1) == 1)
+  np.testing.assert_array_equal(
+    log_gap(pair, free) > 0, cloze_task.calibrated_predictions(pair, free) == 1
+  )
+  assert (
+    cloze_task.calibrated_predictions(pair, free) != pair.argmax(-1)
+  ).any()  # calibration moved some
