@@ -7,11 +7,12 @@ For each checkpoint, SST-2 dev accuracy of
   k-shot cloze      the same prompt, the MLM head trained on k sentences per class;
   k-shot head       a new classification head on [CLS], trained on the same k per class,
 with the same batch, epochs and learning rate in every trained row (PET's comparison).
-The checkpoints are all-MiniLM-L6-v2 as shipped (no MLM head: its transform starts
-random) and the same model after task-adaptive pretraining on SST-2's training
-sentences, labels unread (configs/pretrain/continued.py), which this script runs
-first. The score is the last evaluation's, after training: nothing is picked on dev.
-Every row is `python -m train.main` as a subprocess; the commands follow the table.
+The checkpoints are all-MiniLM-L6-v2 as shipped (no MLM head: a new one, its transform
+the identity, model/convert.new_mlm_head) and the same model after task-adaptive
+pretraining on SST-2's training sentences, labels unread (configs/pretrain/continued.py),
+which this script runs first. The score is the last evaluation's, after training:
+nothing is picked on dev. Every row is `python -m train.main` as a subprocess; the
+commands follow the table.
 
   python -m benchmarks.pet_table --data_dir=../shared/data --root=/tmp/pet \\
       --tapt_steps=500 --shots=16,32 --seeds=0,1,2

@@ -128,8 +128,9 @@ def build(config, workdir: str) -> Task:
     )
   if mlm_head_missing(config.init):
     logging.warning(
-      "init.hf_dir=%s has no MLM head (cls.predictions.*): its transform starts "
-      "random, so cloze scores are close to chance until trained",
+      "init.hf_dir=%s has no MLM head (cls.predictions.*): a new one reads the encoder's "
+      "output through an identity transform, untrained, so cloze scores stay near chance "
+      "until it is (continued pretraining: configs/pretrain/continued.py)",
       config.init.hf_dir,
     )
 
