@@ -157,7 +157,8 @@ def _keeps_pooler(head: str) -> bool:
 
 
 def _fill(module: nnx.Module, tree: dict, where: str, missing_encoder=()) -> None:
-  """Loads `tree` into `module`; what the module has and the tree lacks stays random, loudly."""
+  """Loads `tree` into `module`; what the module has and the tree lacks stays as initialised
+  (a new MLM head: convert.new_mlm_head), loudly."""
   state = nnx.state(module, nnx.Param)
   current = nnx.to_pure_dict(state)
   absent = sorted(set(leaf_paths(current)) - set(leaf_paths(tree)))
