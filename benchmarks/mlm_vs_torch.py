@@ -28,9 +28,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from benchmarks.shared import run_job
+from benchmarks.shared import heldout_evals, run_job
 from train.run import build_run
-from train.writers import read_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -109,11 +108,7 @@ def main(argv):
     *FLAGS.flags,
   ]
   run_job(args, workdir)
-  ours = {
-    r["step"]: (r["mlm_loss"], r["mlm_accuracy"])
-    for r in read_metrics(workdir)
-    if r["split"] == "eval" and "mlm_accuracy" in r
-  }
+  ours = {r["step"]: (r["mlm_loss"], r["mlm_accuracy"]) for r in heldout_evals(workdir)}
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   steps = max(ours)

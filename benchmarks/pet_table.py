@@ -29,8 +29,7 @@ import os
 
 from absl import app, flags
 
-from benchmarks.shared import mean_std, minilm_dir, run_job, write_table
-from train.writers import read_metrics
+from benchmarks.shared import heldout_evals, mean_std, minilm_dir, run_job, write_table
 
 flags.DEFINE_string("data_dir", "../shared/data", "Holds sst2/train.tsv and sst2/dev.tsv.")
 flags.DEFINE_string("root", "/tmp/pet", "Workdirs go here.")
@@ -103,7 +102,7 @@ def row_args(kind: str, shots: int, seed: int, init: list[str], workdir: str) ->
 
 def last_heldout(workdir: str) -> tuple[int, float]:
   """(step, held-out MLM accuracy) of a pretraining workdir's last evaluation."""
-  evals = [r for r in read_metrics(workdir) if r.get("split") == "eval" and "mlm_accuracy" in r]
+  evals = heldout_evals(workdir)
   if not evals:
     raise app.UsageError(f"--tapt_workdir={workdir}: no evaluation in its metrics.jsonl")
   return evals[-1]["step"], evals[-1]["mlm_accuracy"]

@@ -29,6 +29,7 @@ from absl import app, flags
 from benchmarks.shared import (
   DATA_FILES,
   finetune_flags,
+  heldout_evals,
   mean_std,
   mean_step_time,
   minilm_dir,
@@ -130,7 +131,7 @@ def pretraining_summary(workdir: str, wall: float | None) -> list[str]:
   """The budget (steps, tokens, wall time) and the held-out MLM accuracy curve, in lines."""
   records = read_metrics(workdir)
   train = [r for r in records if r["split"] == "train"]
-  evals = [r for r in records if r["split"] == "eval" and "mlm_accuracy" in r]
+  evals = heldout_evals(workdir)
   steps = train[-1]["step"] if train else 0
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)

@@ -103,6 +103,11 @@ def write_table(lines: list[str], commands: list[list[str]], out: str) -> str:
   return text
 
 
+def heldout_evals(workdir: str) -> list[dict]:
+  """A pretraining run's held-out MLM evaluations, in step order, from metrics.jsonl."""
+  return [r for r in read_metrics(workdir) if r["split"] == "eval" and "mlm_accuracy" in r]
+
+
 def mean_step_time(workdir: str) -> float:
   """Mean step seconds of a run from metrics.jsonl, leaving out the first interval (the compile)."""
   train = [r for r in read_metrics(workdir) if r["split"] == "train"]

@@ -199,7 +199,8 @@ def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
   tree, where = base_tree(init, config)
   if tree is None:
     return state, frozen
-  model_keys = set(nnx.to_pure_dict(state.params)) | set(nnx.to_pure_dict(frozen))
+  model_tree = convert.union_trees(nnx.to_pure_dict(state.params), nnx.to_pure_dict(frozen))
+  model_keys = set(model_tree)
   dropped = sorted(set(tree) - model_keys)
   tree = {key: value for key, value in tree.items() if key in model_keys}
   logging.info(
@@ -213,11 +214,12 @@ def initialise(state: TrainState, frozen, init, config: BertConfig, tx):
       where,
       " / ".join(absent),
       "head starts" if len(absent) == 1 else "heads start",
-      " (the MLM transform as the identity)" if "mlm" in absent else "",
+      " (the MLM transform as the identity: cloze scores stay near chance until continued "
+      "pretraining, configs/pretrain/continued.py, trains it)"
+      if "mlm" in absent
+      else "",
     )
-  tree = convert.new_mlm_head(
-    convert.union_trees(*map(nnx.to_pure_dict, (state.params, frozen))), tree
-  )
+  tree = convert.new_mlm_head(model_tree, tree)
   try:
     return load_params(state, frozen, tree, tx)
   except ValueError as e:

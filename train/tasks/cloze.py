@@ -13,8 +13,6 @@ predictions move.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from absl import logging
 
@@ -58,23 +56,6 @@ def with_content_free_rows(arrays: dict, content_free: dict) -> dict:
     return arrays
   extra = dict(content_free, weight=np.zeros_like(content_free["weight"]))
   return {key: np.concatenate([arrays[key], extra[key]]) for key in arrays}
-
-
-def mlm_head_missing(init) -> bool:
-  """True when init.hf_dir is a local safetensors checkpoint without cls.predictions.*.
-
-  Such a checkpoint (a sentence-transformers BertModel) leaves the MLM transform
-  random, so its cloze scores say little; other sources are not inspected.
-  """
-  hf_dir = init.get("hf_dir", "")
-  path = os.path.join(hf_dir, "model.safetensors") if hf_dir else ""
-  if not (path and os.path.isfile(path)):
-    return False
-  from safetensors import safe_open
-
-  with safe_open(path, "np") as f:
-    names = f.keys()
-  return not any(name.startswith("cls.predictions.") for name in names)
 
 
 def build(config, workdir: str) -> Task:
@@ -126,14 +107,6 @@ def build(config, workdir: str) -> Task:
       "no train data: set data.train_path (or the TFDS split), or epochs=0 and "
       "optimizer.total_steps=0 to evaluate without training (zero-shot)"
     )
-  if mlm_head_missing(config.init):
-    logging.warning(
-      "init.hf_dir=%s has no MLM head (cls.predictions.*): a new one reads the encoder's "
-      "output through an identity transform, untrained, so cloze scores stay near chance "
-      "until it is (continued pretraining: configs/pretrain/continued.py)",
-      config.init.hf_dir,
-    )
-
   num_content_free = len(content_free.get("label", ()))
 
   def score(split: str, outputs: dict) -> dict:
