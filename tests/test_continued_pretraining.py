@@ -12,7 +12,7 @@ from helpers import set_keys
 
 from configs.pretrain import continued
 from data import corpus
-from model.convert import hf_to_params
+from model.convert import hf_to_params, new_mlm_head
 from train import api, hf, loop
 from train.errors import UserError
 from train.writers import read_metrics
@@ -69,7 +69,7 @@ def test_the_encoder_comes_from_the_checkpoint_and_the_mlm_head_is_new(tmp_path)
 
 def test_a_new_mlm_head_scores_the_encoder_output_against_the_word_embeddings(tmp_path):
   """Loaded from an encoder-only HF directory, the MLM logits are LayerNorm(gelu(h)) . E^T: the
-  identity transform, zero biases, the decoder the word embeddings (tied or not)."""
+  identity transform, zero biases, the decoder tied to the word embeddings."""
   vocab = ff.write_vocab(tmp_path / "vocab.txt")
   hf_dir, _, _ = ff.write_hf_dir(tmp_path / "hf", vocab)
   encoder, tokenizer = api.load(hf_dir, head="none")
@@ -124,3 +124,16 @@ def _at(tree, path):
   for key in path:
     tree = tree[key]
   return tree
+
+
+def test_a_new_untied_decoder_starts_as_the_word_embeddings():
+  words = np.arange(12.0).reshape(4, 3)
+  model = {
+    "bert": {},
+    "mlm": {"transform": {"kernel": np.zeros((3, 3))}, "decoder": np.zeros((4, 3))},
+  }
+  head = new_mlm_head(model, {"bert": {"embeddings": {"word": words}}})["mlm"]
+  np.testing.assert_array_equal(head["decoder"], words)
+  np.testing.assert_array_equal(head["transform"]["kernel"], np.eye(3))
+  trained = {"bert": {}, "mlm": {"bias": np.ones(4)}}
+  assert new_mlm_head(model, trained) is trained  # a source's own head is kept as it is
