@@ -57,6 +57,7 @@ class Options:
   segmenter: str
   next_sentence: bool
   packing: bool
+  sentence_order: bool
   heldout_documents: float
   num_shards: int
   seed: int
@@ -74,6 +75,7 @@ class Options:
       segmenter=data.get("segmenter", ""),
       next_sentence=data.get("next_sentence", True),
       packing=data.get("packing", False),
+      sentence_order=data.get("sentence_order", False),
       heldout_documents=data.heldout_documents,
       num_shards=data.num_shards,
       seed=config.seed,
@@ -274,6 +276,7 @@ class _MakeShard(beam.DoFn):
       segment=self.segment,
       next_sentence=o.next_sentence,
       packing=o.packing,
+      sentence_order=o.sentence_order,
     )
     name = shards.shard_name(split, shard, o.num_shards)
     count = shards.write_shard(os.fspath(epath.Path(self.out) / name), arrays)

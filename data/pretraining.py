@@ -70,9 +70,11 @@ def build_pretraining_data(
   segment=None,
   next_sentence: bool = True,
   packing: bool = False,
+  sentence_order: bool = False,
 ) -> tuple[dict[str, np.ndarray], PretrainingStats]:
-  """Tokenize documents and pack them into NSP pairs, unmasked; without `next_sentence`,
-  into single-segment rows of whole sentences (make_full_sentence_rows) for MLM alone, or
+  """Tokenize documents and pack them into NSP pairs (with `sentence_order`, ALBERT's SOP
+  pairs: make_nsp_pairs), unmasked; without `next_sentence`, into single-segment rows of
+  whole sentences (make_full_sentence_rows) for MLM alone, or
   with `packing` into rows of several examples, each from one document (make_packed_rows;
   PretrainingData(example_start_id=[CLS]) gives them segment and position ids).
 
@@ -116,14 +118,18 @@ def build_pretraining_data(
 
   if packing and next_sentence:
     raise ValueError("packed rows are for MLM alone: set next_sentence=False")
+  if sentence_order and not next_sentence:
+    raise ValueError("sentence_order makes sentence pairs: set next_sentence=True")
   if packing:  # a literal "[CLS]" in the text would start a segment: read it as [UNK]
     flat_ids[flat_ids == tokenizer.cls_token_id] = tokenizer.unk_token_id
-  make_rows = (
-    make_nsp_pairs if next_sentence else make_packed_rows if packing else make_full_sentence_rows
-  )
-  instances = make_rows(
-    numbered, max_seq_length, short_seq_prob, np.random.default_rng(seed), dupe_factor
-  )
+  rng = np.random.default_rng(seed)
+  if next_sentence:
+    instances = make_nsp_pairs(
+      numbered, max_seq_length, short_seq_prob, rng, dupe_factor, sentence_order
+    )
+  else:
+    make_rows = make_packed_rows if packing else make_full_sentence_rows
+    instances = make_rows(numbered, max_seq_length, short_seq_prob, rng, dupe_factor)
   # EXAMPLE_START (-2) and DOCUMENT_BREAK (-1) look up the entries appended here: [CLS] and
   # [SEP], each a word start.
   flat_ids = np.append(

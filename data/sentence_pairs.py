@@ -5,6 +5,11 @@ rng): documents are cut into chunks of whole sentences close to a target
 length; a chunk is split into A and B, and half the time B is replaced by a
 run of sentences from another document. Sentences the replaced B would have
 used are put back, so no text is wasted.
+
+With `sentence_order` the negative is ALBERT's sentence-order prediction (Lan et
+al. 2020) instead: B is always A's continuation, and half the pairs are swapped.
+A random B is told apart by topic alone; a swapped pair only by how the text
+runs on, which is what a sentence-level objective should teach [CLS].
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def make_nsp_pairs(
   short_seq_prob: float,
   rng: np.random.Generator,
   dupe_factor: int = 1,
+  sentence_order: bool = False,
 ) -> list[Instance]:
   """NSP instances from tokenized documents (document -> sentence -> ids).
 
@@ -43,6 +49,10 @@ def make_nsp_pairs(
   place in that same document (the reference falls back to this too): the
   label stays "random next", but B may be near A, so the NSP signal is
   weaker; use more than one document for real runs. Output is shuffled.
+
+  With `sentence_order`, is_random_next means "A and B swapped" (B is never from
+  another document); a chunk of one sentence is split at a random token, and a
+  chunk of one token makes no pair.
   """
   if max_seq_length < 5:
     raise ValueError(f"max_seq_length={max_seq_length} leaves no room for A and B")
@@ -54,7 +64,9 @@ def make_nsp_pairs(
   for _ in range(dupe_factor):
     for document_index in range(len(documents)):
       instances.extend(
-        _pairs_from_document(documents, document_index, max_seq_length, short_seq_prob, rng)
+        _pairs_from_document(
+          documents, document_index, max_seq_length, short_seq_prob, rng, sentence_order
+        )
       )
   order = rng.permutation(len(instances))
   return [instances[i] for i in order]
@@ -66,6 +78,7 @@ def _pairs_from_document(
   max_seq_length: int,
   short_seq_prob: float,
   rng: np.random.Generator,
+  sentence_order: bool = False,
 ) -> list[Instance]:
   document = documents[document_index]
   max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
@@ -81,20 +94,44 @@ def _pairs_from_document(
     chunk.append(document[i])
     chunk_length += len(document[i])
     if i == len(document) - 1 or chunk_length >= target_length:
-      a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
-      tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-      is_random_next = len(chunk) == 1 or rng.random() < 0.5
-      if is_random_next:
-        other = _other_document(documents, document_index, rng)
-        tokens_b = _random_run(other, target_length - len(tokens_a), rng)
-        i -= len(chunk) - a_end  # put back the sentences B did not use
+      if sentence_order:
+        instances.extend(_order_pair(chunk, max_num_tokens, rng, document_index))
       else:
-        tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
-      truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
-      instances.append(Instance(tokens_a, tokens_b, is_random_next, document_index))
+        a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+        tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+        is_random_next = len(chunk) == 1 or rng.random() < 0.5
+        if is_random_next:
+          other = _other_document(documents, document_index, rng)
+          tokens_b = _random_run(other, target_length - len(tokens_a), rng)
+          i -= len(chunk) - a_end  # put back the sentences B did not use
+        else:
+          tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+        truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+        instances.append(Instance(tokens_a, tokens_b, is_random_next, document_index))
       chunk, chunk_length = [], 0
     i += 1
   return instances
+
+
+def _order_pair(
+  chunk: list[list[int]], max_num_tokens: int, rng: np.random.Generator, document_index: int
+) -> list[Instance]:
+  """A chunk cut into A and its continuation B, swapped half the time (is_random_next);
+  none from a chunk of one token."""
+  if len(chunk) >= 2:
+    a_end = int(rng.integers(1, len(chunk)))
+    tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+    tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+  elif len(chunk[0]) >= 2:
+    cut = int(rng.integers(1, len(chunk[0])))
+    tokens_a, tokens_b = list(chunk[0][:cut]), list(chunk[0][cut:])
+  else:
+    return []
+  truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+  swapped = bool(rng.random() < 0.5)
+  if swapped:
+    tokens_a, tokens_b = tokens_b, tokens_a
+  return [Instance(tokens_a, tokens_b, swapped, document_index)]
 
 
 def _other_document(

@@ -41,9 +41,10 @@ CHECKED_FIELDS = (
   "lowercase",
   "next_sentence",
   "packing",
+  "sentence_order",
 )
 # For manifests written before a field existed.
-FIELD_DEFAULTS = {"next_sentence": True, "packing": False}
+FIELD_DEFAULTS = {"next_sentence": True, "packing": False, "sentence_order": False}
 
 
 def shard_name(split: str, index: int, count: int) -> str:

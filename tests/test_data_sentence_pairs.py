@@ -112,6 +112,32 @@ def test_single_sentence_documents_pair_with_other_documents():
   assert all(p.tokens_b[0] // 1000 != p.document_index for p in pairs)
 
 
+def test_sentence_order_pairs_are_a_and_its_continuation_swapped_half_the_time():
+  documents = synthetic_documents(100)
+  pairs = make_nsp_pairs(documents, 128, 0.1, np.random.default_rng(0), sentence_order=True)
+  assert 0.4 <= np.mean([p.is_random_next for p in pairs]) <= 0.6
+  for pair in pairs:
+    tokens = pair.tokens_a + pair.tokens_b
+    assert {token // 1000 for token in tokens} == {pair.document_index}
+    swapped = pair.is_random_next
+    first, second = (pair.tokens_b, pair.tokens_a) if swapped else (pair.tokens_a, pair.tokens_b)
+    assert first and second and max(first) < min(second)
+  # B is never drawn from elsewhere, so each token is used once at most.
+  used = [t for p in pairs for t in p.tokens_a + p.tokens_b]
+  assert len(used) == len(set(used)) >= 0.9 * sum(len(s) for d in documents for s in d)
+
+
+def test_sentence_order_splits_a_lone_sentence_and_skips_a_lone_token():
+  documents = [[[1000 * d + i for i in range(6)]] for d in range(10)] + [[[99_000]]]
+  pairs = make_nsp_pairs(documents, 32, 0.0, np.random.default_rng(0), sentence_order=True)
+  assert len(pairs) == 10
+  for pair in pairs:
+    in_order = (
+      pair.tokens_b + pair.tokens_a if pair.is_random_next else pair.tokens_a + pair.tokens_b
+    )
+    assert in_order == [1000 * pair.document_index + i for i in range(6)]
+
+
 def test_pack_instance_lays_out_cls_a_sep_b_sep_and_pads():
   packed = pack_instance(Instance([10, 11], [20, 21, 22], True, 0), 10, CLS, SEP, PAD)
   np.testing.assert_array_equal(packed["input_ids"], [CLS, 10, 11, SEP, 20, 21, 22, SEP, PAD, PAD])

@@ -195,6 +195,7 @@ def test_a_workdir_prepared_from_other_text_is_refused(prepared, tmp_path):
     ({"data.max_seq_length": 24}, "data.max_seq_length=32"),
     ({"data.lowercase": False}, "data.lowercase=True"),
     ({"data.next_sentence": False}, "data.next_sentence=True"),
+    ({"data.sentence_order": True}, "data.sentence_order=False"),
   ],
 )
 def test_a_run_with_other_options_than_the_preparation_is_refused(prepared, override, named):
@@ -235,6 +236,13 @@ def test_mlm_alone_prepares_single_segment_rows(tmp_path):
   assert manifest["options"]["next_sentence"] is False
   assert not batch["token_type_ids"].any() and not batch["next_sentence_label"].any()
   assert batch["attention_mask"].mean() > 0.8  # rows are filled across documents
+
+
+def test_sentence_order_prepares_pairs_of_one_document_half_of_them_swapped(tmp_path):
+  _, _, manifest, _, batch = prepare_train_rows(tmp_path, "sop", **{"data.sentence_order": True})
+  assert manifest["options"]["sentence_order"] is True
+  assert 0.3 < batch["next_sentence_label"].mean() < 0.7
+  assert (batch["token_type_ids"].sum(1) > 0).all()  # every row is a pair
 
 
 def test_packed_mlm_rows_prepare_and_a_run_unpacked_is_refused(tmp_path):

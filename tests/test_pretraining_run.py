@@ -17,6 +17,7 @@ from helpers.pretraining import tiny_config
 from train import hf, loop
 from train import mesh as mesh_lib
 from train import step as step_lib
+from train.errors import UserError
 from train.losses import PretrainingObjective
 from train.profiling import train_flops_per_step
 from train.state import create_train_state
@@ -78,6 +79,22 @@ def test_mlm_alone_learns_and_leaves_the_nsp_head_untouched(tmp_path):
   for a, b in ((start["nsp"], end["nsp"]), (start["bert"]["pooler"], end["bert"]["pooler"])):
     jax.tree.map(np.testing.assert_array_equal, a, b)
   assert not np.array_equal(start["mlm"]["bias"], end["mlm"]["bias"])
+
+
+def test_sentence_order_trains_the_nsp_head_and_needs_sentence_pairs(tmp_path):
+  sop = {"data.sentence_order": True, "optimizer.total_steps": 4}
+  loop.train_and_evaluate(
+    tiny_config(tmp_path, **sop, **{"checkpoint.every_steps": 2}), str(tmp_path / "run")
+  )
+  rows = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+  assert rows[-1]["loss"] == pytest.approx(rows[-1]["mlm_loss"] + rows[-1]["nsp_loss"])
+  _, start, _ = hf.read_workdir_params(str(tmp_path / "run"), step=2)
+  _, end, _ = hf.read_workdir_params(str(tmp_path / "run"))
+  assert not np.array_equal(start["nsp"]["kernel"], end["nsp"]["kernel"])
+  with pytest.raises(UserError, match="set data.next_sentence=True"):
+    loop.train_and_evaluate(
+      tiny_config(tmp_path, **sop, **{"data.next_sentence": False}), str(tmp_path / "mlm")
+    )
 
 
 @pytest.mark.slow

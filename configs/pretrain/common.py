@@ -50,6 +50,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
       # documents (RoBERTa's FULL-SENTENCES); short texts (reviews, task sentences) then
       # fill rows instead of padding them, and the NSP head is not trained.
       next_sentence=True,
+      # With next_sentence=True: the negative pair is A and its continuation B swapped
+      # (ALBERT's sentence-order prediction) instead of B from another document.
+      sentence_order=False,
       # With next_sentence=False: rows of several examples, each one document's whole
       # sentences in its own segment (attention stays inside it, positions restart), packed
       # first-fit; short texts fill rows without seeing each other (data/sentence_pairs.py).

@@ -120,6 +120,10 @@ def build(config, workdir: str) -> Task:
       "data.packing=True packs examples for MLM alone: set data.next_sentence=False "
       "(NSP pairs are not packed yet; see README, Packing)"
     )
+  if data.get("sentence_order", False) and not data.get("next_sentence", True):
+    raise UserError(
+      "data.sentence_order=True orders sentence pairs for the NSP head: set data.next_sentence=True"
+    )
   if data.source == "prepared":
     return _build_prepared(config, model_config, data.paths, workdir)
   if data.source in ("text", "tfds") and data.get("prepare_in_workdir") and workdir:
@@ -153,6 +157,7 @@ def build(config, workdir: str) -> Task:
       segment,
       next_sentence=data.get("next_sentence", True),
       packing=data.get("packing", False),
+      sentence_order=data.get("sentence_order", False),
     )
 
   train_arrays, train_stats = arrays_for(train_docs, config.seed)
