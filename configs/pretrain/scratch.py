@@ -13,7 +13,8 @@ paper's recipe, and why (measured in README, "Getting a better model from your
 own text"):
 - no NSP (data.next_sentence=False): rows of whole sentences run on across
   documents, so short texts fill rows instead of padding them, and every token
-  of compute goes to MLM (Cramming, RoBERTa);
+  of compute goes to MLM (Cramming, RoBERTa). ALBERT's sentence-order prediction
+  (data.sentence_order) was measured on top and lost on SST-2 and CoNLL-2003;
 - no dropout: a short run sees each row a few times, and dropout only slows it
   (Cramming);
 - a WordPiece vocab learned from the corpus (8,192 pieces): a small model spends
