@@ -98,19 +98,23 @@ def _pairs_from_document(
         instances.extend(_order_pair(chunk, max_num_tokens, rng, document_index))
       else:
         a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
-        tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+        tokens_a = _joined(chunk[:a_end])
         is_random_next = len(chunk) == 1 or rng.random() < 0.5
         if is_random_next:
           other = _other_document(documents, document_index, rng)
           tokens_b = _random_run(other, target_length - len(tokens_a), rng)
           i -= len(chunk) - a_end  # put back the sentences B did not use
         else:
-          tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+          tokens_b = _joined(chunk[a_end:])
         truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
         instances.append(Instance(tokens_a, tokens_b, is_random_next, document_index))
       chunk, chunk_length = [], 0
     i += 1
   return instances
+
+
+def _joined(sentences: list[list[int]]) -> list[int]:
+  return [t for sentence in sentences for t in sentence]
 
 
 def _order_pair(
@@ -120,8 +124,8 @@ def _order_pair(
   none from a chunk of one token."""
   if len(chunk) >= 2:
     a_end = int(rng.integers(1, len(chunk)))
-    tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-    tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+    tokens_a = _joined(chunk[:a_end])
+    tokens_b = _joined(chunk[a_end:])
   elif len(chunk[0]) >= 2:
     cut = int(rng.integers(1, len(chunk[0])))
     tokens_a, tokens_b = list(chunk[0][:cut]), list(chunk[0][cut:])

@@ -62,10 +62,9 @@ def test_shards_are_the_same_with_one_and_three_workers(prepared, tmp_path):
     assert json.load(f) == one
 
 
-def test_a_shard_holds_the_instances_memory_builds_from_its_documents(prepared):
-  """Shard k is build_pretraining_data over its documents, in corpus order, seeded by
-  (seed, split, k): the same arrays, so the same batches as the in-memory path."""
-  config, directory = prepared
+def assert_shards_are_built_in_memory(config, directory, **build_options):
+  """Every train shard equals build_pretraining_data(**build_options) over its documents;
+  returns the prepared rows, the tokenizer and each shard's documents."""
   manifest = shards.read_manifest(directory)
   options = prepare.Options.from_config(config)
   files = manifest["files"]
@@ -77,19 +76,34 @@ def test_a_shard_holds_the_instances_memory_builds_from_its_documents(prepared):
   fraction = prepare.heldout_fraction(options.heldout_documents, len(keyed))
   tokenizer = tokenizer_lib.load_tokenizer(config.data.vocab)
   rows = shards.PreparedRows(directory, "train", manifest, tokenizer.pad_token_id)
-  start = 0
+  start, shard_documents = 0, []
   for entry in manifest["splits"]["train"]:
     shard = int(entry["file"].split("-")[1])
     documents = [d for key, d in keyed if prepare.place(key, options, fraction) == ("train", shard)]
     expected, _ = build_pretraining_data(
-      documents, tokenizer, 32, options.short_seq_prob, options.dupe_factor, (0, 0, shard)
+      documents,
+      tokenizer,
+      32,
+      options.short_seq_prob,
+      options.dupe_factor,
+      (0, 0, shard),
+      **build_options,
     )
     got = rows.rows(np.arange(start, start + entry["count"]))
     assert got.keys() == expected.keys()
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     start += entry["count"]
+    shard_documents.append(documents)
   assert start == len(rows)
+  return rows, tokenizer, shard_documents
+
+
+def test_a_shard_holds_the_instances_memory_builds_from_its_documents(prepared):
+  """Shard k is build_pretraining_data over its documents, in corpus order, seeded by
+  (seed, split, k): the same arrays, so the same batches as the in-memory path."""
+  config, directory = prepared
+  rows, tokenizer, _ = assert_shards_are_built_in_memory(config, directory)
   # Batches are the in-memory ones for the same rows, masks included.
   in_memory = rows.rows(np.arange(len(rows)))
   masking = MaskingConfig.from_tokenizer(tokenizer, max_predictions=5)
@@ -238,11 +252,20 @@ def test_mlm_alone_prepares_single_segment_rows(tmp_path):
   assert batch["attention_mask"].mean() > 0.8  # rows are filled across documents
 
 
-def test_sentence_order_prepares_pairs_of_one_document_half_of_them_swapped(tmp_path):
-  _, _, manifest, _, batch = prepare_train_rows(tmp_path, "sop", **{"data.sentence_order": True})
+def test_sentence_order_prepares_the_sop_pairs_memory_builds(tmp_path):
+  sop = {"data.sentence_order": True}
+  config, directory, manifest, _, batch = prepare_train_rows(tmp_path, "sop", **sop)
   assert manifest["options"]["sentence_order"] is True
   assert 0.3 < batch["next_sentence_label"].mean() < 0.7
-  assert (batch["token_type_ids"].sum(1) > 0).all()  # every row is a pair
+  _, tokenizer, documents = assert_shards_are_built_in_memory(
+    config, directory, sentence_order=True
+  )
+  # ... which are not the NSP pairs of the same documents: the option reached the pairs.
+  nsp, _ = build_pretraining_data(documents[0], tokenizer, 32, 0.1, 2, (0, 0, 0))
+  sop, _ = build_pretraining_data(
+    documents[0], tokenizer, 32, 0.1, 2, (0, 0, 0), sentence_order=True
+  )
+  assert not np.array_equal(nsp["input_ids"], sop["input_ids"])
 
 
 def test_packed_mlm_rows_prepare_and_a_run_unpacked_is_refused(tmp_path):

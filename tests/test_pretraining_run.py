@@ -91,6 +91,10 @@ def test_sentence_order_trains_the_nsp_head_and_needs_sentence_pairs(tmp_path):
   _, start, _ = hf.read_workdir_params(str(tmp_path / "run"), step=2)
   _, end, _ = hf.read_workdir_params(str(tmp_path / "run"))
   assert not np.array_equal(start["nsp"]["kernel"], end["nsp"]["kernel"])
+  # The in-memory path made SOP pairs, not NSP pairs: the same step's batch differs.
+  sop_batch = build_task(tiny_config(tmp_path, **sop), str(tmp_path / "t1")).train_data.batch(0)
+  nsp_batch = build_task(tiny_config(tmp_path), str(tmp_path / "t2")).train_data.batch(0)
+  assert not np.array_equal(sop_batch["input_ids"], nsp_batch["input_ids"])
   with pytest.raises(UserError, match="set data.next_sentence=True"):
     loop.train_and_evaluate(
       tiny_config(tmp_path, **sop, **{"data.next_sentence": False}), str(tmp_path / "mlm")
