@@ -111,3 +111,42 @@ def test_a_missing_workdir_is_named():
   result = run("train.main", TINY)
   assert result.returncode == 1
   assert "--workdir is required" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compilation_cache_dir_prefers_the_flag_then_jax_variable_then_home():
+  from train.cli import compilation_cache_dir
+
+  assert compilation_cache_dir("/c", {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/c"
+  assert compilation_cache_dir(None, {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/env"
+  assert compilation_cache_dir(None, {}) == os.path.expanduser("~/.cache/bert-flax/xla")
+  assert compilation_cache_dir("gs://b/xla", {}) == "gs://b/xla"
+  assert compilation_cache_dir("none", {"JAX_COMPILATION_CACHE_DIR": "/env"}) is None
+
+
+@pytest.mark.slow
+def test_a_job_keeps_its_compilations_under_home_unless_told_none(tmp_path):
+  # The default cache is ~/.cache/bert-flax/xla; HOME points at tmp_path, and the suite's
+  # own cache variable is dropped so the default applies.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  cache = tmp_path / ".cache" / "bert-flax" / "xla"
+
+  def job(name, *flags):
+    return subprocess.run(
+      [sys.executable, "-m", "train.main", "--config=configs/pretrain/bert_tiny.py:4"]
+      + [f"--workdir={tmp_path / name}", *flags],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=env,
+    )
+
+  off = job("off", "--compilation_cache_dir=none")
+  assert off.returncode == 0, off.stderr[-2000:]
+  assert "compilation cache: off" in off.stderr
+  assert not cache.exists()
+  on = job("on")
+  assert on.returncode == 0, on.stderr[-2000:]
+  assert f"compilation cache: {cache}" in on.stderr
+  assert len(list(cache.iterdir())) >= 2  # the train step and the eval step at least
