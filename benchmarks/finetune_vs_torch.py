@@ -19,6 +19,10 @@ BertForQuestionAnswering with:
     LayerNorm), 10 % linear warmup then linear decay to 0, clip 1.0,
     dropout 0.1, fp32, transformers' own losses.
 
+With --trainer a third row runs `transformers.Trainer` itself, with
+DataCollatorWithPadding, on the PyTorch row's examples in the same order: the
+job HF users run, its data loading, callbacks and logging included.
+
 What differs is the framework: kernels, float rounding and dropout masks.
 With --torch_dropout=ours the PyTorch row applies our job's dropout masks
 step for step (torch_dropout.py), which leaves kernels and rounding: the
@@ -87,6 +91,13 @@ flags.DEFINE_list(
   "list is fixed alone.",
 )
 flags.DEFINE_float("lr", 5e-5, "Peak learning rate, both rows.")
+flags.DEFINE_bool(
+  "trainer",
+  False,
+  "Also run transformers.Trainer itself (DataCollatorWithPadding; NER: "
+  "DataCollatorForTokenClassification) on PyTorch's examples in the same order: the job HF "
+  "users run, Trainer's own overhead included. Not for SQuAD.",
+)
 flags.DEFINE_integer("doc_stride", 128, "SQuAD: context tokens between window starts.")
 flags.DEFINE_integer(
   "eval_questions",
@@ -465,6 +476,111 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   }
 
 
+def trainer_features(train_data, steps: int) -> list[dict]:
+  """Our job's first `steps` batches as transformers features, example by example in order:
+  unpadded, as a user's tokenised dataset holds them, labels in transformers' spelling
+  (-100 where a token carries none)."""
+  arrays = train_data.arrays
+  features = []
+  for step in range(steps):
+    for i in train_data.sampler.indices(step):
+      n = int(arrays["attention_mask"][i].sum())
+      feature = {k: arrays[k][i, :n].tolist() for k in ("input_ids", "token_type_ids")}
+      feature["attention_mask"] = [1] * n
+      if head_kind() == "classification":
+        feature["labels"] = int(arrays["label"][i])
+      else:
+        labels = np.where(arrays["label_weights"][i, :n] > 0, arrays["labels"][i, :n], -100)
+        feature["labels"] = labels.tolist()
+      features.append(feature)
+  return features
+
+
+def run_trainer(config, hf_dir: str, workdir: str) -> dict:
+  """`transformers.Trainer` as users run it, on our job's examples in our order.
+
+  Trainer with DataCollatorWithPadding (DataCollatorForTokenClassification for NER),
+  its own AdamW (decay off biases and LayerNorm), linear schedule and clipping, the
+  same recipe as run_torch's loop; the examples stream in order (an IterableDataset
+  is not shuffled), so its batches are the loop's. Train wall counts the same setup
+  as run_torch's plus the tokenizer load and Trainer's own construction.
+  """
+  import torch
+  import transformers
+
+  if head_kind() == "question_answering":
+    raise app.UsageError("--trainer: classification and token classification only")
+  torch.manual_seed(config.seed)
+  start = time.perf_counter()
+  task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
+  head, _ = initial_outputs(task, graphdef, state, frozen, mesh, rules)
+  setup = time.perf_counter() - start
+  start = time.perf_counter()
+  model = torch_model(hf_dir, task, head)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  features = trainer_features(task.train_data, FLAGS.steps)
+
+  class InOrder(torch.utils.data.IterableDataset):
+    def __iter__(self):
+      return iter(features)
+
+  collator = (
+    transformers.DataCollatorWithPadding(tokenizer)
+    if head_kind() == "classification"
+    else transformers.DataCollatorForTokenClassification(tokenizer)
+  )
+  step_times = []
+
+  class StepTimes(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+      self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+      step_times.append(time.perf_counter() - self.start)
+
+  args = transformers.TrainingArguments(
+    output_dir=os.path.join(workdir, "trainer"),
+    max_steps=FLAGS.steps,
+    per_device_train_batch_size=config.batch_size,
+    learning_rate=FLAGS.lr,
+    warmup_steps=int(0.1 * FLAGS.steps),
+    lr_scheduler_type="linear",
+    weight_decay=0.01,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    adam_epsilon=1e-6,
+    max_grad_norm=1.0,
+    seed=config.seed,
+    logging_steps=LOG_EVERY,
+    save_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+  )
+  trainer = transformers.Trainer(
+    model=model,
+    args=args,
+    train_dataset=InOrder(),
+    data_collator=collator,
+    callbacks=[StepTimes()],
+  )
+  result = trainer.train()
+  train_wall = time.perf_counter() - start + setup
+  train_losses = [(r["step"], r["loss"]) for r in trainer.state.log_history if "loss" in r]
+  train_losses = train_losses or [(FLAGS.steps, result.training_loss)]  # fewer steps than a log
+  start = time.perf_counter()
+  dev = torch_evaluate(model, task, "eval")
+  test = torch_evaluate(model, task, "test")
+  return {
+    "dev": dev,
+    "test": test,
+    "train_wall": train_wall,
+    "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
+    "eval_wall": time.perf_counter() - start,
+    "train_losses": train_losses,
+  }
+
+
 # --------------------------------------------------------------------------
 # Report
 
@@ -484,10 +600,19 @@ def _rows(run: dict) -> list[tuple[str, str, dict]]:
   rows = [(p, PADDINGS[p], {**run["ours"][p], "share": shares[p]}) for p in run["ours"]]
   torch_name = "PyTorch, our masks" if FLAGS.torch_dropout == "ours" else "PyTorch"
   torch_name += ", DataCollatorWithPadding" if torch_pads_to_longest() else ", max_seq_length"
-  return rows + [("torch", torch_name, {**run["torch"], "share": shares["torch"]})]
+  rows.append(("torch", torch_name, {**run["torch"], "share": shares["torch"]}))
+  if "trainer" in run:
+    rows.append(("trainer", "transformers Trainer", {**run["trainer"], "share": shares["torch"]}))
+  return rows
 
 
-def _cells(row: dict, torch_wall: float) -> list[str]:
+def _walls(runs: list[dict]) -> dict[str, float]:
+  """The reference train walls the ratio columns divide: PyTorch's loop, and Trainer's."""
+  keys = ["torch"] + (["trainer"] if all("trainer" in run for run in runs) else [])
+  return {k: statistics.fmean([run[k]["train_wall"] for run in runs]) for k in keys}
+
+
+def _cells(row: dict, walls: dict[str, float]) -> list[str]:
   """The columns after the scores, for one row or (averaged) several."""
   return [
     f"{last_loss(row):.3f}",
@@ -495,7 +620,7 @@ def _cells(row: dict, torch_wall: float) -> list[str]:
     f"{row['train_wall']:.0f}",
     f"{1 / row['step_time']:.2f}",
     f"{row['eval_wall']:.0f}",
-    f"{torch_wall / row['train_wall']:.2f}x",
+    *[f"{wall / row['train_wall']:.2f}x" for wall in walls.values()],
   ]
 
 
@@ -520,6 +645,7 @@ def table(runs: list[dict], hf_dir: str) -> str:
   )
   header = ["seed", "run", *names, "last train loss", "real tokens %", "train wall s"]
   header += ["steps/s", "eval wall s", "train speed vs PyTorch"]
+  header += ["train speed vs Trainer"] if "trainer" in _walls(runs) else []
   lines = [
     f"{FLAGS.task}, {FLAGS.hf_dir or 'all-MiniLM-L6-v2'}, {FLAGS.steps} steps x batch "
     f"{FLAGS.batch_size} x seq {FLAGS.seq_len}, lr {FLAGS.lr}, CPU ({os.cpu_count()} cores)",
@@ -528,22 +654,22 @@ def table(runs: list[dict], hf_dir: str) -> str:
     "|" + "---|" * len(header),
   ]
   for run in runs:
-    torch_wall = run["torch"]["train_wall"]
+    walls = {k: v for k, v in _walls([run]).items() if k in _walls(runs)}
     for _, name, row in _rows(run):
       cells = [str(run["seed"]), name, *[f"{v:.2f}" for v in _values(row)]]
-      lines.append("| " + " | ".join(cells + _cells(row, torch_wall)) + " |")
+      lines.append("| " + " | ".join(cells + _cells(row, walls)) + " |")
   if len(runs) > 1:
-    torch_wall = statistics.fmean([run["torch"]["train_wall"] for run in runs])
+    walls = _walls(runs)
     for index, (_, name, _) in enumerate(_rows(runs[0])):
       rows = [_rows(run)[index][2] for run in runs]
       scores = np.array([_values(r) for r in rows])
       cells = [f"{m:.2f} ± {d:.2f}" for m, d in zip(scores.mean(0), scores.std(0))]
       lines.append(
-        "| " + " | ".join(["mean ± std", name, *cells, *_cells(_mean_row(rows), torch_wall)]) + " |"
+        "| " + " | ".join(["mean ± std", name, *cells, *_cells(_mean_row(rows), walls)]) + " |"
       )
     # Seeds pair the rows (same init, head and batches): the per-seed difference
     # is the quantity to read, with its standard error over seeds.
-    for key, name, _ in _rows(runs[0])[:-1]:
+    for key, name, _ in [r for r in _rows(runs[0]) if r[0] in runs[0]["ours"]]:
       pairs = [(run["ours"][key], run["torch"]) for run in runs]
       diffs = np.array([np.subtract(_values(ours), _values(torch)) for ours, torch in pairs])
       errors = diffs.std(0, ddof=1) / np.sqrt(len(runs))
@@ -553,7 +679,8 @@ def table(runs: list[dict], hf_dir: str) -> str:
         + " | ".join(
           ["paired", f"{name} − PyTorch, mean ± s.e."]
           + [f"{m:+.2f} ± {e:.2f}" for m, e in zip(diffs.mean(0), errors)]
-          + [f"{loss_diff:+.3f}", "", "", "", "", ""]
+          + [f"{loss_diff:+.3f}"]
+          + [""] * (4 + len(walls))
         )
         + " |"
       )
@@ -593,6 +720,17 @@ def table(runs: list[dict], hf_dir: str) -> str:
       f"its end-of-run checkpoint. steps/s leaves out the first {LOG_EVERY} steps on both "
       "sides. Eval wall: dev (+ test) forward passes and scoring; ours includes its compiles. "
       "Train speed vs PyTorch: PyTorch's train wall over the row's.",
+      *(
+        [
+          "- transformers Trainer: `Trainer` itself with DataCollatorWithPadding "
+          "(NER: DataCollatorForTokenClassification), the same recipe through "
+          "TrainingArguments, PyTorch's examples streamed in the same order; its train wall "
+          "adds the tokenizer load and Trainer's own construction, data loading and logging. "
+          "Train speed vs Trainer: Trainer's train wall over the row's."
+        ]
+        if "trainer" in _walls(runs)
+        else []
+      ),
       "- Each seed runs ours (each padding), then PyTorch, in one process on a shared machine.",
     ]
     + commands
@@ -615,6 +753,7 @@ def setup() -> dict:
       "eval_questions",
       "torch_dropout",
       "padding",
+      "trainer",
     )
   }
 
@@ -673,16 +812,20 @@ def main(argv):
     items = overrides(seed, hf_dir, paths, "dynamic" if torch_pads_to_longest() else "fixed")
     torch_row = run_torch(job_config(items), hf_dir, os.path.join(root, f"torch_seed{seed}"))
     logging.info("seed %d, torch: %s", seed, torch_row)
-    runs.append(
-      {
-        "seed": seed,
-        "setup": setup(),
-        "commands": commands,
-        "benchmark": benchmark,
-        "ours": ours,
-        "torch": torch_row,
-      }
-    )
+    run = {
+      "seed": seed,
+      "setup": setup(),
+      "commands": commands,
+      "benchmark": benchmark,
+      "ours": ours,
+      "torch": torch_row,
+    }
+    if FLAGS.trainer:
+      run["trainer"] = run_trainer(
+        job_config(items), hf_dir, os.path.join(root, f"trainer_seed{seed}")
+      )
+      logging.info("seed %d, Trainer: %s", seed, run["trainer"])
+    runs.append(run)
     with open(out, "w") as f:  # rewritten after every seed: partial results survive
       f.write(table(runs, hf_dir))
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
