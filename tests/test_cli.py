@@ -123,6 +123,27 @@ def test_compilation_cache_dir_prefers_the_flag_then_jax_variable_then_home():
   assert compilation_cache_dir("none", {"JAX_COMPILATION_CACHE_DIR": "/env"}) is None
 
 
+def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off(tmp_path, monkeypatch, caplog):
+  import jax
+
+  from train.cli import enable_compilation_cache
+
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "kept"))
+  try:
+    assert enable_compilation_cache(str(blocker / "xla")) is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    assert f"compilation cache off: cannot make {blocker / 'xla'}" in caplog.text
+    assert enable_compilation_cache(str(tmp_path / "made")) == str(tmp_path / "made")
+    assert (tmp_path / "made").is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "made")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
 @pytest.mark.slow
 def test_a_job_keeps_its_compilations_under_home_unless_told_none(tmp_path):
   # The default cache is ~/.cache/bert-flax/xla; HOME points at tmp_path, and the suite's

@@ -50,13 +50,23 @@ def compilation_cache_dir(flag: str | None, environ=os.environ) -> str | None:
   return path if "://" in path else os.path.expanduser(path)
 
 
-def enable_compilation_cache() -> str | None:
-  """Points JAX at the cache before anything compiles; returns the folder.
+def enable_compilation_cache(flag: str | None) -> str | None:
+  """Points JAX at the cache before anything compiles; returns the folder, or None when off.
 
   Through JAX's own variable, which it reads when imported, so a tool that never imports
-  JAX (data.prepare) does not pay for it, and the processes a job starts inherit it.
+  JAX (data.prepare) does not pay for it, and the processes a job starts inherit it. A
+  local folder that cannot be made turns the cache off with one warning, where JAX
+  would warn at every compile.
   """
-  path = compilation_cache_dir(flags.FLAGS.compilation_cache_dir)
+  from absl import logging
+
+  path = compilation_cache_dir(flag)
+  if path is not None and "://" not in path:
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as error:
+      logging.warning("compilation cache off: cannot make %s (%s)", path, error.strerror)
+      path = None
   if path is None:
     os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
   else:
@@ -163,8 +173,8 @@ def run(main) -> None:
     from absl import logging
 
     logging.get_absl_handler().addFilter(QuietLibraries())
-    cache = enable_compilation_cache()
-    logging.info("compilation cache: %s", cache or "off (--compilation_cache_dir=none)")
+    cache = enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
+    logging.info("compilation cache: %s", cache or "off")
     return main(args)
 
   try:
