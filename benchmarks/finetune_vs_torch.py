@@ -508,8 +508,6 @@ def run_trainer(config, hf_dir: str, workdir: str) -> dict:
   import torch
   import transformers
 
-  if head_kind() == "question_answering":
-    raise app.UsageError("--trainer: classification and token classification only")
   torch.manual_seed(config.seed)
   start = time.perf_counter()
   task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
@@ -731,7 +729,9 @@ def table(runs: list[dict], hf_dir: str) -> str:
         if "trainer" in _walls(runs)
         else []
       ),
-      "- Each seed runs ours (each padding), then PyTorch, in one process on a shared machine.",
+      "- Each seed runs ours (each padding), then PyTorch"
+      + (", then Trainer" if "trainer" in _walls(runs) else "")
+      + ", in one process on a shared machine.",
     ]
     + commands
     + [f"- Command: `{command}`" for command in benchmarks]
@@ -765,7 +765,7 @@ def merged_runs() -> list[dict]:
       for run in json.load(f):
         if "commands" not in run:
           raise app.UsageError(f"{path}: recorded before --padding took a list; run it again")
-        if run["setup"] != setup():
+        if {"trainer": False, **run["setup"]} != setup():  # recorded before --trainer: False
           raise app.UsageError(
             f"{path}, seed {run['seed']}: ran with {run['setup']}, not this command's {setup()}"
           )
@@ -785,6 +785,8 @@ def main(argv):
   if unknown or not FLAGS.padding:
     listed = ",".join(FLAGS.padding)
     raise app.UsageError(f"--padding={listed}: each must be one of {list(PADDINGS)}")
+  if FLAGS.trainer and head_kind() == "question_answering":
+    raise app.UsageError(f"--trainer with --task={FLAGS.task}: classification and NER only")
   for seed in seeds:
     if any(run["seed"] == seed for run in runs):
       raise app.UsageError(f"seed {seed} is already in --merge={FLAGS.merge}")
