@@ -392,6 +392,29 @@ def real_token_shares(train_data, steps: int, seq_len: int) -> dict[str, float]:
   }
 
 
+def torch_start(config, workdir: str):
+  """What both PyTorch rows start from: (task, our step-0 (graphdef, state, frozen, mesh,
+  rules), our initial head, our outputs on the first dev batch, setup seconds). The setup
+  is our job's data and init, which a transformers user pays too (tokenising, loading the
+  weights), and is counted in their train wall."""
+  import torch
+
+  torch.manual_seed(config.seed)
+  start = time.perf_counter()
+  task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
+  head, ours_step0 = initial_outputs(task, graphdef, state, frozen, mesh, rules)
+  setup = time.perf_counter() - start
+  return task, (graphdef, state, frozen, mesh, rules), head, ours_step0, setup
+
+
+def torch_scores(model, task) -> tuple[dict, dict, float]:
+  """(dev scores, test scores, seconds) of a trained transformers model."""
+  start = time.perf_counter()
+  dev = torch_evaluate(model, task, "eval")
+  test = torch_evaluate(model, task, "test")
+  return dev, test, time.perf_counter() - start
+
+
 def run_torch(config, hf_dir: str, workdir: str) -> dict:
   """transformers' model on our job's batches; fp32, default threads.
 
@@ -401,12 +424,10 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
   import torch
   from transformers import get_linear_schedule_with_warmup
 
-  torch.manual_seed(config.seed)
-  start = time.perf_counter()
-  task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
+  task, (graphdef, state, frozen, mesh, rules), head, ours_step0, setup = torch_start(
+    config, workdir
+  )
   shares = real_token_shares(task.train_data, FLAGS.steps, config.data.max_seq_length)
-  head, ours_step0 = initial_outputs(task, graphdef, state, frozen, mesh, rules)
-  setup = time.perf_counter() - start  # ours pays this inside its own job; not counted twice
   start = time.perf_counter()
   model = torch_model(hf_dir, task, head)
   model.eval()
@@ -458,11 +479,7 @@ def run_torch(config, hf_dir: str, workdir: str) -> dict:
         float(np.mean(step_times[-LOG_EVERY:])),
       )
   train_wall = time.perf_counter() - start + setup
-
-  start = time.perf_counter()
-  dev = torch_evaluate(model, task, "eval")
-  test = torch_evaluate(model, task, "test")
-  eval_wall = time.perf_counter() - start
+  dev, test, eval_wall = torch_scores(model, task)
   return {
     "dev": dev,
     "test": test,
@@ -508,11 +525,7 @@ def run_trainer(config, hf_dir: str, workdir: str) -> dict:
   import torch
   import transformers
 
-  torch.manual_seed(config.seed)
-  start = time.perf_counter()
-  task, graphdef, state, frozen, mesh, rules = initial_state(config, workdir)
-  head, _ = initial_outputs(task, graphdef, state, frozen, mesh, rules)
-  setup = time.perf_counter() - start
+  task, _, head, _, setup = torch_start(config, workdir)
   start = time.perf_counter()
   model = torch_model(hf_dir, task, head)
   tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
@@ -566,15 +579,13 @@ def run_trainer(config, hf_dir: str, workdir: str) -> dict:
   train_wall = time.perf_counter() - start + setup
   train_losses = [(r["step"], r["loss"]) for r in trainer.state.log_history if "loss" in r]
   train_losses = train_losses or [(FLAGS.steps, result.training_loss)]  # fewer steps than a log
-  start = time.perf_counter()
-  dev = torch_evaluate(model, task, "eval")
-  test = torch_evaluate(model, task, "test")
+  dev, test, eval_wall = torch_scores(model, task)
   return {
     "dev": dev,
     "test": test,
     "train_wall": train_wall,
     "step_time": float(np.mean(step_times[LOG_EVERY:] or step_times)),
-    "eval_wall": time.perf_counter() - start,
+    "eval_wall": eval_wall,
     "train_losses": train_losses,
   }
 

@@ -32,13 +32,13 @@ PACKAGES = tuple(
 VERBOSE_ENV = "BERT_FLAX_VERBOSE"
 
 flags.DEFINE_bool("verbose", False, "Show the full traceback of every error.")
+DEFAULT_CACHE = os.path.join("~", ".cache", "bert-flax", "xla")
 flags.DEFINE_string(
   "compilation_cache_dir",
   None,
   "XLA's persistent compilation cache (local or gs://); 'none' turns it off. "
-  "Default: $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/bert-flax/xla.",
+  f"Default: $JAX_COMPILATION_CACHE_DIR if set, else {DEFAULT_CACHE}.",
 )
-DEFAULT_CACHE = os.path.join("~", ".cache", "bert-flax", "xla")
 
 
 def compilation_cache_dir(flag: str | None, environ=os.environ) -> str | None:
